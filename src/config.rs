@@ -1,0 +1,51 @@
+//! Tunables: the heap's geometry, in one place, with its rules checked at
+//! compile time.
+//!
+//! The defaults are CPython's (3.11–3.13, 64-bit): 16-byte alignment, 32 size
+//! classes up to 512 bytes, 16 KiB pools, 1 MiB arenas.
+
+/// Alignment of every small block, and granularity of the size classes.
+pub const ALIGNMENT: usize = 16;
+/// `log2(ALIGNMENT)`.
+pub const ALIGNMENT_SHIFT: u32 = ALIGNMENT.trailing_zeros();
+/// Largest request served by the pools (layer 2); larger ones go to layer 1.
+pub const SMALL_REQUEST_THRESHOLD: usize = 512;
+/// Number of small size classes: 16, 32, …, 512.
+pub const NB_SMALL_SIZE_CLASSES: usize = SMALL_REQUEST_THRESHOLD / ALIGNMENT;
+/// Size of a pool: a run of blocks of one size class.
+pub const POOL_SIZE: usize = 16 * 1024;
+/// `log2(POOL_SIZE)`.
+pub const POOL_SHIFT: u32 = POOL_SIZE.trailing_zeros();
+/// Size of an arena: an `ARENA_SIZE`-aligned chunk carved into pools.
+pub const ARENA_SIZE: usize = 1024 * 1024;
+/// `log2(ARENA_SIZE)`.
+pub const ARENA_SHIFT: u32 = ARENA_SIZE.trailing_zeros();
+/// Pools per arena, counting the first one, which holds the arena's header
+/// and every pool's header ([ref:arena-layout]).
+pub const POOLS_PER_ARENA: usize = ARENA_SIZE / POOL_SIZE;
+/// Pools per arena that serve blocks.
+pub const USABLE_POOLS_PER_ARENA: usize = POOLS_PER_ARENA - 1;
+
+/// Granularity (and alignment) of every chunk layer 1 takes from the OS, and of
+/// the arena map. Equal to the arena size so arenas are chunks.
+pub const CHUNK_SIZE: usize = ARENA_SIZE;
+/// `log2(CHUNK_SIZE)`.
+pub const CHUNK_SHIFT: u32 = CHUNK_SIZE.trailing_zeros();
+/// Size of a chunk that layer 1 carves into medium blocks.
+pub const MEDIUM_CHUNK_SIZE: usize = 4 * CHUNK_SIZE;
+/// Largest request (after alignment padding) served by the medium allocator;
+/// larger requests are mapped directly from the OS ("huge").
+pub const MEDIUM_MAX: usize = 1024 * 1024;
+/// Largest alignment the medium allocator serves; larger alignments are
+/// served by a direct, suitably aligned mapping.
+pub const MEDIUM_MAX_ALIGN: usize = 64 * 1024;
+
+const _: () = assert!(ALIGNMENT.is_power_of_two() && ALIGNMENT >= 2 * size_of::<usize>());
+const _: () = assert!(SMALL_REQUEST_THRESHOLD % ALIGNMENT == 0);
+const _: () = assert!(NB_SMALL_SIZE_CLASSES <= 64);
+const _: () = assert!(POOL_SIZE.is_power_of_two() && ARENA_SIZE.is_power_of_two());
+const _: () = assert!(ARENA_SIZE % POOL_SIZE == 0 && POOLS_PER_ARENA >= 2);
+const _: () = assert!(POOL_SIZE >= SMALL_REQUEST_THRESHOLD * 2);
+const _: () = assert!(MEDIUM_CHUNK_SIZE % CHUNK_SIZE == 0);
+const _: () = assert!(MEDIUM_MAX + MEDIUM_MAX_ALIGN < MEDIUM_CHUNK_SIZE / 2);
+const _: () = assert!(MEDIUM_MAX_ALIGN.is_power_of_two() && MEDIUM_MAX_ALIGN <= CHUNK_SIZE);

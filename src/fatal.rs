@@ -1,0 +1,55 @@
+//! Fatal error reports that neither allocate nor unwind: used where the heap
+//! detects misuse it cannot recover from (a pointer it does not own).
+
+/// A fixed-capacity, stack-only message buffer.
+struct Message {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Message {
+    fn push(&mut self, s: &[u8]) {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+    }
+
+    fn push_hex(&mut self, v: usize) {
+        let mut digits = [0u8; 2 + 2 * size_of::<usize>()];
+        digits[0] = b'0';
+        digits[1] = b'x';
+        for (i, d) in digits[2..].iter_mut().enumerate() {
+            let nibble = (v >> (4 * (2 * size_of::<usize>() - 1 - i))) & 0xf;
+            *d = b"0123456789abcdef"[nibble];
+        }
+        self.push(&digits);
+    }
+}
+
+fn write_stderr(bytes: &[u8]) {
+    #[cfg(all(unix, not(miri)))]
+    {
+        // SAFETY: writes initialised bytes from a live buffer to fd 2.
+        unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+    }
+    #[cfg(any(not(unix), miri))]
+    {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(bytes);
+    }
+}
+
+/// Reports that `ptr`, given to `what`, is not a live block of a pymalloc
+/// heap, then aborts the process.
+#[cold]
+#[inline(never)]
+pub(crate) fn bad_pointer(what: &str, ptr: *const u8) -> ! {
+    let mut m = Message { buf: [0; 256], len: 0 };
+    m.push(b"pymalloc: fatal error in ");
+    m.push(what.as_bytes());
+    m.push(b": pointer ");
+    m.push_hex(ptr.addr());
+    m.push(b" is not a live block of a pymalloc heap\n");
+    write_stderr(&m.buf[..m.len]);
+    std::process::abort()
+}

@@ -1,0 +1,83 @@
+//! # pymalloc
+//!
+//! CPython's layered memory manager for Rust: a private heap that serves as
+//! the `#[global_allocator]`, as the allocator of a collection
+//! (`Vec::new_in(&heap)`), or through `PyMem_*`-style functions.
+//!
+//! ```text
+//!     Object-specific allocators        (layer 3, planned)
+//!   +----------------------------------------------------+
+//!   |  PrivateHeap: GlobalAlloc + Allocator, routes by   |
+//!   |  size: <= 512 B -> pools, larger -> RawHeap        |
+//!   +---------------------------+------------------------+
+//!   | Arena / Pool  (layer 2)   |                        |
+//!   | 1 MiB arenas, 16 KiB      |  RawHeap (layer 1)     |
+//!   | pools, 32 size classes    |  medium: TLSF in 4 MiB |
+//!   |         arena chunks <----+  chunks; huge: mapped  |
+//!   +---------------------------+------------------------+
+//!   |       OS pages (layer 0): mmap / VirtualAlloc       |
+//!   +----------------------------------------------------+
+//! ```
+//!
+//! ## Strategy
+//!
+//! Small requests (at most 512 bytes) are rounded to one of 32 size classes
+//! of 16-byte steps and served from *pools*: 16 KiB runs of equal blocks with
+//! a free list and a bump pointer over never-used blocks. Pools are carved
+//! from 1 MiB *arenas*; arenas with free pools are used fullest first so that
+//! nearly empty ones drain and go back to the OS. Larger requests go to the
+//! raw heap: a TLSF allocator for medium sizes (up to 1 MiB), a mapping of
+//! their own for huge ones. A process-wide *arena map* finds any block's
+//! chunk, hence its size, from its address alone.
+//!
+//! ## Glossary
+//!
+//! * **OS page**: the unit the OS maps (4 KiB here).
+//! * **chunk**: a `CHUNK_SIZE`-aligned region layer 1 maps: an arena, a
+//!   medium chunk, or one huge block.
+//! * **arena**: a 1 MiB chunk carved into pools. (Not mimalloc's "arena",
+//!   which is a large OS reservation.)
+//! * **pool**: 16 KiB of one arena, serving blocks of one size class.
+//! * **block**: the memory handed to the user.
+//! * **size class**: a block size; class `i` serves `16 * (i + 1)` bytes.
+//! * **used / full / empty pool**: some / all / none of its blocks allocated.
+//!
+//! | size class | block size | blocks per pool |
+//! |-----------:|-----------:|----------------:|
+//! | 0          | 16         | 1024            |
+//! | 1          | 32         | 512             |
+//! | 7          | 128        | 128             |
+//! | 15         | 256        | 64              |
+//! | 31         | 512        | 32              |
+#![deny(unsafe_op_in_unsafe_fn)]
+
+// Tunables: the heap's geometry, with compile-time checks.
+pub mod config;
+// Layer 0: OS pages.
+pub mod os;
+// Locks that never allocate.
+pub mod lock;
+// Fatal error reports that do not allocate.
+mod fatal;
+// Chunk headers, shared by every chunk layer 1 maps.
+mod chunk;
+// The arena map: address -> chunk, in O(1).
+mod map;
+// Layer 1 internals: the TLSF medium allocator.
+mod medium;
+// Layer 1: the raw heap.
+mod raw;
+// Layer 2 geometry: arenas and pool headers.
+mod arena;
+// Layer 2: size classes.
+mod size_class;
+// Layer 2: pools, their state machine, usable arenas.
+mod pool;
+// The whole heap: GlobalAlloc and Allocator.
+mod heap;
+
+pub use heap::{PrivateHeap, Stats};
+pub use lock::SpinLock;
+pub use os::{OsPages, PageSource};
+pub use pool::SmallStats;
+pub use raw::{RawHeap, RawStats};

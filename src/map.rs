@@ -1,0 +1,157 @@
+//! The arena map: from any address to the chunk that contains it, in O(1),
+//! without reading memory the heap does not own.
+//!
+//! Every chunk layer 1 takes from the OS starts on a `CHUNK_SIZE` boundary
+//! ([ref:chunk-aligned]), so one slot per `CHUNK_SIZE` of address space is
+//! enough: the slot of address `a` is `a >> CHUNK_SHIFT`. A slot holds a
+//! pointer to the header of the chunk covering it, or null. Since chunks
+//! start on slot boundaries, a slot is covered by at most one chunk: no two
+//! live chunks share a slot. Like CPython's radix tree, the map is
+//! process-wide (addresses are) and two-level: a static root of leaf
+//! pointers, leaves mapped from the OS when first needed and never freed.
+//!
+//! `lookup` reads only the map itself and, for a non-null slot, the header of
+//! a live chunk of ours, then checks the address lies inside that chunk's
+//! mapping; an address from another allocator yields `None`.
+
+use crate::chunk::ChunkHeader;
+use crate::config::CHUNK_SHIFT;
+use crate::os::{OsPages, PageSource};
+use core::ptr::{NonNull, null_mut};
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// Bits of address the map covers: 48 on 64-bit targets (every address a
+/// user-space mapping gets on x86_64 and on aarch64 with 4-level tables),
+/// all of them on 32-bit targets. Chunks mapped above are refused.
+const ADDRESS_BITS: u32 = if usize::BITS > 48 { 48 } else { usize::BITS };
+const KEY_BITS: u32 = ADDRESS_BITS - CHUNK_SHIFT;
+const LEAF_BITS: u32 = if KEY_BITS > 14 { 14 } else { KEY_BITS };
+const ROOT_BITS: u32 = KEY_BITS - LEAF_BITS;
+const LEAF_LEN: usize = 1 << LEAF_BITS;
+const ROOT_LEN: usize = 1 << ROOT_BITS;
+
+type Leaf = [AtomicPtr<ChunkHeader>; LEAF_LEN];
+
+/// The process-wide arena map.
+pub(crate) static ARENA_MAP: ArenaMap = ArenaMap::new();
+
+/// Radix tree from `CHUNK_SIZE` slots of the address space to chunk headers.
+///
+/// Invariant: slot `k` is non-null iff a live chunk of some heap covers
+/// address range `k << CHUNK_SHIFT ..`, and then points to that chunk's
+/// header.
+pub(crate) struct ArenaMap {
+    root: [AtomicPtr<Leaf>; ROOT_LEN],
+}
+
+impl ArenaMap {
+    const fn new() -> Self {
+        Self { root: [const { AtomicPtr::new(null_mut()) }; ROOT_LEN] }
+    }
+
+    /// Splits an address into (root index, leaf index), or `None` if it lies
+    /// beyond the covered address bits.
+    #[inline]
+    fn split(addr: usize) -> Option<(usize, usize)> {
+        let key = addr >> CHUNK_SHIFT;
+        if ADDRESS_BITS < usize::BITS && key >> KEY_BITS != 0 {
+            return None;
+        }
+        Some((key >> LEAF_BITS, key & (LEAF_LEN - 1)))
+    }
+
+    /// The slot for `addr`, creating its leaf if `create`.
+    fn slot(&self, addr: usize, create: bool) -> Option<&AtomicPtr<ChunkHeader>> {
+        let (hi, lo) = Self::split(addr)?;
+        let root = &self.root[hi];
+        let mut leaf = root.load(Ordering::Acquire);
+        if leaf.is_null() {
+            if !create {
+                return None;
+            }
+            leaf = Self::new_leaf(root)?;
+        }
+        // SAFETY: non-null leaves are live for the rest of the process: they
+        // are created zeroed (all slots null) and never freed.
+        Some(unsafe { &(*leaf)[lo] })
+    }
+
+    #[cold]
+    fn new_leaf(root: &AtomicPtr<Leaf>) -> Option<*mut Leaf> {
+        let size = size_of::<Leaf>();
+        let fresh = OsPages.map(size, align_of::<Leaf>())?.cast::<Leaf>().as_ptr();
+        // A zeroed region is a valid leaf: every AtomicPtr null.
+        match root.compare_exchange(null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Some(fresh),
+            Err(winner) => {
+                // SAFETY: `fresh` was mapped just above and never published.
+                unsafe { OsPages.unmap(NonNull::new_unchecked(fresh).cast(), size, align_of::<Leaf>()) };
+                Some(winner)
+            }
+        }
+    }
+
+    /// Points every slot of `base..base + size` at `header`. Returns `false`
+    /// (and registers nothing) if the range is not mappable.
+    pub(crate) fn register(&self, header: NonNull<ChunkHeader>, base: usize, size: usize) -> bool {
+        let slots = Self::slot_count(size);
+        for i in 0..slots {
+            if self.slot(base + (i << CHUNK_SHIFT), true).is_none() {
+                self.unregister_slots(base, i);
+                return false;
+            }
+        }
+        for i in 0..slots {
+            if let Some(s) = self.slot(base + (i << CHUNK_SHIFT), false) {
+                s.store(header.as_ptr(), Ordering::Release);
+            }
+        }
+        true
+    }
+
+    /// Clears the slots of a chunk `base..base + size` that `register`
+    /// filled.
+    pub(crate) fn unregister(&self, base: usize, size: usize) {
+        self.unregister_slots(base, Self::slot_count(size));
+    }
+
+    fn unregister_slots(&self, base: usize, slots: usize) {
+        for i in 0..slots {
+            if let Some(s) = self.slot(base + (i << CHUNK_SHIFT), false) {
+                s.store(null_mut(), Ordering::Release);
+            }
+        }
+    }
+
+    fn slot_count(size: usize) -> usize {
+        size.div_ceil(1 << CHUNK_SHIFT)
+    }
+
+    /// The header of the live chunk whose mapping contains `addr`, if any.
+    #[inline]
+    pub(crate) fn lookup(&self, addr: usize) -> Option<NonNull<ChunkHeader>> {
+        let header = NonNull::new(self.slot(addr, false)?.load(Ordering::Acquire))?;
+        // SAFETY: a non-null slot points at the header of a live chunk (map
+        // invariant); headers are immutable while the chunk is registered.
+        let (start, size) = unsafe { ((*header.as_ptr()).base_addr(), (*header.as_ptr()).size) };
+        (addr.wrapping_sub(start) < size).then_some(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_the_address_space() {
+        assert_eq!(ArenaMap::split(0), Some((0, 0)));
+        let one = 1usize << CHUNK_SHIFT;
+        assert_eq!(ArenaMap::split(one - 1), Some((0, 0)));
+        assert_eq!(ArenaMap::split(one), Some((0, 1)));
+        if usize::BITS == 64 {
+            assert_eq!(ArenaMap::split(1 << 47), Some((ROOT_LEN / 2, 0)));
+            assert_eq!(ArenaMap::split(usize::MAX), None);
+        }
+        assert_eq!(KEY_BITS, ROOT_BITS + LEAF_BITS);
+    }
+}

@@ -1,0 +1,276 @@
+//! Layer 0: OS pages. The only layer that talks to the operating system.
+//!
+//! [`PageSource`] is the interface the upper layers use; [`OsPages`] is the
+//! default implementation: `mmap`/`munmap`/`madvise` on Unix, `VirtualAlloc`/
+//! `VirtualFree` on Windows, and `std::alloc::System` under Miri (which cannot
+//! run `mmap`), so that Miri checks everything above this layer.
+
+use core::ptr::NonNull;
+
+/// A source of zero-filled, page-aligned, read-write memory regions.
+///
+/// # Safety
+///
+/// Implementations must uphold what the heap relies on:
+/// * `map(size, align)` returns either `None` or a region of `size` bytes,
+///   aligned to `align`, readable and writable, reading as zero, and not
+///   overlapping any other live region;
+/// * the region stays valid until `unmap` is called on it;
+/// * `purge` never makes a region unreadable.
+pub unsafe trait PageSource {
+    /// Maps `size` bytes aligned to `align` (`align` a power of two, `size` a
+    /// multiple of the page size). Returns `None` when the OS refuses.
+    fn map(&self, size: usize, align: usize) -> Option<NonNull<u8>>;
+
+    /// Returns a region to the OS.
+    ///
+    /// # Safety
+    ///
+    /// * `ptr`, `size` and `align` are exactly those of one earlier `map` call
+    ///   on this source whose region was not unmapped since;
+    /// * nothing reads or writes the region afterwards.
+    unsafe fn unmap(&self, ptr: NonNull<u8>, size: usize, align: usize);
+
+    /// Tells the OS the contents of `size` bytes at `ptr` are no longer
+    /// needed, so it may reclaim the physical pages. Returns `true` if the
+    /// pages are known to read as zero afterwards.
+    ///
+    /// # Safety
+    ///
+    /// * `ptr..ptr + size` lies inside one live region of this source, and is
+    ///   page-aligned at both ends;
+    /// * the caller no longer needs its contents.
+    unsafe fn purge(&self, ptr: NonNull<u8>, size: usize) -> bool;
+}
+
+/// The operating system's page allocator (or `System` under Miri).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsPages;
+
+/// The OS page size (4 KiB when it cannot be asked).
+pub fn page_size() -> usize {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    let cached = PAGE.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    let size = sys::query_page_size();
+    let size = if size.is_power_of_two() { size } else { 4096 };
+    PAGE.store(size, Ordering::Relaxed);
+    size
+}
+
+/// Rounds `n` up to a multiple of `align` (a power of two), or `None` on
+/// overflow.
+#[inline]
+pub const fn checked_align_up(n: usize, align: usize) -> Option<usize> {
+    match n.checked_add(align - 1) {
+        Some(v) => Some(v & !(align - 1)),
+        None => None,
+    }
+}
+
+// SAFETY: each `sys` backend below returns fresh, zeroed, aligned regions
+// from the OS (or `System::alloc_zeroed`), valid until unmapped, and `purge`
+// only discards contents.
+unsafe impl PageSource for OsPages {
+    fn map(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        debug_assert!(align.is_power_of_two() && size != 0);
+        sys::map(size, align.max(page_size()))
+    }
+
+    unsafe fn unmap(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { sys::unmap(ptr, size, align.max(page_size())) }
+    }
+
+    unsafe fn purge(&self, ptr: NonNull<u8>, size: usize) -> bool {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { sys::purge(ptr, size) }
+    }
+}
+
+#[cfg(miri)]
+mod sys {
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::ptr::NonNull;
+    use std::alloc::System;
+
+    pub(super) fn query_page_size() -> usize {
+        4096
+    }
+
+    pub(super) fn map(size: usize, align: usize) -> Option<NonNull<u8>> {
+        let layout = Layout::from_size_align(size, align).ok()?;
+        // SAFETY: `size` is non-zero (checked by the caller).
+        NonNull::new(unsafe { System.alloc_zeroed(layout) })
+    }
+
+    pub(super) unsafe fn unmap(ptr: NonNull<u8>, size: usize, align: usize) {
+        // SAFETY: `map` allocated this region with exactly this layout
+        // (caller's contract), so the layout is valid and matches.
+        unsafe { System.dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, align)) }
+    }
+
+    pub(super) unsafe fn purge(_ptr: NonNull<u8>, _size: usize) -> bool {
+        false
+    }
+}
+
+#[cfg(all(unix, not(miri)))]
+mod sys {
+    use core::ptr::{NonNull, null_mut};
+
+    pub(super) fn query_page_size() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n).unwrap_or(4096)
+    }
+
+    fn mmap(size: usize) -> Option<NonNull<u8>> {
+        // SAFETY: an anonymous private mapping at an address of the kernel's
+        // choice touches no existing memory.
+        let p = unsafe {
+            libc::mmap(
+                null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED { None } else { NonNull::new(p.cast::<u8>()) }
+    }
+
+    pub(super) fn map(size: usize, align: usize) -> Option<NonNull<u8>> {
+        let page = super::page_size();
+        if align <= page {
+            return mmap(size);
+        }
+        // Over-map by `align - page`, then trim both ends to the aligned part.
+        let total = size.checked_add(align - page)?;
+        let raw = mmap(total)?;
+        let start = raw.as_ptr().map_addr(|a| (a + align - 1) & !(align - 1));
+        let head = start.addr() - raw.as_ptr().addr();
+        let tail = total - head - size;
+        // SAFETY: `raw..start` and `start + size..raw + total` are page-aligned
+        // parts of the mapping just made, which nothing else refers to.
+        unsafe {
+            if head != 0 {
+                libc::munmap(raw.as_ptr().cast(), head);
+            }
+            if tail != 0 {
+                libc::munmap(start.add(size).cast(), tail);
+            }
+        }
+        NonNull::new(start)
+    }
+
+    pub(super) unsafe fn unmap(ptr: NonNull<u8>, size: usize, _align: usize) {
+        // SAFETY: the caller guarantees this is exactly a live mapping of ours.
+        unsafe { libc::munmap(ptr.as_ptr().cast(), size) };
+    }
+
+    pub(super) unsafe fn purge(ptr: NonNull<u8>, size: usize) -> bool {
+        // SAFETY: the caller guarantees a page-aligned range inside one of
+        // our mappings whose contents are no longer needed.
+        let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), size, libc::MADV_DONTNEED) };
+        // On Linux, private anonymous pages read zero after MADV_DONTNEED.
+        rc == 0 && cfg!(any(target_os = "linux", target_os = "android"))
+    }
+}
+
+#[cfg(all(windows, not(miri)))]
+mod sys {
+    use core::ptr::{NonNull, null};
+    use windows_sys::Win32::System::Memory::{
+        MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, MEM_RESET, PAGE_NOACCESS, PAGE_READWRITE,
+        VirtualAlloc, VirtualFree,
+    };
+    use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
+
+    pub(super) fn query_page_size() -> usize {
+        // SAFETY: SYSTEM_INFO is plain data; GetSystemInfo fills it.
+        let mut info: SYSTEM_INFO = unsafe { core::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable SYSTEM_INFO.
+        unsafe { GetSystemInfo(&mut info) };
+        // Regions must be aligned to the allocation granularity (64 KiB).
+        info.dwAllocationGranularity as usize
+    }
+
+    pub(super) fn map(size: usize, align: usize) -> Option<NonNull<u8>> {
+        for _ in 0..16 {
+            // Reserve enough to contain an aligned region, release it, then
+            // claim the aligned part; another thread may race us, so retry.
+            // SAFETY: reserving address space at the OS's choice.
+            let probe = unsafe {
+                VirtualAlloc(null(), size.checked_add(align)?, MEM_RESERVE, PAGE_NOACCESS)
+            };
+            if probe.is_null() {
+                return None;
+            }
+            let aligned = probe.cast::<u8>().map_addr(|a| (a + align - 1) & !(align - 1));
+            // SAFETY: `probe` is the reservation just made.
+            unsafe { VirtualFree(probe, 0, MEM_RELEASE) };
+            // SAFETY: asks for a fresh region at a specific free address.
+            let p = unsafe {
+                VirtualAlloc(aligned.cast(), size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
+            };
+            if let Some(p) = NonNull::new(p.cast::<u8>()) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    pub(super) unsafe fn unmap(ptr: NonNull<u8>, _size: usize, _align: usize) {
+        // SAFETY: the caller guarantees this is exactly a live region of ours.
+        unsafe { VirtualFree(ptr.as_ptr().cast(), 0, MEM_RELEASE) };
+    }
+
+    pub(super) unsafe fn purge(ptr: NonNull<u8>, size: usize) -> bool {
+        // SAFETY: the caller guarantees a range inside one of our regions
+        // whose contents are no longer needed.
+        unsafe { VirtualAlloc(ptr.as_ptr().cast(), size, MEM_RESET, PAGE_READWRITE) };
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_aligned_zeroed_regions() {
+        let page = page_size();
+        assert!(page.is_power_of_two());
+        for align in [page, 64 * 1024, 1 << 20] {
+            let size = 3 * page;
+            let p = OsPages.map(size, align).expect("map");
+            assert_eq!(p.as_ptr().addr() % align, 0);
+            // SAFETY: `p` is a fresh mapping of `size` bytes.
+            let bytes = unsafe { core::slice::from_raw_parts_mut(p.as_ptr(), size) };
+            assert!(bytes.iter().all(|&b| b == 0));
+            bytes.fill(0xAB);
+            // SAFETY: the region is ours and its contents are no longer needed.
+            let zeroed = unsafe { OsPages.purge(p, page) };
+            if zeroed {
+                assert_eq!(bytes[0], 0);
+            }
+            assert_eq!(bytes[page], 0xAB);
+            // SAFETY: exactly the region mapped above, not used afterwards.
+            unsafe { OsPages.unmap(p, size, align) };
+        }
+    }
+
+    #[test]
+    fn align_up_rounds_and_detects_overflow() {
+        assert_eq!(checked_align_up(0, 16), Some(0));
+        assert_eq!(checked_align_up(1, 16), Some(16));
+        assert_eq!(checked_align_up(16, 16), Some(16));
+        assert_eq!(checked_align_up(17, 16), Some(32));
+        assert_eq!(checked_align_up(usize::MAX - 3, 16), None);
+    }
+}

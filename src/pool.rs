@@ -1,0 +1,500 @@
+//! Layer 2: the small-object allocator. Pools serve blocks of one size class;
+//! arenas supply pools and go back to layer 1 when all their pools are empty.
+//!
+//! # Pool states and transitions
+//!
+//! ```text
+//!              empty_to_used            used_to_full
+//!   (empty) ----------------> (used) ----------------> (full)
+//!      ^                      |   ^                      |
+//!      +----------------------+   +----------------------+
+//!          used_to_empty                full_to_used
+//! ```
+//!
+//! * *used*: some blocks allocated, some free; on `usedpools[class]`, which
+//!   the allocation fast path reads.
+//! * *full*: every block allocated; on no list (a free moves it back).
+//! * *empty*: no block allocated; on its arena's `freepools` (or never
+//!   carved); may be re-initialised for any class.
+//!
+//! # Usable arenas [tag:usable-arenas]
+//!
+//! Arenas with a free pool are kept on `usable_arenas`, sorted by
+//! `nfreepools` ascending: new pools come from the fullest arena, so nearly
+//! empty arenas drain and can be returned. As in CPython, `last_with[n]`
+//! points at the last arena on the list with `nfreepools == n`, so keeping
+//! the order costs O(1) per transition. An arena whose pools are all empty
+//! leaves the list: it is kept as the one spare, or given back to layer 1.
+
+use crate::arena::{
+    ArenaHeader, PoolHeader, arena_of_pool, init_arena, pool_data, pool_header, pool_of,
+};
+use crate::chunk::ChunkHeader;
+use crate::config::{NB_SMALL_SIZE_CLASSES, USABLE_POOLS_PER_ARENA};
+use crate::os::PageSource;
+use crate::raw::RawHeap;
+use crate::size_class::{SizeClass, block_size, blocks_per_pool};
+use core::ptr::{NonNull, null_mut};
+use parking_lot::lock_api::RawMutex;
+
+/// Counters of the small-object allocator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SmallStats {
+    /// Sum of the sizes asked for by live small blocks.
+    pub bytes_requested: usize,
+    /// Live blocks per size class.
+    pub blocks_in_use: [usize; NB_SMALL_SIZE_CLASSES],
+    /// Bytes in live blocks (block sizes, not requests).
+    pub bytes_in_use: usize,
+    /// Arenas taken from layer 1 since the heap was created.
+    pub arenas_allocated: usize,
+    /// Arenas given back to layer 1 since the heap was created.
+    pub arenas_reclaimed: usize,
+    /// Most arenas held at once.
+    pub arenas_high_water: usize,
+}
+
+/// State of layer 2, kept under the heap's small-object lock.
+pub(crate) struct SmallCore {
+    /// `usedpools[class]`: head of the doubly linked list of used pools.
+    used: [*mut PoolHeader; NB_SMALL_SIZE_CLASSES],
+    /// Head of the usable arenas, fullest first.
+    usable: *mut ArenaHeader,
+    /// `last_with[n]`: last usable arena with `nfreepools == n`, or null.
+    last_with: [*mut ArenaHeader; USABLE_POOLS_PER_ARENA + 1],
+    /// An arena whose pools are all empty, kept to avoid remapping.
+    spare: *mut ArenaHeader,
+    pub(crate) stats: SmallStats,
+}
+
+// SAFETY: the raw pointers refer to arenas owned by the heap, which may be
+// used from any thread; `SmallCore` is only reached through the heap's lock.
+unsafe impl Send for SmallCore {}
+
+/// A block handed out by layer 2.
+pub(crate) struct SmallBlock {
+    pub(crate) ptr: NonNull<u8>,
+    /// The block reads zero (it was never used since its arena was mapped).
+    pub(crate) zeroed: bool,
+}
+
+impl SmallCore {
+    pub(crate) const fn new() -> Self {
+        Self {
+            used: [null_mut(); NB_SMALL_SIZE_CLASSES],
+            usable: null_mut(),
+            last_with: [null_mut(); USABLE_POOLS_PER_ARENA + 1],
+            spare: null_mut(),
+            stats: SmallStats {
+                bytes_requested: 0,
+                blocks_in_use: [0; NB_SMALL_SIZE_CLASSES],
+                bytes_in_use: 0,
+                arenas_allocated: 0,
+                arenas_reclaimed: 0,
+                arenas_high_water: 0,
+            },
+        }
+    }
+
+    /// Allocates a block of `class`.
+    #[inline]
+    pub(crate) fn alloc<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        class: SizeClass,
+    ) -> Option<SmallBlock> {
+        let pool = self.used[class];
+        if pool.is_null() {
+            return self.alloc_slow(raw, class);
+        }
+        // SAFETY: pools on `usedpools` are live and have a free block.
+        Some(unsafe { self.alloc_from(pool, class) })
+    }
+
+    /// Takes a block from used pool `pool`.
+    ///
+    /// # Safety
+    ///
+    /// `pool` is a used pool of `class` (so it has a free block).
+    #[inline]
+    unsafe fn alloc_from(&mut self, pool: *mut PoolHeader, class: SizeClass) -> SmallBlock {
+        // SAFETY: `pool` is a live pool header (caller); a non-null
+        // `freeblock` is a freed block of the pool whose first word links the
+        // next one; otherwise `bump < capacity` since the pool is not full.
+        unsafe {
+            let p = &mut *pool;
+            let (ptr, zeroed) = if p.freeblock.is_null() {
+                let block = p.base.add(p.bump as usize * block_size(class));
+                p.bump += 1;
+                (block, p.zeroed_tail)
+            } else {
+                let block = p.freeblock;
+                p.freeblock = block.cast::<*mut u8>().read();
+                (block, false)
+            };
+            p.ref_count += 1;
+            if p.ref_count == p.capacity {
+                self.used_to_full(pool, class);
+            }
+            self.stats.blocks_in_use[class] += 1;
+            self.stats.bytes_in_use += block_size(class);
+            SmallBlock { ptr: NonNull::new_unchecked(ptr), zeroed }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        class: SizeClass,
+    ) -> Option<SmallBlock> {
+        let pool = self.empty_to_used(raw, class)?;
+        // SAFETY: `pool` was just initialised as a used pool of `class`.
+        Some(unsafe { self.alloc_from(pool, class) })
+    }
+
+    /// Frees a small block.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of an arena of this heap (`arena` is its
+    /// header), and is not used afterwards.
+    #[inline]
+    pub(crate) unsafe fn free<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        arena: *mut ArenaHeader,
+        ptr: NonNull<u8>,
+    ) {
+        let pool = pool_of(arena, ptr.as_ptr());
+        // SAFETY: `pool` is the live header of the pool holding `ptr`
+        // (caller), and `ptr` is at least one word long.
+        unsafe {
+            let p = &mut *pool;
+            let class = p.class as SizeClass;
+            let was_full = p.ref_count == p.capacity;
+            ptr.as_ptr().cast::<*mut u8>().write(p.freeblock);
+            p.freeblock = ptr.as_ptr();
+            p.ref_count -= 1;
+            self.stats.blocks_in_use[class] -= 1;
+            self.stats.bytes_in_use -= block_size(class);
+            if p.ref_count == 0 {
+                if !was_full {
+                    self.unlink_used(pool, class);
+                }
+                self.used_to_empty(raw, pool);
+            } else if was_full {
+                self.full_to_used(pool, class);
+            }
+        }
+    }
+
+    /// Size class of the live block at `ptr` in `arena`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` lies in a pool of live arena `arena`.
+    #[inline]
+    pub(crate) unsafe fn class_of_block(arena: *mut ArenaHeader, ptr: *const u8) -> SizeClass {
+        // SAFETY: caller's contract.
+        unsafe { crate::arena::class_of_pool(pool_of(arena, ptr)) }
+    }
+
+    // ----- pool transitions -----
+
+    /// used → full: the pool's last free block was taken.
+    unsafe fn used_to_full(&mut self, pool: *mut PoolHeader, class: SizeClass) {
+        // SAFETY: `pool` is on `usedpools[class]` (caller).
+        unsafe { self.unlink_used(pool, class) }
+    }
+
+    /// full → used: a block of a full pool was freed.
+    unsafe fn full_to_used(&mut self, pool: *mut PoolHeader, class: SizeClass) {
+        // SAFETY: `pool` is live and on no list (caller).
+        unsafe { self.link_used(pool, class) }
+    }
+
+    /// empty → used: takes an empty pool from the fullest usable arena and
+    /// initialises it for `class`.
+    fn empty_to_used<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        class: SizeClass,
+    ) -> Option<*mut PoolHeader> {
+        if self.usable.is_null() {
+            let arena = self.take_arena(raw)?;
+            self.arena_becomes_usable(arena);
+        }
+        let arena = self.usable;
+        // SAFETY: `arena` is a live usable arena, so it has a free pool:
+        // either on `freepools` or past `ncarved`. No reference into the
+        // arena outlives a statement.
+        unsafe {
+            let (pool, base, fresh) = if (*arena).freepools.is_null() {
+                let index = (*arena).ncarved + 1;
+                (*arena).ncarved = index;
+                (pool_header(arena, index), pool_data(arena, index), true)
+            } else {
+                let pool = (*arena).freepools;
+                (*arena).freepools = (*pool).next;
+                (pool, (*pool).base, false)
+            };
+            self.arena_lost_pool(arena);
+            pool.write(PoolHeader {
+                freeblock: null_mut(),
+                next: null_mut(),
+                prev: null_mut(),
+                base,
+                ref_count: 0,
+                capacity: blocks_per_pool(class) as u32,
+                bump: 0,
+                class: class as u8,
+                zeroed_tail: fresh,
+            });
+            self.link_used(pool, class);
+            Some(pool)
+        }
+    }
+
+    /// used → empty: the pool's last block was freed. The pool goes on its
+    /// arena's free list; the arena moves on the usable list, or leaves it.
+    unsafe fn used_to_empty<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>, pool: *mut PoolHeader) {
+        let arena = arena_of_pool(pool);
+        // SAFETY: `pool` is a live empty pool on no list (caller).
+        unsafe {
+            (*pool).next = (*arena).freepools;
+            (*arena).freepools = pool;
+        }
+        self.arena_gained_pool(raw, arena);
+    }
+
+    unsafe fn link_used(&mut self, pool: *mut PoolHeader, class: SizeClass) {
+        let head = self.used[class];
+        // SAFETY: `pool` and `head` (if non-null) are live pool headers.
+        unsafe {
+            (*pool).prev = null_mut();
+            (*pool).next = head;
+            if !head.is_null() {
+                (*head).prev = pool;
+            }
+        }
+        self.used[class] = pool;
+    }
+
+    unsafe fn unlink_used(&mut self, pool: *mut PoolHeader, class: SizeClass) {
+        // SAFETY: `pool` is on `usedpools[class]`; its neighbours are too.
+        unsafe {
+            let (next, prev) = ((*pool).next, (*pool).prev);
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            if prev.is_null() {
+                self.used[class] = next;
+            } else {
+                (*prev).next = next;
+            }
+        }
+    }
+
+    // ----- arena transitions -----
+
+    /// A wholly empty arena: the spare, or a new one from layer 1.
+    fn take_arena<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>) -> Option<*mut ArenaHeader> {
+        if !self.spare.is_null() {
+            return Some(core::mem::replace(&mut self.spare, null_mut()));
+        }
+        let base = raw.map_arena()?;
+        self.stats.arenas_allocated += 1;
+        let held = self.stats.arenas_allocated - self.stats.arenas_reclaimed;
+        self.stats.arenas_high_water = self.stats.arenas_high_water.max(held);
+        // SAFETY: layer 1 just mapped this arena chunk for us, zero-filled.
+        Some(unsafe { init_arena(base) })
+    }
+
+    /// Puts an arena that is on no list, with `nfreepools >= 1`, on the
+    /// usable list at its place.
+    fn arena_becomes_usable(&mut self, arena: *mut ArenaHeader) {
+        // SAFETY: `arena` is live and on no list.
+        let nf = unsafe { (*arena).nfreepools };
+        // Place it right after the last arena with fewer free pools.
+        let mut after = null_mut();
+        for n in (1..nf).rev() {
+            if !self.last_with[n].is_null() {
+                after = self.last_with[n];
+                break;
+            }
+        }
+        // SAFETY: `after` is null or a live arena on the list.
+        unsafe { self.insert_usable_after(arena, after) };
+        if self.last_with[nf].is_null() {
+            self.last_with[nf] = arena;
+        }
+    }
+
+    /// The head usable arena gave out a pool (`nfreepools` k → k−1).
+    fn arena_lost_pool(&mut self, arena: *mut ArenaHeader) {
+        debug_assert_eq!(arena, self.usable);
+        // SAFETY: `arena` is the live head of the usable list.
+        unsafe {
+            let k = (*arena).nfreepools;
+            (*arena).nfreepools = k - 1;
+            if self.last_with[k] == arena {
+                let next = (*arena).next;
+                self.last_with[k] = if !next.is_null() && (*next).nfreepools == k { next } else { null_mut() };
+            }
+            if k - 1 == 0 {
+                self.unlink_usable(arena);
+            } else {
+                // The head had the fewest free pools, so no arena had k − 1.
+                debug_assert!(self.last_with[k - 1].is_null());
+                self.last_with[k - 1] = arena;
+            }
+        }
+    }
+
+    /// An arena got an empty pool back (`nfreepools` k → k+1): it moves
+    /// towards the tail, or off the list when all its pools are empty.
+    fn arena_gained_pool<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>, arena: *mut ArenaHeader) {
+        // SAFETY: `arena` is a live arena of this heap; list neighbours too.
+        unsafe {
+            let k = (*arena).nfreepools;
+            (*arena).nfreepools = k + 1;
+            if k == 0 {
+                // It was full, hence on no list.
+                self.arena_becomes_usable(arena);
+                return;
+            }
+            // Leave the k group.
+            let prev = (*arena).prev;
+            let last_k = self.last_with[k];
+            if last_k == arena {
+                self.last_with[k] = if !prev.is_null() && (*prev).nfreepools == k { prev } else { null_mut() };
+            }
+            if k + 1 == USABLE_POOLS_PER_ARENA {
+                self.unlink_usable(arena);
+                self.arena_becomes_empty(raw, arena);
+                return;
+            }
+            if last_k != arena {
+                // Move to just after the last of the k group: the front of
+                // the k + 1 group.
+                self.unlink_usable(arena);
+                self.insert_usable_after(arena, last_k);
+            }
+            if self.last_with[k + 1].is_null() {
+                self.last_with[k + 1] = arena;
+            }
+        }
+    }
+
+    /// All pools of `arena` (now on no list) are empty: keep it as the
+    /// spare, or give it back to layer 1.
+    fn arena_becomes_empty<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>, arena: *mut ArenaHeader) {
+        if self.spare.is_null() {
+            self.spare = arena;
+            return;
+        }
+        self.stats.arenas_reclaimed += 1;
+        // SAFETY: no block of `arena` is live and no list refers to it.
+        unsafe { raw.unmap_arena(NonNull::new_unchecked(arena.cast::<ChunkHeader>())) };
+    }
+
+    /// # Safety
+    ///
+    /// `arena` is live and on no list; `after` is null (insert at head) or on
+    /// the list.
+    unsafe fn insert_usable_after(&mut self, arena: *mut ArenaHeader, after: *mut ArenaHeader) {
+        // SAFETY: caller's contract.
+        unsafe {
+            let next = if after.is_null() { self.usable } else { (*after).next };
+            (*arena).prev = after;
+            (*arena).next = next;
+            if !next.is_null() {
+                (*next).prev = arena;
+            }
+            if after.is_null() {
+                self.usable = arena;
+            } else {
+                (*after).next = arena;
+            }
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `arena` is on the usable list.
+    unsafe fn unlink_usable(&mut self, arena: *mut ArenaHeader) {
+        // SAFETY: caller's contract.
+        unsafe {
+            let (next, prev) = ((*arena).next, (*arena).prev);
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            if prev.is_null() {
+                self.usable = next;
+            } else {
+                (*prev).next = next;
+            }
+            (*arena).next = null_mut();
+            (*arena).prev = null_mut();
+        }
+    }
+
+    /// Checks every invariant of layer 2 (O(pools)); panics on a violation.
+    /// For tests.
+    pub(crate) fn validate(&self) {
+        // SAFETY: every pointer reached is a live arena or pool of this heap.
+        unsafe {
+            let mut blocks = [0usize; NB_SMALL_SIZE_CLASSES];
+            for (class, &head) in self.used.iter().enumerate() {
+                let mut p = head;
+                let mut prev = null_mut();
+                while !p.is_null() {
+                    let pool = &*p;
+                    assert_eq!(pool.class as usize, class);
+                    assert_eq!(pool.prev, prev);
+                    assert!(pool.ref_count < pool.capacity, "full pool on usedpools");
+                    let mut free = 0u32;
+                    let mut b = pool.freeblock;
+                    while !b.is_null() {
+                        assert!(b.addr() >= pool.base.addr() && b.addr() < pool.base.addr() + crate::config::POOL_SIZE);
+                        assert_eq!((b.addr() - pool.base.addr()) % block_size(class), 0);
+                        free += 1;
+                        b = b.cast::<*mut u8>().read();
+                    }
+                    assert_eq!(pool.ref_count + free + (pool.capacity - pool.bump), pool.capacity);
+                    blocks[class] += pool.ref_count as usize;
+                    prev = p;
+                    p = pool.next;
+                }
+            }
+            for (class, &n) in blocks.iter().enumerate() {
+                assert!(n <= self.stats.blocks_in_use[class]);
+            }
+            let mut a = self.usable;
+            let mut prev: *mut ArenaHeader = null_mut();
+            while !a.is_null() {
+                let arena = &*a;
+                assert_eq!(arena.prev, prev);
+                let nf = arena.nfreepools;
+                assert!(nf > 0 && nf < USABLE_POOLS_PER_ARENA);
+                if !prev.is_null() {
+                    assert!((*prev).nfreepools <= nf, "usable arenas out of order");
+                }
+                let is_last = arena.next.is_null() || (*arena.next).nfreepools != nf;
+                assert_eq!(self.last_with[nf] == a, is_last, "last_with[{nf}] wrong");
+                let mut on_list = 0;
+                let mut f = arena.freepools;
+                while !f.is_null() {
+                    assert_eq!((*f).ref_count, 0);
+                    on_list += 1;
+                    f = (*f).next;
+                }
+                assert_eq!(nf, on_list + USABLE_POOLS_PER_ARENA - arena.ncarved);
+                prev = a;
+                a = arena.next;
+            }
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Layer 1: the raw heap. Thread-safe; serves every request too large for
+//! the pools, hands arena chunks to layer 2, and keeps the byte accounting.
+//!
+//! * **Medium** requests (up to `MEDIUM_MAX` bytes, alignment up to
+//!   `MEDIUM_MAX_ALIGN`) come from a TLSF allocator ([`crate::medium`]) over
+//!   `MEDIUM_CHUNK_SIZE` chunks, so they cost no system call. One wholly free
+//!   medium chunk is kept; further ones are unmapped.
+//! * **Huge** requests get a mapping of their own, unmapped on free. The
+//!   chunk header sits at the mapping's base; the block starts at the first
+//!   suitably aligned offset after it.
+//! * **Arena** chunks for layer 2 are `ARENA_SIZE`-aligned mappings.
+//!
+//! Every chunk is registered in the arena map and linked on the heap's chunk
+//! list, so that dropping the heap unmaps everything.
+
+use crate::chunk::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkKind};
+use crate::config::{ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN};
+use crate::map::ARENA_MAP;
+use crate::medium::{self, Tlsf};
+use crate::os::{OsPages, PageSource, checked_align_up, page_size};
+use crate::lock::SpinLock;
+use core::alloc::Layout;
+use core::ptr::{NonNull, null_mut};
+use parking_lot::lock_api::{Mutex, RawMutex};
+
+/// Counters of layer 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawStats {
+    /// Sum of the sizes asked for by live medium and huge blocks.
+    pub bytes_requested: usize,
+    /// Bytes currently mapped from the OS, for every chunk kind.
+    pub bytes_mapped: usize,
+    /// Usable bytes of live medium and huge blocks.
+    pub bytes_in_use: usize,
+    /// Live medium blocks.
+    pub medium_blocks: usize,
+    /// Live huge blocks.
+    pub huge_blocks: usize,
+    /// Medium chunks currently mapped.
+    pub medium_chunks: usize,
+    /// Arena chunks currently lent to layer 2.
+    pub arena_chunks: usize,
+}
+
+/// A block handed out by layer 1.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawBlock {
+    pub(crate) ptr: NonNull<u8>,
+    /// The block reads zero.
+    pub(crate) zeroed: bool,
+}
+
+/// Layer-1 state, under the raw heap's lock.
+pub(crate) struct RawCore {
+    tlsf: Tlsf,
+    /// Every chunk of this heap, doubly linked through the chunk headers.
+    chunks: *mut ChunkHeader,
+    pub(crate) stats: RawStats,
+}
+
+// SAFETY: the pointers refer to chunks owned by the heap, usable from any
+// thread; the core is only reached under the raw heap's lock.
+unsafe impl Send for RawCore {}
+
+/// The raw memory allocator (layer 1). Thread-safe.
+///
+/// `S` supplies OS pages; `R` is the lock (the default [`SpinLock`] never
+/// allocates, as a global allocator requires).
+///
+/// ```
+/// use core::alloc::Layout;
+/// let raw = pymalloc::RawHeap::new();
+/// let layout = Layout::from_size_align(10_000, 64).unwrap();
+/// let p = raw.allocate(layout).unwrap();
+/// assert_eq!(p.as_ptr() as usize % 64, 0);
+/// // SAFETY: `p` is a live block of `raw`.
+/// unsafe {
+///     assert!(raw.usable_size(p) >= 10_000);
+///     raw.deallocate(p, layout);
+/// }
+/// assert_eq!(raw.stats().bytes_in_use, 0);
+/// ```
+pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
+    source: S,
+    core: Mutex<R, RawCore>,
+}
+
+impl<S: PageSource, R: RawMutex> core::fmt::Debug for RawHeap<S, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RawHeap").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl RawHeap {
+    /// An empty raw heap on the OS's pages. Maps nothing until first used.
+    pub const fn new() -> Self {
+        Self::with_source(OsPages)
+    }
+}
+
+impl Default for RawHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
+    /// An empty raw heap taking its pages from `source`.
+    pub const fn with_source(source: S) -> Self {
+        Self {
+            source,
+            core: Mutex::const_new(
+                R::INIT,
+                RawCore { tlsf: Tlsf::new(), chunks: null_mut(), stats: RawStats {
+                    bytes_requested: 0,
+                    bytes_mapped: 0,
+                    bytes_in_use: 0,
+                    medium_blocks: 0,
+                    huge_blocks: 0,
+                    medium_chunks: 0,
+                    arena_chunks: 0,
+                } },
+            ),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> RawStats {
+        self.core.lock().stats
+    }
+
+    /// Allocates a block for `layout` (any size, any power-of-two alignment).
+    /// `None` when the OS refuses memory or the size overflows.
+    pub fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
+        self.alloc_block(layout.size(), layout.align()).map(|b| b.ptr)
+    }
+
+    /// Frees a block.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` was returned by [`RawHeap::allocate`] on this heap with
+    /// `layout`, and is not used afterwards.
+    pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        let header = ARENA_MAP.lookup(ptr.as_ptr().addr());
+        match header {
+            // SAFETY: the block is live and ours (caller).
+            Some(h) => unsafe { self.free_block(h, ptr, layout.size()) },
+            None => crate::fatal::bad_pointer("RawHeap::deallocate", ptr.as_ptr()),
+        }
+    }
+
+    /// Usable bytes of a live block: at least what was asked for.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` was returned by [`RawHeap::allocate`] on this heap and is not
+    /// yet freed.
+    pub unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
+        match ARENA_MAP.lookup(ptr.as_ptr().addr()) {
+            // SAFETY: live block of ours (caller).
+            Some(h) => unsafe { Self::block_usable_size(h, ptr) },
+            None => crate::fatal::bad_pointer("RawHeap::usable_size", ptr.as_ptr()),
+        }
+    }
+
+    /// Whether a request goes to the medium allocator.
+    #[inline]
+    fn is_medium(size: usize, align: usize) -> bool {
+        size <= MEDIUM_MAX && align <= MEDIUM_MAX_ALIGN
+    }
+
+    pub(crate) fn alloc_block(&self, size: usize, align: usize) -> Option<RawBlock> {
+        if Self::is_medium(size, align) {
+            self.alloc_medium(size, align)
+        } else {
+            self.alloc_huge(size, align)
+        }
+    }
+
+    fn alloc_medium(&self, size: usize, align: usize) -> Option<RawBlock> {
+        let mut core = self.core.lock();
+        let (ptr, usable) = match core.tlsf.allocate(size, align) {
+            Some(found) => found,
+            None => {
+                let chunk = self.map_chunk(&mut core, ChunkKind::Medium, MEDIUM_CHUNK_SIZE, CHUNK_SIZE)?;
+                core.stats.medium_chunks += 1;
+                // SAFETY: the chunk was just mapped for the medium allocator.
+                unsafe { core.tlsf.add_chunk(chunk.cast()) };
+                core.tlsf.allocate(size, align)?
+            }
+        };
+        core.stats.bytes_in_use += usable;
+        core.stats.bytes_requested += size;
+        core.stats.medium_blocks += 1;
+        Some(RawBlock { ptr, zeroed: false })
+    }
+
+    /// Offset of a huge block from its mapping's base.
+    fn huge_offset(align: usize) -> usize {
+        CHUNK_HEADER_SIZE.max(align)
+    }
+
+    fn alloc_huge(&self, size: usize, align: usize) -> Option<RawBlock> {
+        let offset = Self::huge_offset(align);
+        let map_size = checked_align_up(offset.checked_add(size)?, page_size())?;
+        if map_size > isize::MAX as usize {
+            return None;
+        }
+        let mut core = self.core.lock();
+        let header = self.map_chunk(&mut core, ChunkKind::Huge, map_size, align.max(CHUNK_SIZE))?;
+        let usable = map_size - offset;
+        core.stats.bytes_in_use += usable;
+        core.stats.bytes_requested += size;
+        core.stats.huge_blocks += 1;
+        // SAFETY: `offset < map_size`, inside the mapping.
+        let ptr = unsafe { header.cast::<u8>().add(offset) };
+        Some(RawBlock { ptr, zeroed: true })
+    }
+
+    /// Frees a medium or huge block that was requested with `size` bytes.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live medium or huge block of this heap and `header` its
+    /// chunk (from the arena map).
+    pub(crate) unsafe fn free_block(&self, header: NonNull<ChunkHeader>, ptr: NonNull<u8>, size: usize) {
+        let mut core = self.core.lock();
+        core.stats.bytes_requested -= size;
+        // SAFETY: `header` is a live chunk of ours (caller).
+        match unsafe { (*header.as_ptr()).kind } {
+            ChunkKind::Medium => {
+                // SAFETY: a live medium block (caller).
+                let usable = unsafe { medium::usable_size(ptr) };
+                core.stats.bytes_in_use -= usable;
+                core.stats.medium_blocks -= 1;
+                // SAFETY: as above; freed once.
+                if let Some(chunk) = unsafe { core.tlsf.free(ptr) } {
+                    if core.tlsf.empty_chunks > 1 {
+                        // SAFETY: the chunk is wholly free and registered.
+                        unsafe {
+                            core.tlsf.take_empty_chunk(chunk);
+                            self.unmap_chunk(&mut core, chunk.cast());
+                        }
+                        core.stats.medium_chunks -= 1;
+                    }
+                }
+            }
+            ChunkKind::Huge => {
+                // SAFETY: a live huge block (caller).
+                core.stats.bytes_in_use -= unsafe { Self::block_usable_size(header, ptr) };
+                core.stats.huge_blocks -= 1;
+                // SAFETY: the block was the chunk's only content.
+                unsafe { self.unmap_chunk(&mut core, header) };
+            }
+            ChunkKind::Arena => crate::fatal::bad_pointer("layer 1 free of a small block", ptr.as_ptr()),
+        }
+    }
+
+    /// Usable size of a medium or huge block.
+    ///
+    /// # Safety
+    ///
+    /// As for [`RawHeap::free_block`].
+    pub(crate) unsafe fn block_usable_size(header: NonNull<ChunkHeader>, ptr: NonNull<u8>) -> usize {
+        // SAFETY: `header` is a live chunk and `ptr` a live block in it.
+        unsafe {
+            let h = &*header.as_ptr();
+            match h.kind {
+                ChunkKind::Medium => medium::usable_size(ptr),
+                ChunkKind::Huge => h.base_addr() + h.size - ptr.as_ptr().addr(),
+                ChunkKind::Arena => crate::fatal::bad_pointer("layer 1 size of a small block", ptr.as_ptr()),
+            }
+        }
+    }
+
+    /// Resizes a medium or huge block in place to hold `size` bytes, if it
+    /// can stay where it is without wasting much; returns its new usable
+    /// size.
+    ///
+    /// # Safety
+    ///
+    /// As for [`RawHeap::free_block`].
+    pub(crate) unsafe fn resize_in_place(
+        &self,
+        header: NonNull<ChunkHeader>,
+        ptr: NonNull<u8>,
+        old_size: usize,
+        size: usize,
+    ) -> Option<usize> {
+        // SAFETY: `header` is a live chunk of ours (caller).
+        match unsafe { (*header.as_ptr()).kind } {
+            ChunkKind::Medium if size <= MEDIUM_MAX => {
+                let mut core = self.core.lock();
+                // SAFETY: a live medium block (caller).
+                let old = unsafe { medium::usable_size(ptr) };
+                // SAFETY: as above.
+                let new = unsafe { core.tlsf.resize_in_place(ptr, size) }?;
+                core.stats.bytes_in_use = core.stats.bytes_in_use - old + new;
+                core.stats.bytes_requested = core.stats.bytes_requested - old_size + size;
+                Some(new)
+            }
+            ChunkKind::Huge if size > MEDIUM_MAX => {
+                // SAFETY: a live huge block (caller).
+                let usable = unsafe { Self::block_usable_size(header, ptr) };
+                let fits = size <= usable && size > usable / 2;
+                if fits {
+                    let mut core = self.core.lock();
+                    core.stats.bytes_requested = core.stats.bytes_requested - old_size + size;
+                }
+                fits.then_some(usable)
+            }
+            _ => None,
+        }
+    }
+
+    /// Maps an arena chunk for layer 2.
+    pub(crate) fn map_arena(&self) -> Option<NonNull<u8>> {
+        let mut core = self.core.lock();
+        let chunk = self.map_chunk(&mut core, ChunkKind::Arena, ARENA_SIZE, ARENA_SIZE)?;
+        core.stats.arena_chunks += 1;
+        Some(chunk.cast())
+    }
+
+    /// Unmaps an arena chunk from [`RawHeap::map_arena`].
+    ///
+    /// # Safety
+    ///
+    /// `arena` came from `map_arena` on this heap, and no block or list
+    /// refers to it any more.
+    pub(crate) unsafe fn unmap_arena(&self, arena: NonNull<ChunkHeader>) {
+        let mut core = self.core.lock();
+        // SAFETY: caller's contract.
+        unsafe { self.unmap_chunk(&mut core, arena) };
+        core.stats.arena_chunks -= 1;
+    }
+
+    /// Maps, registers and links a chunk. The one place memory enters the
+    /// heap.
+    fn map_chunk(&self, core: &mut RawCore, kind: ChunkKind, size: usize, align: usize) -> Option<NonNull<ChunkHeader>> {
+        debug_assert!(align >= CHUNK_SIZE && align.is_power_of_two());
+        let base = self.source.map(size, align)?;
+        let header = base.cast::<ChunkHeader>();
+        // SAFETY: the mapping is fresh, ours, and larger than a header.
+        unsafe { header.write(ChunkHeader::new(kind, size, align)) };
+        if !ARENA_MAP.register(header, base.as_ptr().addr(), size) {
+            // SAFETY: just mapped, never published.
+            unsafe { self.source.unmap(base, size, align) };
+            return None;
+        }
+        // SAFETY: `header` and the current list head are live chunk headers,
+        // and we hold the lock that guards the list.
+        unsafe {
+            (*header.as_ptr()).next = core.chunks;
+            if !core.chunks.is_null() {
+                (*core.chunks).prev = header.as_ptr();
+            }
+        }
+        core.chunks = header.as_ptr();
+        core.stats.bytes_mapped += size;
+        Some(header)
+    }
+
+    /// Unlinks, unregisters and unmaps a chunk.
+    ///
+    /// # Safety
+    ///
+    /// `header` is a chunk of this heap (on `core.chunks`) that nothing uses.
+    unsafe fn unmap_chunk(&self, core: &mut RawCore, header: NonNull<ChunkHeader>) {
+        // SAFETY: `header` and its list neighbours are live chunk headers.
+        let (size, align) = unsafe {
+            let h = header.as_ptr();
+            let (next, prev) = ((*h).next, (*h).prev);
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            if prev.is_null() {
+                core.chunks = next;
+            } else {
+                (*prev).next = next;
+            }
+            ((*h).size, (*h).align)
+        };
+        ARENA_MAP.unregister(header.as_ptr().addr(), size);
+        core.stats.bytes_mapped -= size;
+        // SAFETY: the chunk was mapped by `self.source` with this size and
+        // alignment, and is no longer reachable.
+        unsafe { self.source.unmap(header.cast(), size, align) };
+    }
+}
+
+impl<S: PageSource, R: RawMutex> Drop for RawHeap<S, R> {
+    fn drop(&mut self) {
+        let source = &self.source;
+        let core = self.core.get_mut();
+        let mut chunk = core.chunks;
+        while let Some(h) = NonNull::new(chunk) {
+            // SAFETY: every chunk on the list is live; with `&mut self`
+            // nothing can use the heap's blocks any more.
+            unsafe {
+                chunk = (*h.as_ptr()).next;
+                let (size, align) = ((*h.as_ptr()).size, (*h.as_ptr()).align);
+                ARENA_MAP.unregister(h.as_ptr().addr(), size);
+                source.unmap(h.cast(), size, align);
+            }
+        }
+        core.chunks = null_mut();
+    }
+}
+
+const _: () = assert!(ALIGNMENT <= CHUNK_HEADER_SIZE);

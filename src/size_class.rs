@@ -1,0 +1,81 @@
+//! Small size classes: the request-size ↔ block-size arithmetic of layer 2.
+//!
+//! | request (bytes) | block size | class |
+//! |-----------------|-----------:|------:|
+//! | 1 – 16          | 16         | 0     |
+//! | 17 – 32         | 32         | 1     |
+//! | …               | …          | …     |
+//! | 497 – 512       | 512        | 31    |
+//!
+//! A request with alignment `a > ALIGNMENT` is served by the class of its
+//! size rounded up to `a`: that block size is a multiple of `a`, and blocks
+//! sit at multiples of their size from a pool-aligned base, so they are
+//! `a`-aligned ([ref:pool-data-aligned]).
+
+use crate::config::{ALIGNMENT, ALIGNMENT_SHIFT, NB_SMALL_SIZE_CLASSES, POOL_SIZE, SMALL_REQUEST_THRESHOLD};
+
+/// Index of a small size class, `0..NB_SMALL_SIZE_CLASSES`.
+pub(crate) type SizeClass = usize;
+
+/// Size class serving `size` bytes at alignment `align`, or `None` if the
+/// request is not small.
+#[inline]
+pub(crate) const fn class_of(size: usize, align: usize) -> Option<SizeClass> {
+    if size > SMALL_REQUEST_THRESHOLD || align > SMALL_REQUEST_THRESHOLD {
+        return None;
+    }
+    // Both at most 512 here, so neither the rounding nor `max` overflows.
+    let padded = if align > ALIGNMENT { (size + align - 1) & !(align - 1) } else { size };
+    if padded > SMALL_REQUEST_THRESHOLD {
+        return None;
+    }
+    Some(padded.saturating_sub(1) >> ALIGNMENT_SHIFT)
+}
+
+/// Bytes in each block of `class`.
+#[inline]
+pub(crate) const fn block_size(class: SizeClass) -> usize {
+    (class + 1) << ALIGNMENT_SHIFT
+}
+
+/// Blocks a pool of `class` holds.
+#[inline]
+pub(crate) const fn blocks_per_pool(class: SizeClass) -> usize {
+    POOL_SIZE / block_size(class)
+}
+
+const _: () = assert!(block_size(NB_SMALL_SIZE_CLASSES - 1) == SMALL_REQUEST_THRESHOLD);
+const _: () = assert!(blocks_per_pool(NB_SMALL_SIZE_CLASSES - 1) >= 2);
+const _: () = assert!(blocks_per_pool(0) <= u32::MAX as usize);
+const _: () = assert!(block_size(0) == ALIGNMENT);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_small_request_maps_to_the_smallest_fitting_aligned_class() {
+        let mut align = 1;
+        while align <= 2 * SMALL_REQUEST_THRESHOLD {
+            for size in 0..=SMALL_REQUEST_THRESHOLD + 1 {
+                let expect = (1..=NB_SMALL_SIZE_CLASSES)
+                    .map(|c| c - 1)
+                    .find(|&c| block_size(c) >= size && block_size(c) % align.max(ALIGNMENT) == 0);
+                assert_eq!(class_of(size, align), expect, "size {size} align {align}");
+            }
+            align *= 2;
+        }
+    }
+
+    #[test]
+    fn classes_are_16_byte_steps_up_to_512() {
+        let sizes: Vec<usize> = (0..NB_SMALL_SIZE_CLASSES).map(block_size).collect();
+        assert_eq!(sizes.len(), 32);
+        assert_eq!(sizes[0], 16);
+        assert_eq!(sizes[31], 512);
+        assert!(sizes.windows(2).all(|w| w[1] - w[0] == ALIGNMENT));
+        assert_eq!(blocks_per_pool(0), 1024);
+        assert_eq!(blocks_per_pool(31), 32);
+        assert_eq!(ALIGNMENT, 16);
+    }
+}
