@@ -81,7 +81,7 @@ unsafe impl lock_api::RawMutex for SpinLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lock_api::Mutex;
+    use lock_api::{Mutex, RawMutex};
 
     #[test]
     fn excludes_concurrent_holders() {

@@ -24,12 +24,14 @@ pub(crate) const fn class_of(size: usize, align: usize) -> Option<SizeClass> {
     if size > SMALL_REQUEST_THRESHOLD || align > SMALL_REQUEST_THRESHOLD {
         return None;
     }
-    // Both at most 512 here, so neither the rounding nor `max` overflows.
+    // A zero-byte request gets a block of its own like a one-byte request.
+    let size = if size == 0 { 1 } else { size };
+    // Both at most 512 here, so the rounding does not overflow.
     let padded = if align > ALIGNMENT { (size + align - 1) & !(align - 1) } else { size };
     if padded > SMALL_REQUEST_THRESHOLD {
         return None;
     }
-    Some(padded.saturating_sub(1) >> ALIGNMENT_SHIFT)
+    Some((padded - 1) >> ALIGNMENT_SHIFT)
 }
 
 /// Bytes in each block of `class`.
@@ -60,7 +62,7 @@ mod tests {
             for size in 0..=SMALL_REQUEST_THRESHOLD + 1 {
                 let expect = (1..=NB_SMALL_SIZE_CLASSES)
                     .map(|c| c - 1)
-                    .find(|&c| block_size(c) >= size && block_size(c) % align.max(ALIGNMENT) == 0);
+                    .find(|&c| block_size(c) >= size.max(1) && block_size(c) % align.max(ALIGNMENT) == 0);
                 assert_eq!(class_of(size, align), expect, "size {size} align {align}");
             }
             align *= 2;
