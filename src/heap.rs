@@ -132,9 +132,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// allocation's dangling pointer). A pointer no pymalloc heap owns is
     /// reported and aborts the process.
     pub unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
-        let Some(header) = ARENA_MAP.lookup(ptr.as_ptr().addr()) else {
-            crate::fatal::bad_pointer("PrivateHeap::usable_size", ptr.as_ptr())
-        };
+        let (header, ptr) = ARENA_MAP.find_block(ptr, "PrivateHeap::usable_size");
         // SAFETY: `header` is the live chunk holding `ptr` (map invariant),
         // and `ptr` is a live block in it (caller).
         unsafe {
@@ -161,9 +159,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// Frees a live block that was requested with `size` bytes.
     #[inline]
     unsafe fn free_inner(&self, ptr: NonNull<u8>, size: usize) {
-        let Some(header) = ARENA_MAP.lookup(ptr.as_ptr().addr()) else {
-            crate::fatal::bad_pointer("PrivateHeap::dealloc", ptr.as_ptr())
-        };
+        let (header, ptr) = ARENA_MAP.find_block(ptr, "PrivateHeap::dealloc");
         // SAFETY: `header` is the chunk holding `ptr`, and `ptr` is a live
         // block of this heap (caller).
         unsafe {
@@ -182,9 +178,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// in place when the block already fits without much waste. On failure
     /// the old block is untouched.
     unsafe fn realloc_inner(&self, ptr: NonNull<u8>, old_size: usize, new_size: usize, new_align: usize) -> Option<NonNull<u8>> {
-        let Some(header) = ARENA_MAP.lookup(ptr.as_ptr().addr()) else {
-            crate::fatal::bad_pointer("PrivateHeap::realloc", ptr.as_ptr())
-        };
+        let (header, ptr) = ARENA_MAP.find_block(ptr, "PrivateHeap::realloc");
         if ptr.as_ptr().addr() % new_align == 0 {
             // SAFETY: `header` is the chunk of live block `ptr` (caller).
             if unsafe { self.resize_in_place(header, ptr, old_size, new_size) } {

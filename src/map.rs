@@ -138,6 +138,26 @@ impl ArenaMap {
     }
 }
 
+impl ArenaMap {
+    /// The chunk holding the live block `ptr`, and `ptr` re-derived from the
+    /// chunk's provenance. [tag:rebase] The heap works on the re-derived
+    /// pointer only: the caller's copy may carry a narrower provenance (a
+    /// `Box<u32>` grants 4 bytes), while the heap reads headers around the
+    /// block and re-issues the block later at full size.
+    ///
+    /// A pointer no live chunk holds is reported (`what` names the caller)
+    /// and the process aborts.
+    #[inline]
+    pub(crate) fn find_block(&self, ptr: NonNull<u8>, what: &str) -> (NonNull<ChunkHeader>, NonNull<u8>) {
+        let Some(header) = self.lookup(ptr.as_ptr().addr()) else {
+            crate::fatal::bad_pointer(what, ptr.as_ptr())
+        };
+        let rebased = header.cast::<u8>().as_ptr().with_addr(ptr.as_ptr().addr());
+        // SAFETY: same address as `ptr`, which is non-null.
+        (header, unsafe { NonNull::new_unchecked(rebased) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,12 +142,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// `ptr` was returned by [`RawHeap::allocate`] on this heap with
     /// `layout`, and is not used afterwards.
     pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        let header = ARENA_MAP.lookup(ptr.as_ptr().addr());
-        match header {
-            // SAFETY: the block is live and ours (caller).
-            Some(h) => unsafe { self.free_block(h, ptr, layout.size()) },
-            None => crate::fatal::bad_pointer("RawHeap::deallocate", ptr.as_ptr()),
-        }
+        let (header, ptr) = ARENA_MAP.find_block(ptr, "RawHeap::deallocate");
+        // SAFETY: the block is live and ours (caller).
+        unsafe { self.free_block(header, ptr, layout.size()) }
     }
 
     /// Usable bytes of a live block: at least what was asked for.
@@ -157,11 +154,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// `ptr` was returned by [`RawHeap::allocate`] on this heap and is not
     /// yet freed.
     pub unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
-        match ARENA_MAP.lookup(ptr.as_ptr().addr()) {
-            // SAFETY: live block of ours (caller).
-            Some(h) => unsafe { Self::block_usable_size(h, ptr) },
-            None => crate::fatal::bad_pointer("RawHeap::usable_size", ptr.as_ptr()),
-        }
+        let (header, ptr) = ARENA_MAP.find_block(ptr, "RawHeap::usable_size");
+        // SAFETY: live block of ours (caller).
+        unsafe { Self::block_usable_size(header, ptr) }
     }
 
     /// Whether a request goes to the medium allocator.
