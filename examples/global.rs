@@ -14,7 +14,12 @@ fn report(stage: &str) {
     let s = HEAP.stats();
     println!(
         "{stage:<28} requested {:>10} B  in use {:>10} B  mapped {:>10} B  arenas {:>3}  medium chunks {:>2}  huge {:>2}",
-        s.bytes_requested, s.bytes_in_use, s.bytes_mapped, s.raw.arena_chunks, s.raw.medium_chunks, s.raw.huge_blocks
+        s.bytes_requested,
+        s.bytes_in_use,
+        s.bytes_mapped,
+        s.raw.arena_chunks,
+        s.raw.medium_chunks,
+        s.raw.huge_blocks
     );
 }
 
@@ -35,7 +40,11 @@ enum Tree {
 }
 
 fn build(depth: u32) -> Tree {
-    if depth == 0 { Tree::Leaf } else { Tree::Node(Box::new(build(depth - 1)), Box::new(build(depth - 1))) }
+    if depth == 0 {
+        Tree::Leaf
+    } else {
+        Tree::Node(Box::new(build(depth - 1)), Box::new(build(depth - 1)))
+    }
 }
 
 fn count(t: &Tree) -> usize {
@@ -48,9 +57,15 @@ fn count(t: &Tree) -> usize {
 fn main() {
     report("start");
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let syllables = ["py", "mal", "loc", "are", "na", "pool", "blo", "ck", "he", "ap"];
+    let syllables = [
+        "py", "mal", "loc", "are", "na", "pool", "blo", "ck", "he", "ap",
+    ];
     let text: Vec<String> = (0..400_000)
-        .map(|_| (0..1 + rng.next() % 3).map(|_| syllables[(rng.next() % 10) as usize]).collect())
+        .map(|_| {
+            (0..1 + rng.next() % 3)
+                .map(|_| syllables[(rng.next() % 10) as usize])
+                .collect()
+        })
         .collect();
     report("400k words generated");
 
@@ -76,7 +91,8 @@ fn main() {
     let big: Vec<u64> = (0..4_000_000).collect();
     report("big vector (32 MB)");
     println!("sum of big vector: {}", big.iter().sum::<u64>());
-    drop((big, sorted, text, top));
+    drop((top, big, sorted));
+    drop(text);
     report("all dropped");
     HEAP.validate();
 }

@@ -19,7 +19,10 @@ fn tokenize<'h>(heap: &'h PrivateHeap, src: &str) -> Vec<Token<'h>, &'h PrivateH
         for word in l.split_whitespace() {
             let mut text = Vec::with_capacity_in(word.len(), heap);
             text.extend_from_slice(word.as_bytes());
-            out.push(Token { text, line: line as u32 + 1 });
+            out.push(Token {
+                text,
+                line: line as u32 + 1,
+            });
         }
     }
     out
@@ -36,8 +39,15 @@ fn main() {
             v.into_boxed_slice()
         };
         let s = heap.stats();
-        println!("{} tokens, last on line {}", tokens.len(), tree[tree.len() - 1]);
-        println!("first token: {:?}", std::str::from_utf8(&tokens[0].text).unwrap());
+        println!(
+            "{} tokens, last on line {}",
+            tokens.len(),
+            tree[tree.len() - 1]
+        );
+        println!(
+            "first token: {:?}",
+            std::str::from_utf8(&tokens[0].text).unwrap()
+        );
         println!(
             "heap: {} B requested, {} B in use, {} B mapped, {} small blocks",
             s.bytes_requested,
@@ -47,7 +57,10 @@ fn main() {
         );
     }
     let s = heap.stats();
-    println!("after the collections are dropped: {} B in use, {} B still mapped (spares)", s.bytes_in_use, s.bytes_mapped);
+    println!(
+        "after the collections are dropped: {} B in use, {} B still mapped (spares)",
+        s.bytes_in_use, s.bytes_mapped
+    );
     heap.validate();
     drop(heap);
     println!("heap dropped: all its memory is back with the OS");

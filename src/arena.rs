@@ -110,7 +110,10 @@ pub(crate) fn pool_index(arena: *const ArenaHeader, addr: usize) -> usize {
 #[inline]
 pub(crate) fn pool_header(arena: *mut ArenaHeader, index: usize) -> *mut PoolHeader {
     debug_assert!(index > 0 && index < POOLS_PER_ARENA);
-    arena.wrapping_byte_add(POOL_HEADERS_OFFSET).cast::<PoolHeader>().wrapping_add(index)
+    arena
+        .wrapping_byte_add(POOL_HEADERS_OFFSET)
+        .cast::<PoolHeader>()
+        .wrapping_add(index)
 }
 
 /// First byte of pool `index`'s blocks.

@@ -43,7 +43,13 @@ pub(crate) struct ChunkHeader {
 
 impl ChunkHeader {
     pub(crate) const fn new(kind: ChunkKind, size: usize, align: usize) -> Self {
-        Self { kind, size, align, next: null_mut(), prev: null_mut() }
+        Self {
+            kind,
+            size,
+            align,
+            next: null_mut(),
+            prev: null_mut(),
+        }
     }
 
     /// Address of the chunk's first byte (the header itself).

@@ -44,7 +44,10 @@ fn write_stderr(bytes: &[u8]) {
 #[cold]
 #[inline(never)]
 pub(crate) fn bad_pointer(what: &str, ptr: *const u8) -> ! {
-    let mut m = Message { buf: [0; 256], len: 0 };
+    let mut m = Message {
+        buf: [0; 256],
+        len: 0,
+    };
     m.push(b"pymalloc: fatal error in ");
     m.push(what.as_bytes());
     m.push(b": pointer ");

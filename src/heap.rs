@@ -81,7 +81,9 @@ impl Default for PrivateHeap {
 
 impl<S: PageSource, R: RawMutex> core::fmt::Debug for PrivateHeap<S, R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("PrivateHeap").field("stats", &self.stats()).finish_non_exhaustive()
+        f.debug_struct("PrivateHeap")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,7 +97,10 @@ fn dangling(align: usize) -> NonNull<u8> {
 impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// An empty heap taking its pages from `source`.
     pub const fn with_source(source: S) -> Self {
-        Self { raw: RawHeap::with_source(source), small: Mutex::const_new(R::INIT, SmallCore::new()) }
+        Self {
+            raw: RawHeap::with_source(source),
+            small: Mutex::const_new(R::INIT, SmallCore::new()),
+        }
     }
 
     /// The heap's layer 1, which the raw domain uses directly.
@@ -137,7 +142,10 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // and `ptr` is a live block in it (caller).
         unsafe {
             match (*header.as_ptr()).kind {
-                ChunkKind::Arena => block_size(SmallCore::class_of_block(header.as_ptr().cast(), ptr.as_ptr())),
+                ChunkKind::Arena => block_size(SmallCore::class_of_block(
+                    header.as_ptr().cast(),
+                    ptr.as_ptr(),
+                )),
                 _ => RawHeap::<S, R>::block_usable_size(header, ptr),
             }
         }
@@ -177,7 +185,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// bytes at `new_align`, keeping the first `min(old, new)` bytes. Stays
     /// in place when the block already fits without much waste. On failure
     /// the old block is untouched.
-    unsafe fn realloc_inner(&self, ptr: NonNull<u8>, old_size: usize, new_size: usize, new_align: usize) -> Option<NonNull<u8>> {
+    unsafe fn realloc_inner(
+        &self,
+        ptr: NonNull<u8>,
+        old_size: usize,
+        new_size: usize,
+        new_align: usize,
+    ) -> Option<NonNull<u8>> {
         let (header, ptr) = ARENA_MAP.find_block(ptr, "PrivateHeap::realloc");
         if ptr.as_ptr().addr() % new_align == 0 {
             // SAFETY: `header` is the chunk of live block `ptr` (caller).
@@ -200,11 +214,20 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// quarter or more (CPython's rule), a medium block that can grow into a
     /// free neighbour or shrink (but stays over the small threshold), a huge
     /// block that still holds it and is at most half empty.
-    unsafe fn resize_in_place(&self, header: NonNull<crate::chunk::ChunkHeader>, ptr: NonNull<u8>, old_size: usize, new_size: usize) -> bool {
+    unsafe fn resize_in_place(
+        &self,
+        header: NonNull<crate::chunk::ChunkHeader>,
+        ptr: NonNull<u8>,
+        old_size: usize,
+        new_size: usize,
+    ) -> bool {
         // SAFETY: `header` is the live chunk of live block `ptr` (caller).
         unsafe {
             if (*header.as_ptr()).kind == ChunkKind::Arena {
-                let size = block_size(SmallCore::class_of_block(header.as_ptr().cast(), ptr.as_ptr()));
+                let size = block_size(SmallCore::class_of_block(
+                    header.as_ptr().cast(),
+                    ptr.as_ptr(),
+                ));
                 if new_size > size || (new_size < old_size && 4 * new_size <= 3 * size) {
                     return false;
                 }
@@ -212,12 +235,16 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 small.stats.bytes_requested = small.stats.bytes_requested - old_size + new_size;
                 return true;
             }
-            new_size > SMALL_REQUEST_THRESHOLD && self.raw.resize_in_place(header, ptr, old_size, new_size).is_some()
+            new_size > SMALL_REQUEST_THRESHOLD
+                && self
+                    .raw
+                    .resize_in_place(header, ptr, old_size, new_size)
+                    .is_some()
         }
     }
 }
 
-// SAFETY (GlobalAlloc contract): blocks come from distinct live regions of the
+// SAFETY: GlobalAlloc contract: blocks come from distinct live regions of the
 // heap and are aligned as asked (class and TLSF alignment rules, checked by
 // the tests); `dealloc`/`realloc` accept exactly the pointers `alloc`
 // returned; no method unwinds (failure is null) or re-enters the global
@@ -225,7 +252,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHeap<S, R> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.alloc_inner(layout.size(), layout.align()).map_or(null_mut(), |(p, _)| p.as_ptr())
+        self.alloc_inner(layout.size(), layout.align())
+            .map_or(null_mut(), |(p, _)| p.as_ptr())
     }
 
     #[inline]
@@ -254,12 +282,19 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHea
         // SAFETY: `ptr` is a live block allocated with `layout`, `new_size`
         // is non-zero and valid with `layout.align()` (GlobalAlloc::realloc
         // contract).
-        unsafe { self.realloc_inner(NonNull::new_unchecked(ptr), layout.size(), new_size, layout.align()) }
-            .map_or(null_mut(), NonNull::as_ptr)
+        unsafe {
+            self.realloc_inner(
+                NonNull::new_unchecked(ptr),
+                layout.size(),
+                new_size,
+                layout.align(),
+            )
+        }
+        .map_or(null_mut(), NonNull::as_ptr)
     }
 }
 
-// SAFETY (Allocator contract): returned blocks stay valid until deallocated
+// SAFETY: Allocator contract: returned blocks stay valid until deallocated
 // or the heap is dropped (the `&PrivateHeap` borrow outlives every block);
 // copies of `&PrivateHeap` are the same allocator; zero-sized blocks are
 // dangling, aligned pointers that are never passed to the heap; grow/shrink
@@ -270,7 +305,9 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
         if layout.size() == 0 {
             return Ok(NonNull::slice_from_raw_parts(dangling(layout.align()), 0));
         }
-        let (p, _) = self.alloc_inner(layout.size(), layout.align()).ok_or(AllocError)?;
+        let (p, _) = self
+            .alloc_inner(layout.size(), layout.align())
+            .ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
@@ -293,27 +330,48 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
         }
     }
 
-    unsafe fn grow(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         if old.size() == 0 {
             return self.allocate(new);
         }
         // SAFETY: `ptr` is a live block allocated with `old` (contract).
-        let p = unsafe { self.realloc_inner(ptr, old.size(), new.size(), new.align()) }.ok_or(AllocError)?;
+        let p = unsafe { self.realloc_inner(ptr, old.size(), new.size(), new.align()) }
+            .ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, new.size()))
     }
 
-    unsafe fn grow_zeroed(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn grow_zeroed(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         if old.size() == 0 {
             return self.allocate_zeroed(new);
         }
         // SAFETY: as for `grow`.
         let p = unsafe { self.grow(ptr, old, new) }?;
         // SAFETY: the block holds `new.size() >= old.size()` bytes.
-        unsafe { p.cast::<u8>().as_ptr().add(old.size()).write_bytes(0, new.size() - old.size()) };
+        unsafe {
+            p.cast::<u8>()
+                .as_ptr()
+                .add(old.size())
+                .write_bytes(0, new.size() - old.size())
+        };
         Ok(p)
     }
 
-    unsafe fn shrink(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         if new.size() == 0 {
             // SAFETY: `ptr` was allocated with `old` (contract).
             unsafe { self.deallocate(ptr, old) };
@@ -321,7 +379,8 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
         }
         // SAFETY: `ptr` is a live, non-zero-sized block with `old` (contract,
         // and `old.size() >= new.size() > 0`).
-        let p = unsafe { self.realloc_inner(ptr, old.size(), new.size(), new.align()) }.ok_or(AllocError)?;
+        let p = unsafe { self.realloc_inner(ptr, old.size(), new.size(), new.align()) }
+            .ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, new.size()))
     }
 }

@@ -81,3 +81,8 @@ pub use lock::SpinLock;
 pub use os::{OsPages, PageSource};
 pub use pool::SmallStats;
 pub use raw::{RawHeap, RawStats};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -52,7 +52,9 @@ impl SpinLock {
 // lock provides mutual exclusion and the needed happens-before edges.
 unsafe impl lock_api::RawMutex for SpinLock {
     #[allow(clippy::declare_interior_mutable_const)]
-    const INIT: Self = SpinLock { locked: AtomicBool::new(false) };
+    const INIT: Self = SpinLock {
+        locked: AtomicBool::new(false),
+    };
     type GuardMarker = lock_api::GuardSend;
 
     #[inline]

@@ -46,7 +46,9 @@ pub(crate) struct ArenaMap {
 
 impl ArenaMap {
     const fn new() -> Self {
-        Self { root: [const { AtomicPtr::new(null_mut()) }; ROOT_LEN] }
+        Self {
+            root: [const { AtomicPtr::new(null_mut()) }; ROOT_LEN],
+        }
     }
 
     /// Splits an address into (root index, leaf index), or `None` if it lies
@@ -79,13 +81,22 @@ impl ArenaMap {
     #[cold]
     fn new_leaf(root: &AtomicPtr<Leaf>) -> Option<*mut Leaf> {
         let size = size_of::<Leaf>();
-        let fresh = OsPages.map(size, align_of::<Leaf>())?.cast::<Leaf>().as_ptr();
+        let fresh = OsPages
+            .map(size, align_of::<Leaf>())?
+            .cast::<Leaf>()
+            .as_ptr();
         // A zeroed region is a valid leaf: every AtomicPtr null.
         match root.compare_exchange(null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => Some(fresh),
             Err(winner) => {
                 // SAFETY: `fresh` was mapped just above and never published.
-                unsafe { OsPages.unmap(NonNull::new_unchecked(fresh).cast(), size, align_of::<Leaf>()) };
+                unsafe {
+                    OsPages.unmap(
+                        NonNull::new_unchecked(fresh).cast(),
+                        size,
+                        align_of::<Leaf>(),
+                    )
+                };
                 Some(winner)
             }
         }
@@ -148,7 +159,11 @@ impl ArenaMap {
     /// A pointer no live chunk holds is reported (`what` names the caller)
     /// and the process aborts.
     #[inline]
-    pub(crate) fn find_block(&self, ptr: NonNull<u8>, what: &str) -> (NonNull<ChunkHeader>, NonNull<u8>) {
+    pub(crate) fn find_block(
+        &self,
+        ptr: NonNull<u8>,
+        what: &str,
+    ) -> (NonNull<ChunkHeader>, NonNull<u8>) {
         let Some(header) = self.lookup(ptr.as_ptr().addr()) else {
             crate::fatal::bad_pointer(what, ptr.as_ptr())
         };

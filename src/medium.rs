@@ -154,7 +154,9 @@ pub(crate) struct Tlsf {
 
 impl core::fmt::Debug for Tlsf {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Tlsf").field("fl_bitmap", &self.fl_bitmap).finish_non_exhaustive()
+        f.debug_struct("Tlsf")
+            .field("fl_bitmap", &self.fl_bitmap)
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,8 +180,14 @@ impl Tlsf {
         let first: *mut Block = chunk.as_ptr().wrapping_add(CHUNK_HEADER_SIZE).cast();
         // SAFETY: the chunk is ours (caller), and both headers lie inside it.
         unsafe {
-            first.write(Block { prev_phys: null_mut(), size_flags: CHUNK_BLOCK | FREE });
-            next_phys(first).write(Block { prev_phys: first, size_flags: 0 });
+            first.write(Block {
+                prev_phys: null_mut(),
+                size_flags: CHUNK_BLOCK | FREE,
+            });
+            next_phys(first).write(Block {
+                prev_phys: first,
+                size_flags: 0,
+            });
             self.insert(first);
         }
         self.empty_chunks += 1;
@@ -201,7 +209,10 @@ impl Tlsf {
         // SAFETY: `b` is a free block (links fit); `head` is null or a free
         // block of the same list.
         unsafe {
-            links(b).write(FreeLinks { next: head, prev: null_mut() });
+            links(b).write(FreeLinks {
+                next: head,
+                prev: null_mut(),
+            });
             if !head.is_null() {
                 (*links(head)).prev = b;
             }
@@ -267,7 +278,11 @@ impl Tlsf {
     /// usable size.
     pub(crate) fn allocate(&mut self, size: usize, align: usize) -> Option<(NonNull<u8>, usize)> {
         let need = Self::block_size_for(size);
-        let search = if align <= ALIGNMENT { need } else { need + align + MIN_BLOCK };
+        let search = if align <= ALIGNMENT {
+            need
+        } else {
+            need + align + MIN_BLOCK
+        };
         let mut b = self.take_fit(search)?;
         if align > ALIGNMENT {
             let payload = payload_of(b).as_ptr();
@@ -307,7 +322,10 @@ impl Tlsf {
             let total = size_of_block(b);
             let next = next_phys(b);
             let rest: *mut Block = b.byte_add(at);
-            rest.write(Block { prev_phys: b, size_flags: total - at });
+            rest.write(Block {
+                prev_phys: b,
+                size_flags: total - at,
+            });
             (*b).size_flags = at;
             (*next).prev_phys = rest;
             rest
@@ -387,7 +405,11 @@ impl Tlsf {
     /// # Safety
     ///
     /// `payload` came from [`Tlsf::allocate`] on `self` and is not yet freed.
-    pub(crate) unsafe fn resize_in_place(&mut self, payload: NonNull<u8>, size: usize) -> Option<usize> {
+    pub(crate) unsafe fn resize_in_place(
+        &mut self,
+        payload: NonNull<u8>,
+        size: usize,
+    ) -> Option<usize> {
         let b = block_of(payload);
         let need = Self::block_size_for(size);
         // SAFETY: `b` is a live used block (caller); its next neighbour is a
@@ -431,7 +453,11 @@ mod tests {
 
     #[test]
     fn mapping_is_monotonic_and_search_rounds_up() {
-        let step = if cfg!(miri) { 4096 + ALIGNMENT } else { ALIGNMENT };
+        let step = if cfg!(miri) {
+            4096 + ALIGNMENT
+        } else {
+            ALIGNMENT
+        };
         let mut last = (0, 0);
         for size in (MIN_BLOCK..=CHUNK_BLOCK).step_by(step) {
             let m = mapping(size);
@@ -441,7 +467,10 @@ mod tests {
             let (fl, sl) = mapping_search(size);
             if fl < FL_COUNT {
                 // Every block in the list the search lands on is big enough.
-                assert!(list_min(fl, sl) >= size, "search for {size} lands on ({fl}, {sl})");
+                assert!(
+                    list_min(fl, sl) >= size,
+                    "search for {size} lands on ({fl}, {sl})"
+                );
             }
         }
         assert!(mapping(CHUNK_BLOCK).0 < FL_COUNT);
@@ -458,7 +487,7 @@ mod tests {
         assert_eq!(t.empty_chunks, 1);
         let (a, ua) = t.allocate(1000, 16).unwrap();
         assert_eq!(t.empty_chunks, 0);
-        assert!(ua >= 1000 && ua < 1000 + MIN_BLOCK);
+        assert!((1000..1000 + MIN_BLOCK).contains(&ua));
         let (b, _) = t.allocate(5000, 4096).unwrap();
         assert_eq!(b.as_ptr().addr() % 4096, 0);
         let (c, _) = t.allocate(700, 64).unwrap();

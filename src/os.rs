@@ -141,7 +141,11 @@ mod sys {
                 0,
             )
         };
-        if p == libc::MAP_FAILED { None } else { NonNull::new(p.cast::<u8>()) }
+        if p == libc::MAP_FAILED {
+            None
+        } else {
+            NonNull::new(p.cast::<u8>())
+        }
     }
 
     pub(super) fn map(size: usize, align: usize) -> Option<NonNull<u8>> {
@@ -211,12 +215,19 @@ mod sys {
             if probe.is_null() {
                 return None;
             }
-            let aligned = probe.cast::<u8>().map_addr(|a| (a + align - 1) & !(align - 1));
+            let aligned = probe
+                .cast::<u8>()
+                .map_addr(|a| (a + align - 1) & !(align - 1));
             // SAFETY: `probe` is the reservation just made.
             unsafe { VirtualFree(probe, 0, MEM_RELEASE) };
             // SAFETY: asks for a fresh region at a specific free address.
             let p = unsafe {
-                VirtualAlloc(aligned.cast(), size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE)
+                VirtualAlloc(
+                    aligned.cast(),
+                    size,
+                    MEM_RESERVE | MEM_COMMIT,
+                    PAGE_READWRITE,
+                )
             };
             if let Some(p) = NonNull::new(p.cast::<u8>()) {
                 return Some(p);

@@ -138,7 +138,10 @@ impl SmallCore {
             }
             self.stats.blocks_in_use[class] += 1;
             self.stats.bytes_in_use += block_size(class);
-            SmallBlock { ptr: NonNull::new_unchecked(ptr), zeroed }
+            SmallBlock {
+                ptr: NonNull::new_unchecked(ptr),
+                zeroed,
+            }
         }
     }
 
@@ -259,7 +262,11 @@ impl SmallCore {
 
     /// used → empty: the pool's last block was freed. The pool goes on its
     /// arena's free list; the arena moves on the usable list, or leaves it.
-    unsafe fn used_to_empty<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>, pool: *mut PoolHeader) {
+    unsafe fn used_to_empty<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        pool: *mut PoolHeader,
+    ) {
         let arena = arena_of_pool(pool);
         // SAFETY: `pool` is a live empty pool on no list (caller).
         unsafe {
@@ -300,7 +307,10 @@ impl SmallCore {
     // ----- arena transitions -----
 
     /// A wholly empty arena: the spare, or a new one from layer 1.
-    fn take_arena<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>) -> Option<*mut ArenaHeader> {
+    fn take_arena<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+    ) -> Option<*mut ArenaHeader> {
         if !self.spare.is_null() {
             return Some(core::mem::replace(&mut self.spare, null_mut()));
         }
@@ -341,7 +351,11 @@ impl SmallCore {
             (*arena).nfreepools = k - 1;
             if self.last_with[k] == arena {
                 let next = (*arena).next;
-                self.last_with[k] = if !next.is_null() && (*next).nfreepools == k { next } else { null_mut() };
+                self.last_with[k] = if !next.is_null() && (*next).nfreepools == k {
+                    next
+                } else {
+                    null_mut()
+                };
             }
             if k - 1 == 0 {
                 self.unlink_usable(arena);
@@ -355,7 +369,11 @@ impl SmallCore {
 
     /// An arena got an empty pool back (`nfreepools` k → k+1): it moves
     /// towards the tail, or off the list when all its pools are empty.
-    fn arena_gained_pool<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>, arena: *mut ArenaHeader) {
+    fn arena_gained_pool<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        arena: *mut ArenaHeader,
+    ) {
         // SAFETY: `arena` is a live arena of this heap; list neighbours too.
         unsafe {
             let k = (*arena).nfreepools;
@@ -369,7 +387,11 @@ impl SmallCore {
             let prev = (*arena).prev;
             let last_k = self.last_with[k];
             if last_k == arena {
-                self.last_with[k] = if !prev.is_null() && (*prev).nfreepools == k { prev } else { null_mut() };
+                self.last_with[k] = if !prev.is_null() && (*prev).nfreepools == k {
+                    prev
+                } else {
+                    null_mut()
+                };
             }
             if k + 1 == USABLE_POOLS_PER_ARENA {
                 self.unlink_usable(arena);
@@ -390,7 +412,11 @@ impl SmallCore {
 
     /// All pools of `arena` (now on no list) are empty: keep it as the
     /// spare, or give it back to layer 1.
-    fn arena_becomes_empty<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>, arena: *mut ArenaHeader) {
+    fn arena_becomes_empty<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        arena: *mut ArenaHeader,
+    ) {
         if self.spare.is_null() {
             self.spare = arena;
             return;
@@ -407,7 +433,11 @@ impl SmallCore {
     unsafe fn insert_usable_after(&mut self, arena: *mut ArenaHeader, after: *mut ArenaHeader) {
         // SAFETY: caller's contract.
         unsafe {
-            let next = if after.is_null() { self.usable } else { (*after).next };
+            let next = if after.is_null() {
+                self.usable
+            } else {
+                (*after).next
+            };
             (*arena).prev = after;
             (*arena).next = next;
             if !next.is_null() {
@@ -458,12 +488,18 @@ impl SmallCore {
                     let mut free = 0u32;
                     let mut b = pool.freeblock;
                     while !b.is_null() {
-                        assert!(b.addr() >= pool.base.addr() && b.addr() < pool.base.addr() + crate::config::POOL_SIZE);
+                        assert!(
+                            b.addr() >= pool.base.addr()
+                                && b.addr() < pool.base.addr() + crate::config::POOL_SIZE
+                        );
                         assert_eq!((b.addr() - pool.base.addr()) % block_size(class), 0);
                         free += 1;
                         b = b.cast::<*mut u8>().read();
                     }
-                    assert_eq!(pool.ref_count + free + (pool.capacity - pool.bump), pool.capacity);
+                    assert_eq!(
+                        pool.ref_count + free + (pool.capacity - pool.bump),
+                        pool.capacity
+                    );
                     blocks[class] += pool.ref_count as usize;
                     prev = p;
                     p = pool.next;

@@ -14,11 +14,13 @@
 //! list, so that dropping the heap unmaps everything.
 
 use crate::chunk::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkKind};
-use crate::config::{ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN};
+use crate::config::{
+    ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN,
+};
+use crate::lock::SpinLock;
 use crate::map::ARENA_MAP;
 use crate::medium::{self, Tlsf};
 use crate::os::{OsPages, PageSource, checked_align_up, page_size};
-use crate::lock::SpinLock;
 use core::alloc::Layout;
 use core::ptr::{NonNull, null_mut};
 use parking_lot::lock_api::{Mutex, RawMutex};
@@ -87,7 +89,9 @@ pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
 
 impl<S: PageSource, R: RawMutex> core::fmt::Debug for RawHeap<S, R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("RawHeap").field("stats", &self.stats()).finish_non_exhaustive()
+        f.debug_struct("RawHeap")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,15 +115,19 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             source,
             core: Mutex::const_new(
                 R::INIT,
-                RawCore { tlsf: Tlsf::new(), chunks: null_mut(), stats: RawStats {
-                    bytes_requested: 0,
-                    bytes_mapped: 0,
-                    bytes_in_use: 0,
-                    medium_blocks: 0,
-                    huge_blocks: 0,
-                    medium_chunks: 0,
-                    arena_chunks: 0,
-                } },
+                RawCore {
+                    tlsf: Tlsf::new(),
+                    chunks: null_mut(),
+                    stats: RawStats {
+                        bytes_requested: 0,
+                        bytes_mapped: 0,
+                        bytes_in_use: 0,
+                        medium_blocks: 0,
+                        huge_blocks: 0,
+                        medium_chunks: 0,
+                        arena_chunks: 0,
+                    },
+                },
             ),
         }
     }
@@ -132,7 +140,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// Allocates a block for `layout` (any size, any power-of-two alignment).
     /// `None` when the OS refuses memory or the size overflows.
     pub fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
-        self.alloc_block(layout.size(), layout.align()).map(|b| b.ptr)
+        self.alloc_block(layout.size(), layout.align())
+            .map(|b| b.ptr)
     }
 
     /// Frees a block.
@@ -178,7 +187,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         let (ptr, usable) = match core.tlsf.allocate(size, align) {
             Some(found) => found,
             None => {
-                let chunk = self.map_chunk(&mut core, ChunkKind::Medium, MEDIUM_CHUNK_SIZE, CHUNK_SIZE)?;
+                let chunk =
+                    self.map_chunk(&mut core, ChunkKind::Medium, MEDIUM_CHUNK_SIZE, CHUNK_SIZE)?;
                 core.stats.medium_chunks += 1;
                 // SAFETY: the chunk was just mapped for the medium allocator.
                 unsafe { core.tlsf.add_chunk(chunk.cast()) };
@@ -219,7 +229,12 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     ///
     /// `ptr` is a live medium or huge block of this heap and `header` its
     /// chunk (from the arena map).
-    pub(crate) unsafe fn free_block(&self, header: NonNull<ChunkHeader>, ptr: NonNull<u8>, size: usize) {
+    pub(crate) unsafe fn free_block(
+        &self,
+        header: NonNull<ChunkHeader>,
+        ptr: NonNull<u8>,
+        size: usize,
+    ) {
         let mut core = self.core.lock();
         core.stats.bytes_requested -= size;
         // SAFETY: `header` is a live chunk of ours (caller).
@@ -248,7 +263,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 // SAFETY: the block was the chunk's only content.
                 unsafe { self.unmap_chunk(&mut core, header) };
             }
-            ChunkKind::Arena => crate::fatal::bad_pointer("layer 1 free of a small block", ptr.as_ptr()),
+            ChunkKind::Arena => {
+                crate::fatal::bad_pointer("layer 1 free of a small block", ptr.as_ptr())
+            }
         }
     }
 
@@ -257,14 +274,19 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// # Safety
     ///
     /// As for [`RawHeap::free_block`].
-    pub(crate) unsafe fn block_usable_size(header: NonNull<ChunkHeader>, ptr: NonNull<u8>) -> usize {
+    pub(crate) unsafe fn block_usable_size(
+        header: NonNull<ChunkHeader>,
+        ptr: NonNull<u8>,
+    ) -> usize {
         // SAFETY: `header` is a live chunk and `ptr` a live block in it.
         unsafe {
             let h = &*header.as_ptr();
             match h.kind {
                 ChunkKind::Medium => medium::usable_size(ptr),
                 ChunkKind::Huge => h.base_addr() + h.size - ptr.as_ptr().addr(),
-                ChunkKind::Arena => crate::fatal::bad_pointer("layer 1 size of a small block", ptr.as_ptr()),
+                ChunkKind::Arena => {
+                    crate::fatal::bad_pointer("layer 1 size of a small block", ptr.as_ptr())
+                }
             }
         }
     }
@@ -332,7 +354,13 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
 
     /// Maps, registers and links a chunk. The one place memory enters the
     /// heap.
-    fn map_chunk(&self, core: &mut RawCore, kind: ChunkKind, size: usize, align: usize) -> Option<NonNull<ChunkHeader>> {
+    fn map_chunk(
+        &self,
+        core: &mut RawCore,
+        kind: ChunkKind,
+        size: usize,
+        align: usize,
+    ) -> Option<NonNull<ChunkHeader>> {
         debug_assert!(align >= CHUNK_SIZE && align.is_power_of_two());
         let base = self.source.map(size, align)?;
         let header = base.cast::<ChunkHeader>();

@@ -12,7 +12,9 @@
 //! sit at multiples of their size from a pool-aligned base, so they are
 //! `a`-aligned ([ref:pool-data-aligned]).
 
-use crate::config::{ALIGNMENT, ALIGNMENT_SHIFT, NB_SMALL_SIZE_CLASSES, POOL_SIZE, SMALL_REQUEST_THRESHOLD};
+use crate::config::{
+    ALIGNMENT, ALIGNMENT_SHIFT, NB_SMALL_SIZE_CLASSES, POOL_SIZE, SMALL_REQUEST_THRESHOLD,
+};
 
 /// Index of a small size class, `0..NB_SMALL_SIZE_CLASSES`.
 pub(crate) type SizeClass = usize;
@@ -27,7 +29,11 @@ pub(crate) const fn class_of(size: usize, align: usize) -> Option<SizeClass> {
     // A zero-byte request gets a block of its own like a one-byte request.
     let size = if size == 0 { 1 } else { size };
     // Both at most 512 here, so the rounding does not overflow.
-    let padded = if align > ALIGNMENT { (size + align - 1) & !(align - 1) } else { size };
+    let padded = if align > ALIGNMENT {
+        (size + align - 1) & !(align - 1)
+    } else {
+        size
+    };
     if padded > SMALL_REQUEST_THRESHOLD {
         return None;
     }
@@ -60,9 +66,9 @@ mod tests {
         let mut align = 1;
         while align <= 2 * SMALL_REQUEST_THRESHOLD {
             for size in 0..=SMALL_REQUEST_THRESHOLD + 1 {
-                let expect = (1..=NB_SMALL_SIZE_CLASSES)
-                    .map(|c| c - 1)
-                    .find(|&c| block_size(c) >= size.max(1) && block_size(c) % align.max(ALIGNMENT) == 0);
+                let expect = (1..=NB_SMALL_SIZE_CLASSES).map(|c| c - 1).find(|&c| {
+                    block_size(c) >= size.max(1) && block_size(c) % align.max(ALIGNMENT) == 0
+                });
                 assert_eq!(class_of(size, align), expect, "size {size} align {align}");
             }
             align *= 2;

@@ -36,10 +36,12 @@ fn boxes_of_every_small_size_and_alignment() {
     #[repr(align(4096))]
     struct Page([u8; 4096]);
     let heap = PrivateHeap::new();
-    let lines: std::vec::Vec<Box<Line, &PrivateHeap>> =
-        (0..500).map(|i| Box::new_in(Line([i as u8; 64]), &heap)).collect();
-    let pages: std::vec::Vec<Box<Page, &PrivateHeap>> =
-        (0..8).map(|i| Box::new_in(Page([i as u8; 4096]), &heap)).collect();
+    let lines: std::vec::Vec<Box<Line, &PrivateHeap>> = (0..500)
+        .map(|i| Box::new_in(Line([i as u8; 64]), &heap))
+        .collect();
+    let pages: std::vec::Vec<Box<Page, &PrivateHeap>> = (0..8)
+        .map(|i| Box::new_in(Page([i as u8; 4096]), &heap))
+        .collect();
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(&**l as *const Line as usize % 64, 0);
         assert!(l.0.iter().all(|&b| b == i as u8));
@@ -98,10 +100,16 @@ fn dropping_a_heap_unmaps_all_its_memory() {
         core::mem::forget(a);
     }
     let mapped = heap.stats().bytes_mapped;
-    assert_eq!(mapped, pages.mapped.load(Ordering::Relaxed) - pages.unmapped.load(Ordering::Relaxed));
+    assert_eq!(
+        mapped,
+        pages.mapped.load(Ordering::Relaxed) - pages.unmapped.load(Ordering::Relaxed)
+    );
     assert!(mapped > 2 << 20);
     drop(heap);
-    assert_eq!(pages.mapped.load(Ordering::Relaxed), pages.unmapped.load(Ordering::Relaxed));
+    assert_eq!(
+        pages.mapped.load(Ordering::Relaxed),
+        pages.unmapped.load(Ordering::Relaxed)
+    );
 }
 
 #[test]

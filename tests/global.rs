@@ -16,7 +16,8 @@ fn rounds() -> usize {
 }
 
 fn checksum(v: &[u64]) -> u64 {
-    v.iter().fold(0u64, |acc, &x| acc.wrapping_mul(31).wrapping_add(x))
+    v.iter()
+        .fold(0u64, |acc, &x| acc.wrapping_mul(31).wrapping_add(x))
 }
 
 #[test]
@@ -44,7 +45,10 @@ fn std_collections_on_eight_threads_with_cross_thread_frees() {
                     let v: Vec<u64> = (0..len as u64).map(|x| x ^ (t as u64) << 32).collect();
                     let key = format!("{t}-{}", i % 97);
                     map.insert(key.clone(), v.clone());
-                    hash.insert(i as u64 % 211, vec![(i % 251) as u8; (i * 31) % 5000].into_boxed_slice());
+                    hash.insert(
+                        i as u64 % 211,
+                        vec![(i % 251) as u8; (i * 31) % 5000].into_boxed_slice(),
+                    );
                     if i % 3 == 0 {
                         let sum = checksum(&v);
                         tx.send((v, format!("len={len}"), sum)).unwrap();
@@ -74,7 +78,10 @@ fn std_collections_on_eight_threads_with_cross_thread_frees() {
     let after = HEAP.stats();
     // Everything the threads allocated is gone again (the test harness's own
     // blocks may differ by a little).
-    assert!(after.bytes_in_use < before.bytes_in_use + 64 * 1024, "{before:?} -> {after:?}");
+    assert!(
+        after.bytes_in_use < before.bytes_in_use + 64 * 1024,
+        "{before:?} -> {after:?}"
+    );
 }
 
 #[test]
@@ -102,14 +109,26 @@ fn short_threads_exit_while_others_allocate() {
 #[test]
 fn large_and_aligned_blocks_through_the_global_allocator() {
     use std::alloc::{GlobalAlloc, Layout};
-    for (size, align) in [(1, 1), (0, 64), (100, 256), (3000, 4096), (200_000, 64 * 1024), (3 << 20, 1 << 20), (5 << 20, 2 << 20)] {
+    for (size, align) in [
+        (1, 1),
+        (0, 64),
+        (100, 256),
+        (3000, 4096),
+        (200_000, 64 * 1024),
+        (3 << 20, 1 << 20),
+        (5 << 20, 2 << 20),
+    ] {
         let layout = Layout::from_size_align(size.max(1), align).unwrap();
         // SAFETY: non-zero size; freed below with the same layout.
         unsafe {
             let p = HEAP.alloc_zeroed(layout);
             assert!(!p.is_null());
             assert_eq!(p as usize % align, 0);
-            assert!(std::slice::from_raw_parts(p, layout.size()).iter().all(|&b| b == 0));
+            assert!(
+                std::slice::from_raw_parts(p, layout.size())
+                    .iter()
+                    .all(|&b| b == 0)
+            );
             assert!(HEAP.usable_size(std::ptr::NonNull::new(p).unwrap()) >= layout.size());
             HEAP.dealloc(p, layout);
         }

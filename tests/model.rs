@@ -8,23 +8,42 @@ use pymalloc::PrivateHeap;
 use quickcheck::{Arbitrary, Gen, QuickCheck};
 use std::collections::BTreeMap;
 
-const MAX_SIZE: usize = if cfg!(miri) { 96 * 1024 } else { 2 * 1024 * 1024 };
+const MAX_SIZE: usize = if cfg!(miri) {
+    96 * 1024
+} else {
+    2 * 1024 * 1024
+};
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { size: usize, align: usize, zeroed: bool },
-    Grow { slot: usize, size: usize, align: usize, zeroed: bool },
-    Shrink { slot: usize, size: usize, align: usize },
-    Free { slot: usize },
+    Alloc {
+        size: usize,
+        align: usize,
+        zeroed: bool,
+    },
+    Grow {
+        slot: usize,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+    },
+    Shrink {
+        slot: usize,
+        size: usize,
+        align: usize,
+    },
+    Free {
+        slot: usize,
+    },
 }
 
 fn arbitrary_size(g: &mut Gen) -> usize {
     let pick = u8::arbitrary(g) % 16;
     let cap = match pick {
-        0..=9 => 600,             // small, and just over the threshold
-        10..=13 => 64 * 1024,     // medium
+        0..=9 => 600,         // small, and just over the threshold
+        10..=13 => 64 * 1024, // medium
         14 => MAX_SIZE / 2,
-        _ => MAX_SIZE,            // huge (not under Miri)
+        _ => MAX_SIZE, // huge (not under Miri)
     };
     usize::arbitrary(g) % (cap.min(MAX_SIZE) + 1)
 }
@@ -42,9 +61,22 @@ impl Arbitrary for Op {
     fn arbitrary(g: &mut Gen) -> Self {
         let slot = usize::arbitrary(g);
         match u8::arbitrary(g) % 8 {
-            0..=2 => Op::Alloc { size: arbitrary_size(g), align: arbitrary_align(g), zeroed: bool::arbitrary(g) },
-            3 => Op::Grow { slot, size: arbitrary_size(g), align: arbitrary_align(g), zeroed: bool::arbitrary(g) },
-            4 => Op::Shrink { slot, size: arbitrary_size(g), align: arbitrary_align(g) },
+            0..=2 => Op::Alloc {
+                size: arbitrary_size(g),
+                align: arbitrary_align(g),
+                zeroed: bool::arbitrary(g),
+            },
+            3 => Op::Grow {
+                slot,
+                size: arbitrary_size(g),
+                align: arbitrary_align(g),
+                zeroed: bool::arbitrary(g),
+            },
+            4 => Op::Shrink {
+                slot,
+                size: arbitrary_size(g),
+                align: arbitrary_align(g),
+            },
             _ => Op::Free { slot },
         }
     }
@@ -60,7 +92,8 @@ struct Live {
 }
 
 fn pattern(seed: u8, i: usize) -> u8 {
-    seed.wrapping_add((i as u8).wrapping_mul(31)).wrapping_add((i >> 8) as u8)
+    seed.wrapping_add((i as u8).wrapping_mul(31))
+        .wrapping_add((i >> 8) as u8)
 }
 
 /// Offsets whose contents are checked: all of them, or a sample under Miri
@@ -85,14 +118,20 @@ fn check(live: &Live, upto: usize) {
     for i in checked_offsets(live.filled).filter(|&i| i < upto) {
         // SAFETY: `i` is inside the live block.
         let got = unsafe { live.ptr.as_ptr().add(i).read() };
-        assert_eq!(got, pattern(live.seed, i), "byte {i} of a {:?} block changed", live.layout);
+        assert_eq!(
+            got,
+            pattern(live.seed, i),
+            "byte {i} of a {:?} block changed",
+            live.layout
+        );
     }
 }
 
 fn check_zero(ptr: NonNull<u8>, from: usize, to: usize) {
     for i in checked_offsets(to - from) {
         // SAFETY: inside a live block.
-        assert_eq!(unsafe { ptr.as_ptr().add(from + i).read() }, 0, "zeroed byte {} not zero", from + i);
+        let byte = unsafe { ptr.as_ptr().add(from + i).read() };
+        assert_eq!(byte, 0, "zeroed byte {} not zero", from + i);
     }
 }
 
@@ -116,26 +155,49 @@ fn run(ops: Vec<Op>) -> bool {
     for (n, op) in ops.into_iter().enumerate() {
         let seed = n as u8;
         match op {
-            Op::Alloc { size, align, zeroed } => {
+            Op::Alloc {
+                size,
+                align,
+                zeroed,
+            } => {
                 let layout = Layout::from_size_align(size, align).unwrap();
-                let p = if zeroed { a.allocate_zeroed(layout) } else { a.allocate(layout) }.expect("allocate");
+                let p = if zeroed {
+                    a.allocate_zeroed(layout)
+                } else {
+                    a.allocate(layout)
+                }
+                .expect("allocate");
                 let ptr = p.cast::<u8>();
                 assert_eq!(p.len(), size);
                 assert_eq!(ptr.as_ptr() as usize % align, 0, "misaligned {layout:?}");
                 if zeroed {
                     check_zero(ptr, 0, size);
                 }
-                let mut live = Live { ptr, layout, seed, filled: 0 };
+                let mut live = Live {
+                    ptr,
+                    layout,
+                    seed,
+                    filled: 0,
+                };
                 fill(&mut live);
                 lives.push(live);
             }
-            Op::Grow { slot, size, align, zeroed } if !lives.is_empty() => {
+            Op::Grow {
+                slot,
+                size,
+                align,
+                zeroed,
+            } if !lives.is_empty() => {
                 let i = slot % lives.len();
                 let old = lives[i].layout;
                 let new = Layout::from_size_align(size.max(old.size()), align).unwrap();
                 // SAFETY: the block is live with layout `old`; `new` is no smaller.
                 let p = unsafe {
-                    if zeroed { a.grow_zeroed(lives[i].ptr, old, new) } else { a.grow(lives[i].ptr, old, new) }
+                    if zeroed {
+                        a.grow_zeroed(lives[i].ptr, old, new)
+                    } else {
+                        a.grow(lives[i].ptr, old, new)
+                    }
                 }
                 .expect("grow");
                 lives[i].ptr = p.cast();
@@ -192,7 +254,10 @@ fn run(ops: Vec<Op>) -> bool {
 fn op_sequences_match_the_model() {
     let (tests, size) = if cfg!(miri) { (6, 40) } else { (300, 200) };
     #[allow(deprecated)]
-    QuickCheck::new().tests(tests).r#gen(Gen::new(size)).quickcheck(run as fn(Vec<Op>) -> bool);
+    QuickCheck::new()
+        .tests(tests)
+        .r#gen(Gen::new(size))
+        .quickcheck(run as fn(Vec<Op>) -> bool);
 }
 
 #[test]
@@ -219,5 +284,8 @@ fn many_small_blocks_fill_and_drain_arenas() {
     assert_eq!(s.bytes_in_use, 0);
     // All arenas but the spare went back to layer 1.
     assert_eq!(s.raw.arena_chunks, 1.min(s.small.arenas_allocated));
-    assert_eq!(s.small.arenas_reclaimed + s.raw.arena_chunks, s.small.arenas_allocated);
+    assert_eq!(
+        s.small.arenas_reclaimed + s.raw.arena_chunks,
+        s.small.arenas_allocated
+    );
 }
