@@ -33,6 +33,8 @@ const _: () = assert!(CHUNK_HEADER_SIZE % crate::config::ALIGNMENT == 0);
 #[repr(C)]
 pub(crate) struct ChunkHeader {
     pub(crate) kind: ChunkKind,
+    /// Identity of the heap that mapped the chunk ([`crate::RawHeap`]'s id).
+    pub(crate) owner: usize,
     /// Bytes mapped, starting at the header.
     pub(crate) size: usize,
     /// Alignment the chunk was mapped with.
@@ -42,9 +44,10 @@ pub(crate) struct ChunkHeader {
 }
 
 impl ChunkHeader {
-    pub(crate) const fn new(kind: ChunkKind, size: usize, align: usize) -> Self {
+    pub(crate) const fn new(kind: ChunkKind, owner: usize, size: usize, align: usize) -> Self {
         Self {
             kind,
+            owner,
             size,
             align,
             next: null_mut(),

@@ -44,15 +44,26 @@ fn write_stderr(bytes: &[u8]) {
 #[cold]
 #[inline(never)]
 pub(crate) fn bad_pointer(what: &str, ptr: *const u8) -> ! {
-    let mut m = Message {
-        buf: [0; 256],
-        len: 0,
-    };
+    report(what, ptr, "is not a live block of a pymalloc heap")
+}
+
+/// Reports that `ptr`, given to `what`, belongs to another pymalloc heap,
+/// then aborts the process.
+#[cold]
+#[inline(never)]
+pub(crate) fn wrong_heap(what: &str, ptr: *const u8) -> ! {
+    report(what, ptr, "belongs to another pymalloc heap")
+}
+
+fn report(what: &str, ptr: *const u8, reason: &str) -> ! {
+    let mut m = Message { buf: [0; 256], len: 0 };
     m.push(b"pymalloc: fatal error in ");
     m.push(what.as_bytes());
     m.push(b": pointer ");
     m.push_hex(ptr.addr());
-    m.push(b" is not a live block of a pymalloc heap\n");
+    m.push(b" ");
+    m.push(reason.as_bytes());
+    m.push(b"\n");
     write_stderr(&m.buf[..m.len]);
     std::process::abort()
 }

@@ -5,7 +5,6 @@
 use crate::chunk::ChunkKind;
 use crate::config::SMALL_REQUEST_THRESHOLD;
 use crate::lock::SpinLock;
-use crate::map::ARENA_MAP;
 use crate::os::{OsPages, PageSource};
 use crate::pool::{SmallCore, SmallStats};
 use crate::raw::{RawHeap, RawStats};
@@ -122,10 +121,14 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
     }
 
-    /// Checks every invariant of layer 2's lists and pools; panics with a
-    /// description on the first violation. O(pools); for tests.
+    /// Checks every invariant of both layers (see [`RawHeap::validate`] and
+    /// the pool and arena lists); panics with a description on the first
+    /// violation. O(pools + medium blocks); for tests, not for the global
+    /// allocator's hot paths.
     pub fn validate(&self) {
-        self.small.lock().validate();
+        let small = self.small.lock();
+        small.validate();
+        self.raw.validate();
     }
 
     /// Usable bytes of a live block: at least the size it was allocated or
@@ -137,7 +140,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// allocation's dangling pointer). A pointer no pymalloc heap owns is
     /// reported and aborts the process.
     pub unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
-        let (header, ptr) = ARENA_MAP.find_block(ptr, "PrivateHeap::usable_size");
+        let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::usable_size");
         // SAFETY: `header` is the live chunk holding `ptr` (map invariant),
         // and `ptr` is a live block in it (caller).
         unsafe {
@@ -167,7 +170,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// Frees a live block that was requested with `size` bytes.
     #[inline]
     unsafe fn free_inner(&self, ptr: NonNull<u8>, size: usize) {
-        let (header, ptr) = ARENA_MAP.find_block(ptr, "PrivateHeap::dealloc");
+        let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
         // SAFETY: `header` is the chunk holding `ptr`, and `ptr` is a live
         // block of this heap (caller).
         unsafe {
@@ -192,7 +195,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         new_size: usize,
         new_align: usize,
     ) -> Option<NonNull<u8>> {
-        let (header, ptr) = ARENA_MAP.find_block(ptr, "PrivateHeap::realloc");
+        let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::realloc");
         if ptr.as_ptr().addr() % new_align == 0 {
             // SAFETY: `header` is the chunk of live block `ptr` (caller).
             if unsafe { self.resize_in_place(header, ptr, old_size, new_size) } {

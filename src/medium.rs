@@ -431,6 +431,87 @@ impl Tlsf {
     }
 }
 
+/// What a walk of one medium chunk found.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkWalk {
+    pub(crate) used_blocks: usize,
+    pub(crate) used_bytes: usize,
+    pub(crate) free_blocks: usize,
+}
+
+impl Tlsf {
+    /// Walks a medium chunk's blocks, checking the physical invariants;
+    /// panics on a violation.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is a live medium chunk of this allocator and the caller holds
+    /// the lock that guards it.
+    pub(crate) unsafe fn validate_chunk(chunk: NonNull<u8>) -> ChunkWalk {
+        let mut walk = ChunkWalk::default();
+        let end = chunk.as_ptr().addr() + MEDIUM_CHUNK_SIZE - HEADER;
+        let mut prev: *mut Block = null_mut();
+        let mut b: *mut Block = chunk.as_ptr().wrapping_add(CHUNK_HEADER_SIZE).cast();
+        let mut prev_free = false;
+        // SAFETY: following sizes from the first block stays inside the chunk
+        // as long as the invariants hold, which each step checks first.
+        unsafe {
+            while b.addr() < end {
+                assert_eq!((*b).prev_phys, prev, "prev_phys broken at {:#x}", b.addr());
+                let size = size_of_block(b);
+                assert!(size >= MIN_BLOCK && size % ALIGNMENT == 0, "bad block size {size}");
+                assert!(b.addr() + size <= end, "block overruns its chunk");
+                let free = is_free(b);
+                assert!(!(free && prev_free), "two adjacent free blocks at {:#x}", b.addr());
+                if free {
+                    walk.free_blocks += 1;
+                } else {
+                    walk.used_blocks += 1;
+                    walk.used_bytes += size - HEADER;
+                }
+                prev_free = free;
+                prev = b;
+                b = next_phys(b);
+            }
+            assert_eq!(b.addr(), end, "sentinel misplaced");
+            assert_eq!((*b).size_flags, 0, "sentinel overwritten");
+            assert_eq!((*b).prev_phys, prev);
+        }
+        walk
+    }
+
+    /// Checks the free lists and bitmaps; returns the number of free blocks
+    /// on the lists. Panics on a violation.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the lock that guards `self`.
+    pub(crate) unsafe fn validate_lists(&self) -> usize {
+        let mut count = 0;
+        for fl in 0..FL_COUNT {
+            assert_eq!(self.fl_bitmap & (1 << fl) != 0, self.sl_bitmap[fl] != 0);
+            for sl in 0..SL_COUNT {
+                let head = self.heads[fl][sl];
+                assert_eq!(self.sl_bitmap[fl] & (1 << sl) != 0, !head.is_null());
+                let mut prev = null_mut();
+                let mut b = head;
+                // SAFETY: list members are free blocks of live chunks.
+                unsafe {
+                    while !b.is_null() {
+                        assert!(is_free(b), "used block on a free list");
+                        assert_eq!(mapping(size_of_block(b)), (fl, sl), "block on the wrong list");
+                        assert_eq!((*links(b)).prev, prev);
+                        count += 1;
+                        prev = b;
+                        b = (*links(b)).next;
+                    }
+                }
+            }
+        }
+        count
+    }
+}
+
 #[inline]
 fn unsafe_size(b: *mut Block) -> usize {
     // SAFETY: only called on valid block headers, by the methods above.

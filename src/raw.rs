@@ -23,6 +23,7 @@ use crate::medium::{self, Tlsf};
 use crate::os::{OsPages, PageSource, checked_align_up, page_size};
 use core::alloc::Layout;
 use core::ptr::{NonNull, null_mut};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::lock_api::{Mutex, RawMutex};
 
 /// Counters of layer 1.
@@ -85,7 +86,14 @@ unsafe impl Send for RawCore {}
 pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     source: S,
     core: Mutex<R, RawCore>,
+    /// This heap's identity, stamped on every chunk it maps: 0 until the
+    /// first chunk, then unique in the process (a value, so the heap may
+    /// move).
+    id: AtomicUsize,
 }
+
+/// Source of heap identities; 0 means "not assigned yet".
+static NEXT_HEAP_ID: AtomicUsize = AtomicUsize::new(1);
 
 impl<S: PageSource, R: RawMutex> core::fmt::Debug for RawHeap<S, R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -129,6 +137,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                     },
                 },
             ),
+            id: AtomicUsize::new(0),
         }
     }
 
@@ -151,7 +160,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// `ptr` was returned by [`RawHeap::allocate`] on this heap with
     /// `layout`, and is not used afterwards.
     pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        let (header, ptr) = ARENA_MAP.find_block(ptr, "RawHeap::deallocate");
+        let (header, ptr) = self.find_own_block(ptr, "RawHeap::deallocate");
         // SAFETY: the block is live and ours (caller).
         unsafe { self.free_block(header, ptr, layout.size()) }
     }
@@ -163,9 +172,22 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// `ptr` was returned by [`RawHeap::allocate`] on this heap and is not
     /// yet freed.
     pub unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
-        let (header, ptr) = ARENA_MAP.find_block(ptr, "RawHeap::usable_size");
+        let (header, ptr) = self.find_own_block(ptr, "RawHeap::usable_size");
         // SAFETY: live block of ours (caller).
         unsafe { Self::block_usable_size(header, ptr) }
+    }
+
+    /// The chunk holding live block `ptr` and the re-derived pointer
+    /// ([ref:rebase]). A pointer of no heap, or of another heap, is reported
+    /// and aborts the process.
+    #[inline]
+    pub(crate) fn find_own_block(&self, ptr: NonNull<u8>, what: &str) -> (NonNull<ChunkHeader>, NonNull<u8>) {
+        let (header, ptr) = ARENA_MAP.find_block(ptr, what);
+        // SAFETY: `header` is a live chunk header (arena map invariant).
+        if unsafe { (*header.as_ptr()).owner } != self.id.load(Ordering::Relaxed) {
+            crate::fatal::wrong_heap(what, ptr.as_ptr());
+        }
+        (header, ptr)
     }
 
     /// Whether a request goes to the medium allocator.
@@ -331,6 +353,52 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
     }
 
+    /// Checks every invariant of layer 1 — the chunk list, the arena map's
+    /// entries for it, every medium block, the free lists, the counters —
+    /// and panics with a description on the first violation. O(blocks); for
+    /// tests.
+    pub fn validate(&self) {
+        let core = self.core.lock();
+        let id = self.id.load(Ordering::Relaxed);
+        let (mut mapped, mut arenas, mut medium_chunks, mut huge) = (0, 0, 0, 0);
+        let (mut used, mut used_bytes, mut free) = (0, 0, 0);
+        let mut prev = null_mut();
+        let mut chunk = core.chunks;
+        // SAFETY: under the lock, every chunk on the list is live and its
+        // header valid.
+        unsafe {
+            while let Some(h) = NonNull::new(chunk) {
+                let c = &*h.as_ptr();
+                assert_eq!(c.prev, prev, "chunk list broken");
+                assert_eq!(c.owner, id, "chunk of another heap on the list");
+                assert_eq!(h.as_ptr().addr() % CHUNK_SIZE, 0);
+                for offset in (0..c.size).step_by(CHUNK_SIZE).chain([c.size - 1]) {
+                    assert_eq!(ARENA_MAP.lookup(h.as_ptr().addr() + offset), Some(h), "arena map entry missing");
+                }
+                mapped += c.size;
+                match c.kind {
+                    ChunkKind::Arena => arenas += 1,
+                    ChunkKind::Huge => huge += 1,
+                    ChunkKind::Medium => {
+                        medium_chunks += 1;
+                        let walk = Tlsf::validate_chunk(h.cast());
+                        used += walk.used_blocks;
+                        used_bytes += walk.used_bytes;
+                        free += walk.free_blocks;
+                    }
+                }
+                prev = chunk;
+                chunk = c.next;
+            }
+            assert_eq!(core.tlsf.validate_lists(), free, "free blocks missing from the lists");
+        }
+        let s = &core.stats;
+        assert_eq!(s.bytes_mapped, mapped);
+        assert_eq!((s.arena_chunks, s.medium_chunks, s.huge_blocks), (arenas, medium_chunks, huge));
+        assert_eq!(s.medium_blocks, used);
+        assert!(s.bytes_in_use >= used_bytes && (huge > 0 || s.bytes_in_use == used_bytes));
+    }
+
     /// Maps an arena chunk for layer 2.
     pub(crate) fn map_arena(&self) -> Option<NonNull<u8>> {
         let mut core = self.core.lock();
@@ -364,8 +432,14 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         debug_assert!(align >= CHUNK_SIZE && align.is_power_of_two());
         let base = self.source.map(size, align)?;
         let header = base.cast::<ChunkHeader>();
+        let mut owner = self.id.load(Ordering::Relaxed);
+        if owner == 0 {
+            // Under the lock, so only one thread assigns it.
+            owner = NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed);
+            self.id.store(owner, Ordering::Relaxed);
+        }
         // SAFETY: the mapping is fresh, ours, and larger than a header.
-        unsafe { header.write(ChunkHeader::new(kind, size, align)) };
+        unsafe { header.write(ChunkHeader::new(kind, owner, size, align)) };
         if !ARENA_MAP.register(header, base.as_ptr().addr(), size) {
             // SAFETY: just mapped, never published.
             unsafe { self.source.unmap(base, size, align) };
