@@ -47,10 +47,10 @@ pub(crate) struct ArenaHeader {
 /// Invariants:
 /// * `0 <= ref_count <= capacity`, and
 ///   `ref_count + len(freeblock list) + (capacity - bump) == capacity`;
-/// * a pool is *used* (on `usedpools[class]`) iff `0 < ref_count < capacity`
-///   or it was just initialised; *full* (on no list) iff
-///   `ref_count == capacity`; *empty* (on its arena's `freepools`) iff it is
-///   free and `ref_count == 0`;
+/// * a pool is *used* (on `usedpools[class]`) iff `0 < ref_count < capacity`,
+///   or `ref_count == 0` and it is its class's cached empty pool (see
+///   [`crate::pool`]); *full* (on no list) iff `ref_count == capacity`;
+///   *empty* (on its arena's `freepools`, or never carved) otherwise;
 /// * `zeroed_tail` implies the never-used blocks `bump..capacity` read zero.
 #[repr(C)]
 pub(crate) struct PoolHeader {

@@ -12,7 +12,10 @@
 //! ```
 //!
 //! * *used*: some blocks allocated, some free; on `usedpools[class]`, which
-//!   the allocation fast path reads.
+//!   the allocation fast path reads. A pool whose last block is freed while
+//!   it is the only pool of its class stays *used* (empty but cached), so an
+//!   alloc/free pair does not cycle the pool through its arena; at most one
+//!   empty pool per class is on `usedpools`.
 //! * *full*: every block allocated; on no list (a free moves it back).
 //! * *empty*: no block allocated; on its arena's `freepools` (or never
 //!   carved); may be re-initialised for any class.
@@ -183,10 +186,16 @@ impl SmallCore {
             self.stats.blocks_in_use[class] -= 1;
             self.stats.bytes_in_use -= block_size(class);
             if p.ref_count == 0 {
-                if !was_full {
-                    self.unlink_used(pool, class);
+                if was_full {
+                    self.full_to_used(pool, class);
                 }
-                self.used_to_empty(raw, pool);
+                // Keep the class's only pool even when empty: an alloc/free
+                // pair would otherwise move it to its arena and back (and the
+                // arena to the spare slot and back) every time.
+                if !(self.used[class] == pool && p.next.is_null()) {
+                    self.unlink_used(pool, class);
+                    self.used_to_empty(raw, pool);
+                }
             } else if was_full {
                 self.full_to_used(pool, class);
             }
@@ -480,11 +489,16 @@ impl SmallCore {
             for (class, &head) in self.used.iter().enumerate() {
                 let mut p = head;
                 let mut prev = null_mut();
+                let mut empties = 0;
                 while !p.is_null() {
                     let pool = &*p;
                     assert_eq!(pool.class as usize, class);
                     assert_eq!(pool.prev, prev);
                     assert!(pool.ref_count < pool.capacity, "full pool on usedpools");
+                    if pool.ref_count == 0 {
+                        empties += 1;
+                        assert!(empties <= 1, "two empty pools on usedpools[{class}]");
+                    }
                     let mut free = 0u32;
                     let mut b = pool.freeblock;
                     while !b.is_null() {
