@@ -282,8 +282,10 @@ fn many_small_blocks_fill_and_drain_arenas() {
     }
     let s = heap.stats();
     assert_eq!(s.bytes_in_use, 0);
-    // All arenas but the spare went back to layer 1.
-    assert_eq!(s.raw.arena_chunks, 1.min(s.small.arenas_allocated));
+    // All arenas went back to layer 1 but two: the spare, and the one
+    // holding the class's cached empty pool.
+    assert!(s.small.arenas_allocated >= if cfg!(miri) { 1 } else { 10 });
+    assert!(s.raw.arena_chunks <= 2, "{s:?}");
     assert_eq!(
         s.small.arenas_reclaimed + s.raw.arena_chunks,
         s.small.arenas_allocated
