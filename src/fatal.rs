@@ -56,7 +56,10 @@ pub(crate) fn wrong_heap(what: &str, ptr: *const u8) -> ! {
 }
 
 fn report(what: &str, ptr: *const u8, reason: &str) -> ! {
-    let mut m = Message { buf: [0; 256], len: 0 };
+    let mut m = Message {
+        buf: [0; 256],
+        len: 0,
+    };
     m.push(b"pymalloc: fatal error in ");
     m.push(what.as_bytes());
     m.push(b": pointer ");

@@ -459,10 +459,17 @@ impl Tlsf {
             while b.addr() < end {
                 assert_eq!((*b).prev_phys, prev, "prev_phys broken at {:#x}", b.addr());
                 let size = size_of_block(b);
-                assert!(size >= MIN_BLOCK && size % ALIGNMENT == 0, "bad block size {size}");
+                assert!(
+                    size >= MIN_BLOCK && size % ALIGNMENT == 0,
+                    "bad block size {size}"
+                );
                 assert!(b.addr() + size <= end, "block overruns its chunk");
                 let free = is_free(b);
-                assert!(!(free && prev_free), "two adjacent free blocks at {:#x}", b.addr());
+                assert!(
+                    !(free && prev_free),
+                    "two adjacent free blocks at {:#x}",
+                    b.addr()
+                );
                 if free {
                     walk.free_blocks += 1;
                 } else {
@@ -499,7 +506,11 @@ impl Tlsf {
                 unsafe {
                     while !b.is_null() {
                         assert!(is_free(b), "used block on a free list");
-                        assert_eq!(mapping(size_of_block(b)), (fl, sl), "block on the wrong list");
+                        assert_eq!(
+                            mapping(size_of_block(b)),
+                            (fl, sl),
+                            "block on the wrong list"
+                        );
                         assert_eq!((*links(b)).prev, prev);
                         count += 1;
                         prev = b;

@@ -181,7 +181,11 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// ([ref:rebase]). A pointer of no heap, or of another heap, is reported
     /// and aborts the process.
     #[inline]
-    pub(crate) fn find_own_block(&self, ptr: NonNull<u8>, what: &str) -> (NonNull<ChunkHeader>, NonNull<u8>) {
+    pub(crate) fn find_own_block(
+        &self,
+        ptr: NonNull<u8>,
+        what: &str,
+    ) -> (NonNull<ChunkHeader>, NonNull<u8>) {
         let (header, ptr) = ARENA_MAP.find_block(ptr, what);
         // SAFETY: `header` is a live chunk header (arena map invariant).
         if unsafe { (*header.as_ptr()).owner } != self.id.load(Ordering::Relaxed) {
@@ -373,7 +377,11 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 assert_eq!(c.owner, id, "chunk of another heap on the list");
                 assert_eq!(h.as_ptr().addr() % CHUNK_SIZE, 0);
                 for offset in (0..c.size).step_by(CHUNK_SIZE).chain([c.size - 1]) {
-                    assert_eq!(ARENA_MAP.lookup(h.as_ptr().addr() + offset), Some(h), "arena map entry missing");
+                    assert_eq!(
+                        ARENA_MAP.lookup(h.as_ptr().addr() + offset),
+                        Some(h),
+                        "arena map entry missing"
+                    );
                 }
                 mapped += c.size;
                 match c.kind {
@@ -390,11 +398,18 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 prev = chunk;
                 chunk = c.next;
             }
-            assert_eq!(core.tlsf.validate_lists(), free, "free blocks missing from the lists");
+            assert_eq!(
+                core.tlsf.validate_lists(),
+                free,
+                "free blocks missing from the lists"
+            );
         }
         let s = &core.stats;
         assert_eq!(s.bytes_mapped, mapped);
-        assert_eq!((s.arena_chunks, s.medium_chunks, s.huge_blocks), (arenas, medium_chunks, huge));
+        assert_eq!(
+            (s.arena_chunks, s.medium_chunks, s.huge_blocks),
+            (arenas, medium_chunks, huge)
+        );
         assert_eq!(s.medium_blocks, used);
         assert!(s.bytes_in_use >= used_bytes && (huge > 0 || s.bytes_in_use == used_bytes));
     }
