@@ -66,7 +66,12 @@ unsafe impl lock_api::RawMutex for SpinLock {
 
     #[inline]
     fn try_lock(&self) -> bool {
-        !self.locked.load(Ordering::Relaxed) && self.try_lock_once()
+        // Strong CAS: `try_lock` must not fail while the lock is free.
+        !self.locked.load(Ordering::Relaxed)
+            && self
+                .locked
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
     }
 
     #[inline]
