@@ -1,0 +1,363 @@
+//! Allocation workloads, run on whatever allocator is the process's global
+//! allocator. Each returns a checksum so the work cannot be optimised away.
+//! Sizes are fixed so every allocator does exactly the same work.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::mpsc;
+
+/// xorshift64*: deterministic, allocation-free.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// pymalloc-shaped churn: ~100k live objects of 8–512 bytes, each step
+/// frees a random one and allocates a replacement of random size.
+pub fn churn(steps: usize) -> u64 {
+    let mut rng = Rng::new(1);
+    let mut live: Vec<Vec<u8>> = (0..100_000)
+        .map(|_| vec![1u8; 8 + rng.below(505)])
+        .collect();
+    let mut sum = 0u64;
+    for _ in 0..steps {
+        let i = rng.below(live.len());
+        sum = sum.wrapping_add(live[i][0] as u64 + live[i].len() as u64);
+        live[i] = vec![2u8; 8 + rng.below(505)];
+    }
+    sum
+}
+
+enum Tree {
+    Leaf,
+    Node(Box<Tree>, Box<Tree>),
+}
+
+fn build(depth: u32) -> Tree {
+    if depth == 0 {
+        Tree::Leaf
+    } else {
+        Tree::Node(Box::new(build(depth - 1)), Box::new(build(depth - 1)))
+    }
+}
+
+fn check(t: &Tree) -> u64 {
+    match t {
+        Tree::Leaf => 1,
+        Tree::Node(l, r) => 1 + check(l) + check(r),
+    }
+}
+
+/// Binary trees (as in the benchmarks game): a long-lived tree, many
+/// short-lived ones built and dropped.
+pub fn binary_trees(max_depth: u32) -> u64 {
+    let long_lived = build(max_depth);
+    let mut sum = 0;
+    let mut depth = 4;
+    while depth <= max_depth {
+        let iterations = 1u64 << (max_depth - depth + 4);
+        for _ in 0..iterations {
+            sum += check(&build(depth));
+        }
+        depth += 2;
+    }
+    sum + check(&long_lived)
+}
+
+/// `Vec` and `String` growth: buffers grown element by element, from empty
+/// to 8 B … 1 MiB, many small and a few large.
+pub fn vec_string_growth(rounds: usize) -> u64 {
+    let mut rng = Rng::new(3);
+    let mut sum = 0u64;
+    for r in 0..rounds {
+        let n = if r % 64 == 0 {
+            1 << 17
+        } else {
+            1 + rng.below(400)
+        };
+        let mut v: Vec<u64> = Vec::new();
+        for i in 0..n {
+            v.push(i as u64);
+        }
+        let mut s = String::new();
+        for _ in 0..n / 4 + 1 {
+            s.push_str("py");
+        }
+        sum = sum.wrapping_add(v[n - 1] + s.len() as u64);
+    }
+    sum
+}
+
+/// `BTreeMap<String, Vec<u64>>` churn: inserts and removes random keys.
+pub fn btree_churn(ops: usize) -> u64 {
+    let mut rng = Rng::new(4);
+    let mut map: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut sum = 0u64;
+    for _ in 0..ops {
+        let key = format!("key-{}", rng.below(20_000));
+        if rng.below(3) == 0 {
+            if let Some(v) = map.remove(&key) {
+                sum = sum.wrapping_add(v.len() as u64);
+            }
+        } else {
+            let len = rng.below(16);
+            map.entry(key).or_default().extend(0..len as u64);
+        }
+    }
+    sum + map.len() as u64
+}
+
+/// A block handed between threads: a boxed byte vector.
+type Block = Vec<u8>;
+
+/// larson-like: each thread replaces random slots of its own with blocks of
+/// random size; one in eight replacements is swapped through a shared
+/// mailbox, so its old block is freed by another thread.
+pub fn larson(threads: usize, steps: usize) -> u64 {
+    let mailboxes: Vec<AtomicPtr<Block>> = (0..threads * 64)
+        .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+        .collect();
+    let total = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (mailboxes, total) = (&mailboxes, &total);
+            s.spawn(move || {
+                let mut rng = Rng::new(10 + t as u64);
+                let mut slots: Vec<Block> =
+                    (0..1000).map(|_| vec![0u8; 16 + rng.below(1000)]).collect();
+                let mut sum = 0u64;
+                for _ in 0..steps {
+                    let i = rng.below(slots.len());
+                    let fresh = vec![t as u8; 16 + rng.below(1000)];
+                    let old = std::mem::replace(&mut slots[i], fresh);
+                    sum = sum.wrapping_add(old.len() as u64);
+                    if rng.below(8) == 0 {
+                        let m = &mailboxes[rng.below(mailboxes.len())];
+                        let theirs = m.swap(Box::into_raw(Box::new(old)), Ordering::AcqRel);
+                        if !theirs.is_null() {
+                            // SAFETY: every mailbox pointer came from Box::into_raw
+                            // and is taken out exactly once (swap).
+                            drop(unsafe { Box::from_raw(theirs) });
+                        }
+                    }
+                }
+                total.fetch_add(sum, Ordering::Relaxed);
+            });
+        }
+    });
+    for m in &mailboxes {
+        let p = m.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !p.is_null() {
+            // SAFETY: as above.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+    total.load(Ordering::Relaxed)
+}
+
+/// Producer/consumer: half the threads allocate, the other half free, so
+/// every free is remote. Bounded channels, allocated up front.
+pub fn producer_consumer(threads: usize, items: usize) -> u64 {
+    let pairs = (threads / 2).max(1);
+    let total = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for p in 0..pairs {
+            let (tx, rx) = mpsc::sync_channel::<Box<[u64]>>(256);
+            s.spawn(move || {
+                let mut rng = Rng::new(20 + p as u64);
+                for i in 0..items {
+                    let len = 1 + rng.below(32);
+                    tx.send(vec![i as u64; len].into_boxed_slice()).unwrap();
+                }
+            });
+            let total = &total;
+            s.spawn(move || {
+                let mut sum = 0u64;
+                for b in rx {
+                    sum = sum.wrapping_add(b[0] + b.len() as u64);
+                }
+                total.fetch_add(sum, Ordering::Relaxed);
+            });
+        }
+    });
+    total.load(Ordering::Relaxed)
+}
+
+/// False sharing: one thread allocates small counters back to back; each
+/// worker thread then hammers its own counter. Allocators that put one
+/// thread's consecutive small blocks on one cache line make workers fight
+/// over it.
+pub fn false_sharing(threads: usize, increments: u64) -> u64 {
+    let counters: Vec<Box<AtomicU64>> = (0..threads).map(|_| Box::new(AtomicU64::new(0))).collect();
+    std::thread::scope(|s| {
+        for c in &counters {
+            s.spawn(move || {
+                for _ in 0..increments {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    counters
+        .iter()
+        .map(|c| black_box(c.load(Ordering::Relaxed)))
+        .sum()
+}
+
+/// Every workload: name and a closure doing a fixed amount of work.
+/// A named workload.
+pub type Workload = (&'static str, Box<dyn Fn() -> u64>);
+
+pub fn all() -> Vec<Workload> {
+    vec![
+        ("churn", Box::new(|| churn(2_000_000))),
+        ("binary_trees", Box::new(|| binary_trees(18))),
+        ("vec_string_growth", Box::new(|| vec_string_growth(80_000))),
+        ("btree_churn", Box::new(|| btree_churn(400_000))),
+        ("larson_2t", Box::new(|| larson(2, 1_000_000))),
+        ("larson_4t", Box::new(|| larson(4, 500_000))),
+        (
+            "producer_consumer_2t",
+            Box::new(|| producer_consumer(2, 500_000)),
+        ),
+        (
+            "producer_consumer_4t",
+            Box::new(|| producer_consumer(4, 250_000)),
+        ),
+        (
+            "false_sharing_2t",
+            Box::new(|| false_sharing(2, 50_000_000)),
+        ),
+        (
+            "false_sharing_4t",
+            Box::new(|| false_sharing(4, 25_000_000)),
+        ),
+    ]
+}
+
+/// Resident set size and its peak, from `/proc/self/status` (kB → bytes).
+pub fn rss() -> (usize, usize) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Memory workload: 1 GiB of live small objects (16–256 B), then a random
+/// 90% freed. Returns (live bytes at peak, RSS at peak, RSS after freeing,
+/// live bytes after freeing, RSS before starting).
+pub fn memory_1gib() -> [usize; 5] {
+    let (base, _) = rss();
+    let mut rng = Rng::new(7);
+    let target = 1usize << 30;
+    let mut live = 0usize;
+    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(target / 100);
+    while live < target {
+        let len = 16 + rng.below(241);
+        let mut b = Vec::with_capacity(len);
+        b.resize(len, 1u8);
+        live += len;
+        blocks.push(b);
+    }
+    let (peak, _) = rss();
+    let mut kept = 0usize;
+    for b in blocks.iter_mut() {
+        if rng.below(10) == 0 {
+            kept += b.len();
+        } else {
+            *b = Vec::new();
+        }
+    }
+    let (after, _) = rss();
+    black_box(&blocks);
+    [live, peak, after, kept, base]
+}
+
+/// A fixed-count alloc+free loop through `std::alloc` (so through the global
+/// allocator and Rust's allocation shims), for instruction counting.
+#[inline(never)]
+pub fn pairs(size: usize, count: usize) {
+    let layout = std::alloc::Layout::from_size_align(size, 8).unwrap();
+    for _ in 0..count {
+        // SAFETY: non-zero layout; freed with the same layout.
+        unsafe {
+            let p = std::alloc::alloc(black_box(layout));
+            std::alloc::dealloc(black_box(p), layout);
+        }
+    }
+}
+
+/// Alloc+free pairs of one size, timed as a workload.
+fn pair_workload(size: usize) -> u64 {
+    pairs(size, 2_000_000);
+    size as u64
+}
+
+/// The micro workloads, also run per process so that allocators that cannot
+/// share one binary (mimalloc's v2 and v3 lines) are compared too.
+pub fn micro() -> Vec<(String, Box<dyn Fn() -> u64>)> {
+    [16usize, 64, 256, 512, 4096, 65536]
+        .into_iter()
+        .map(|s| {
+            (
+                format!("pair_{s}"),
+                Box::new(move || pair_workload(s)) as Box<dyn Fn() -> u64>,
+            )
+        })
+        .collect()
+}
+
+/// Entry point of a workload binary whose global allocator is `name`;
+/// `pairs_direct(size, count)` runs the instruction-count loop on it.
+pub fn main(name: &str, pairs_direct: fn(usize, usize)) {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("pairs") => {
+            let size = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
+            let count = args
+                .get(2)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1_000_000);
+            pairs_direct(size, count);
+        }
+        Some("memory") => {
+            let [live, peak, after, kept, base] = memory_1gib();
+            println!("MEMORY\t{name}\t{live}\t{peak}\t{after}\t{kept}\t{base}");
+        }
+        _ => {
+            let filter = args.get(1).cloned().unwrap_or_default();
+            let mut list: Vec<(String, Box<dyn Fn() -> u64>)> = micro();
+            list.extend(all().into_iter().map(|(n, f)| (n.to_string(), f)));
+            for (workload, f) in list.into_iter().filter(|(n, _)| n.contains(&filter)) {
+                let start = std::time::Instant::now();
+                let checksum = black_box(f());
+                let secs = start.elapsed().as_secs_f64();
+                println!("TIME\t{name}\t{workload}\t{secs:.6}\t{checksum}");
+            }
+        }
+    }
+}

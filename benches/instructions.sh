@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Instructions per alloc+free pair under callgrind, for each allocator, its
+# `GlobalAlloc::alloc`/`dealloc` called directly in a loop (monomorphised, no
+# dispatch, no Rust shims). Counts are taken at two loop lengths and
+# differenced, so start-up cancels. `bump` (a trivial bump allocator) gives
+# the loop's own cost; "net" subtracts it. snmalloc is left out: it cannot
+# start under valgrind.
+#
+#   benches/instructions.sh [size=32]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=${1:-32}
+main=$(cargo bench --bench workloads --no-run 2>&1 | grep -o 'target/release/deps/workloads-[0-9a-f]*' | head -1)
+cargo build --release --quiet --manifest-path benches/mimalloc-v2/Cargo.toml --target-dir target/mimalloc-v2
+v2=target/mimalloc-v2/release/pymalloc-bench-mimalloc-v2
+n1=100000; n2=300000
+count() { # binary allocator n
+    PYMALLOC_BENCH_ALLOC=$2 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$1" pairs "$size" "$3" 2>&1 \
+        | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+}
+per_pair() { # binary allocator
+    local c1 c2
+    c1=$(count "$1" "$2" $n1); c2=$(count "$1" "$2" $n2)
+    python3 -c "print(round(($c2 - $c1) / ($n2 - $n1), 1))"
+}
+floor=$(per_pair "$main" bump)
+printf '%-12s %8s %8s   (%s-byte pairs; loop floor %s)\n' allocator total net "$size" "$floor"
+for a in pymalloc system mimalloc mimalloc-v2 jemalloc; do
+    bin=$main; [ "$a" = mimalloc-v2 ] && bin=$v2
+    total=$(per_pair "$bin" "$a")
+    printf '%-12s %8s %8s\n' "$a" "$total" "$(python3 -c "print(round($total - $floor, 1))")"
+done

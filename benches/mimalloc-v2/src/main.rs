@@ -1,0 +1,19 @@
+//! The workload suite on mimalloc's v2 line (see Cargo.toml).
+
+#[path = "../../common/select.rs"]
+#[macro_use]
+mod select;
+#[path = "../../common/workloads.rs"]
+#[allow(dead_code)]
+mod workloads;
+
+define_select! {
+    0 "mimalloc-v2" => mimalloc::MiMalloc,
+}
+
+#[global_allocator]
+static GLOBAL: Select = Select;
+
+fn main() {
+    workloads::main(selected(), pairs_direct);
+}

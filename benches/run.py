@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Runs the workload suite for every allocator in interleaved rounds and
+prints median times and ratios (pymalloc vs mimalloc, the fastest peer and
+System). One process per allocator and round: each allocator is the real
+global allocator of its process. Writes benches/results.md and
+benches/results.json; `--chart` also draws benches/ratios.png (matplotlib).
+
+    python3 benches/run.py                 # full suite, 5 rounds, memory too
+    python3 benches/run.py --quick         # 2 rounds, no memory report
+    python3 benches/run.py --filter larson # some workloads only
+"""
+import argparse, json, os, platform, random, re, statistics, subprocess, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = ["system", "mimalloc", "mimalloc-v2", "jemalloc", "snmalloc"]
+ALLOCATORS = ["pymalloc"] + PEERS
+
+
+def build():
+    out = subprocess.run(["cargo", "bench", "--bench", "workloads", "--no-run"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stderr
+    main = re.search(r"Executable .*\((.*workloads-[0-9a-f]+)\)", out).group(1)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                    "benches/mimalloc-v2/Cargo.toml", "--target-dir", "target/mimalloc-v2"],
+                   cwd=ROOT, check=True)
+    v2 = "target/mimalloc-v2/release/pymalloc-bench-mimalloc-v2"
+    return {a: os.path.join(ROOT, v2 if a == "mimalloc-v2" else main) for a in ALLOCATORS}
+
+
+def run(binary, alloc, *args):
+    env = dict(os.environ, PYMALLOC_BENCH_ALLOC=alloc)
+    out = subprocess.run([binary, *args], env=env, capture_output=True, text=True, check=True)
+    return [line.split("\t") for line in out.stdout.splitlines()]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--filter", default="")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--chart", action="store_true")
+    args = ap.parse_args()
+    rounds = 2 if args.quick else args.rounds
+    bins = build()
+    times = {}
+    order = list(ALLOCATORS)
+    for r in range(rounds):
+        random.Random(r).shuffle(order)
+        for alloc in order:
+            for tag, name, workload, secs, _ in run(bins[alloc], alloc, "time", args.filter):
+                times.setdefault(workload, {}).setdefault(name, []).append(float(secs))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    memory = {}
+    if not (args.quick or args.no_memory):
+        for alloc in ALLOCATORS:
+            (_, name, live, peak, after, kept, base), = run(bins[alloc], alloc, "memory")
+            memory[name] = dict(live=int(live), peak=int(peak), after=int(after), kept=int(kept), base=int(base))
+
+    med = {w: {a: statistics.median(v) for a, v in per.items()} for w, per in times.items()}
+    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
+             f"{platform.release()}; {rounds} interleaved rounds, medians. "
+             "Ratio < 1: pymalloc is faster.", "",
+             "| workload | pymalloc | fastest peer | vs mimalloc | vs mimalloc-v2 | vs fastest | vs System |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    rows = []
+    for w, m in med.items():
+        py = m["pymalloc"]
+        fastest = min(PEERS, key=lambda a: m[a])
+        row = dict(workload=w, pymalloc=py, fastest=fastest, times=m,
+                   vs_mimalloc=py / m["mimalloc"], vs_mimalloc_v2=py / m["mimalloc-v2"],
+                   vs_fastest=py / m[fastest], vs_system=py / m["system"])
+        rows.append(row)
+        lines.append(f"| {w} | {py * 1e3:.1f} ms | {fastest} ({m[fastest] * 1e3:.1f} ms) | "
+                     f"{row['vs_mimalloc']:.2f} | {row['vs_mimalloc_v2']:.2f} | {row['vs_fastest']:.2f} | "
+                     f"{row['vs_system']:.2f} |")
+    if memory:
+        lines += ["", "Memory: 1 GiB of 16–256 B objects, then a random 90% freed.", "",
+                  "| allocator | peak RSS | overhead per live byte | RSS after freeing 90% |",
+                  "|---|---:|---:|---:|"]
+        for a in ALLOCATORS:
+            m = memory[a]
+            over = (m["peak"] - m["base"] - m["live"]) / m["live"]
+            lines.append(f"| {a} | {m['peak'] / 2**20:.0f} MiB | {over:.3f} | {m['after'] / 2**20:.0f} MiB |")
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(ROOT, "benches", "results.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(ROOT, "benches", "results.json"), "w") as f:
+        json.dump(dict(rows=rows, memory=memory, raw=times), f, indent=1)
+    if args.chart:
+        chart(rows)
+
+
+def chart(rows):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [r["workload"] for r in rows]
+    series = [("vs fastest peer", "vs_fastest"), ("vs mimalloc (v3)", "vs_mimalloc"), ("vs System", "vs_system")]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    width = 0.27
+    for i, (label, key) in enumerate(series):
+        ax.bar([x + (i - 1) * width for x in range(len(rows))], [r[key] for r in rows], width, label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(names, rotation=35, ha="right")
+    ax.set_ylabel("pymalloc time / peer time (lower is better)")
+    ax.set_title("pymalloc vs peers, median of interleaved runs")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, "benches", "ratios.png"), dpi=90)
+
+
+if __name__ == "__main__":
+    main()
