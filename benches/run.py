@@ -5,7 +5,7 @@ System). One process per allocator and round: each allocator is the real
 global allocator of its process. Writes benches/results.md and
 benches/results.json; `--chart` also draws benches/ratios.png (matplotlib).
 
-    python3 benches/run.py                 # full suite, 5 rounds, memory too
+    python3 benches/run.py                 # full suite, 4 rounds, memory too
     python3 benches/run.py --quick         # 2 rounds, no memory report
     python3 benches/run.py --filter larson # some workloads only
 """
@@ -35,7 +35,7 @@ def run(binary, alloc, *args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--filter", default="")
     ap.add_argument("--no-memory", action="store_true")

@@ -63,6 +63,7 @@ impl ArenaMap {
     }
 
     /// The slot for `addr`, creating its leaf if `create`.
+    #[inline]
     fn slot(&self, addr: usize, create: bool) -> Option<&AtomicPtr<ChunkHeader>> {
         let (hi, lo) = Self::split(addr)?;
         let root = &self.root[hi];

@@ -23,6 +23,10 @@ pub(crate) type SizeClass = usize;
 /// request is not small.
 #[inline]
 pub(crate) const fn class_of(size: usize, align: usize) -> Option<SizeClass> {
+    // The common case in one test: 1..=512 bytes at the default alignment.
+    if size.wrapping_sub(1) < SMALL_REQUEST_THRESHOLD && align <= ALIGNMENT {
+        return Some((size - 1) >> ALIGNMENT_SHIFT);
+    }
     if size > SMALL_REQUEST_THRESHOLD || align > SMALL_REQUEST_THRESHOLD {
         return None;
     }

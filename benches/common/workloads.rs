@@ -225,7 +225,7 @@ pub type Workload = (&'static str, Box<dyn Fn() -> u64>);
 pub fn all() -> Vec<Workload> {
     vec![
         ("churn", Box::new(|| churn(2_000_000))),
-        ("binary_trees", Box::new(|| binary_trees(18))),
+        ("binary_trees", Box::new(|| binary_trees(17))),
         ("vec_string_growth", Box::new(|| vec_string_growth(80_000))),
         ("btree_churn", Box::new(|| btree_churn(400_000))),
         ("larson_2t", Box::new(|| larson(2, 1_000_000))),
