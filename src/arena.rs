@@ -66,6 +66,11 @@ pub(crate) struct PoolHeader {
     pub(crate) bump: u32,
     pub(crate) class: u8,
     pub(crate) zeroed_tail: bool,
+    /// Neighbours on the heap's purge queue of empty, not yet purged pools.
+    pub(crate) purge_next: *mut PoolHeader,
+    pub(crate) purge_prev: *mut PoolHeader,
+    /// When the pool became empty, iff it is on the purge queue.
+    pub(crate) emptied_at: Option<std::time::Instant>,
 }
 
 const POOL_HEADERS_OFFSET: usize = CHUNK_HEADER_SIZE * 4;

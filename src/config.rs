@@ -36,6 +36,10 @@ pub const MEDIUM_CHUNK_SIZE: usize = 4 * CHUNK_SIZE;
 /// Largest request (after alignment padding) served by the medium allocator;
 /// larger requests are mapped directly from the OS ("huge").
 pub const MEDIUM_MAX: usize = 1024 * 1024;
+/// How long a pool stays empty before its pages are given back to the OS
+/// (`madvise(MADV_DONTNEED)`): long enough that churn at a steady size reuses
+/// pools without a system call, short enough that RSS follows frees.
+pub const PURGE_DELAY: core::time::Duration = core::time::Duration::from_millis(10);
 /// Largest alignment the medium allocator serves; larger alignments are
 /// served by a direct, suitably aligned mapping.
 pub const MEDIUM_MAX_ALIGN: usize = 64 * 1024;

@@ -6,9 +6,10 @@ use crate::chunk::ChunkKind;
 use crate::config::SMALL_REQUEST_THRESHOLD;
 use crate::lock::SpinLock;
 use crate::os::{OsPages, PageSource};
-use crate::pool::{SmallCore, SmallStats};
-use crate::raw::{RawHeap, RawStats};
+use crate::pool::SmallCore;
+use crate::raw::RawHeap;
 use crate::size_class::{block_size, class_of};
+use crate::stats::Stats;
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{NonNull, null_mut};
@@ -49,26 +50,28 @@ pub struct PrivateHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     small: Mutex<R, SmallCore>,
 }
 
-/// A snapshot of a heap's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Sum of the sizes asked for by live allocations.
-    pub bytes_requested: usize,
-    /// Usable bytes of live blocks (block sizes).
-    pub bytes_in_use: usize,
-    /// Bytes currently mapped from the OS.
-    pub bytes_mapped: usize,
-    /// Layer 2's counters.
-    pub small: SmallStats,
-    /// Layer 1's counters.
-    pub raw: RawStats,
-}
-
 impl PrivateHeap {
     /// An empty heap on the OS's pages. `const`: usable in a `static`, maps
     /// nothing until the first allocation, needs no initialisation call.
     pub const fn new() -> Self {
         Self::with_source(OsPages)
+    }
+
+    /// An empty heap that never maps more than `bytes` from the OS at once.
+    /// Past the bound, allocation fails cleanly (null, `AllocError`, a
+    /// failed `try_reserve`) and a failed realloc leaves its block valid.
+    ///
+    /// ```
+    /// use allocator_api2::vec::Vec;
+    /// let heap = pymalloc::PrivateHeap::with_limit(8 << 20);
+    /// let mut v: Vec<u8, _> = Vec::new_in(&heap);
+    /// assert!(v.try_reserve(1 << 20).is_ok());
+    /// assert!(v.try_reserve(64 << 20).is_err());
+    /// heap.set_limit(128 << 20);
+    /// assert!(v.try_reserve(64 << 20).is_ok());
+    /// ```
+    pub const fn with_limit(bytes: usize) -> Self {
+        Self::with_source_and_limit(OsPages, bytes)
     }
 }
 
@@ -96,10 +99,48 @@ fn dangling(align: usize) -> NonNull<u8> {
 impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// An empty heap taking its pages from `source`.
     pub const fn with_source(source: S) -> Self {
+        Self::with_source_and_limit(source, usize::MAX)
+    }
+
+    /// An empty heap taking its pages from `source`, bounded to `limit`
+    /// bytes mapped at once.
+    pub const fn with_source_and_limit(source: S, limit: usize) -> Self {
         Self {
-            raw: RawHeap::with_source(source),
+            raw: RawHeap::with_source_and_limit(source, limit),
             small: Mutex::const_new(R::INIT, SmallCore::new()),
         }
+    }
+
+    /// The most bytes this heap may map from the OS (`usize::MAX`: no
+    /// bound).
+    pub fn limit(&self) -> usize {
+        self.raw.limit()
+    }
+
+    /// Changes the bound at run time. Lowering it below what is mapped now
+    /// unmaps nothing by itself; new mappings fail until usage drops.
+    pub fn set_limit(&self, bytes: usize) {
+        self.raw.set_limit(bytes);
+    }
+
+    /// Gives back to the OS everything the heap holds but does not use: the
+    /// pages of every empty pool (without waiting for the purge delay), the
+    /// spare arena, cached empty pools, the spare medium chunk and the whole
+    /// pages inside free medium blocks. Live blocks are untouched.
+    ///
+    /// ```
+    /// let heap = pymalloc::PrivateHeap::new();
+    /// use allocator_api2::boxed::Box;
+    /// let v: Vec<Box<[u8; 64], &pymalloc::PrivateHeap>> =
+    ///     (0..100_000).map(|_| Box::new_in([0; 64], &heap)).collect();
+    /// drop(v);
+    /// heap.trim();
+    /// assert!(heap.stats().bytes_mapped <= 1 << 20);
+    /// ```
+    pub fn trim(&self) {
+        let mut small = self.small.lock();
+        small.trim(&self.raw);
+        self.raw.trim();
     }
 
     /// The heap's layer 1, which the raw domain uses directly.
@@ -110,7 +151,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// A snapshot of the heap's counters. Takes both locks briefly; does not
     /// allocate.
     pub fn stats(&self) -> Stats {
-        let small = self.small.lock().stats;
+        let small = self.small.lock().snapshot();
         let raw = self.raw.stats();
         Stats {
             bytes_requested: small.bytes_requested + raw.bytes_requested,
@@ -158,6 +199,14 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// known to read zero.
     #[inline]
     fn alloc_inner(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+        match self.try_alloc(size, align) {
+            Some(found) => Some(found),
+            None => self.alloc_after_trim(size, align),
+        }
+    }
+
+    #[inline]
+    fn try_alloc(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
         if let Some(class) = class_of(size, align) {
             let mut small = self.small.lock();
             let block = small.alloc(&self.raw, class)?;
@@ -165,6 +214,19 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             return Some((block.ptr, block.zeroed));
         }
         self.raw.alloc_block(size, align).map(|b| (b.ptr, b.zeroed))
+    }
+
+    /// A bounded heap at its limit may still hold spares (an empty arena, an
+    /// empty medium chunk) that the other layer could use: give them back
+    /// and try once more.
+    #[cold]
+    #[inline(never)]
+    fn alloc_after_trim(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+        if self.limit() == usize::MAX {
+            return None;
+        }
+        self.trim();
+        self.try_alloc(size, align)
     }
 
     /// Frees a live block that was requested with `size` bytes.

@@ -75,12 +75,15 @@ mod size_class;
 mod pool;
 // The whole heap: GlobalAlloc and Allocator.
 mod heap;
+// Statistics, printed like sys._debugmallocstats().
+mod stats;
 
-pub use heap::{PrivateHeap, Stats};
+pub use heap::PrivateHeap;
 pub use lock::SpinLock;
 pub use os::{OsPages, PageSource};
 pub use pool::SmallStats;
 pub use raw::{RawHeap, RawStats};
+pub use stats::Stats;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

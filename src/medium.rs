@@ -431,6 +431,44 @@ impl Tlsf {
     }
 }
 
+impl Tlsf {
+    /// Some wholly free chunk, if any.
+    pub(crate) fn any_empty_chunk(&self) -> Option<NonNull<u8>> {
+        if self.empty_chunks == 0 {
+            return None;
+        }
+        // Whole-chunk blocks are the largest and sit on the last lists.
+        let (fl, sl) = mapping(CHUNK_BLOCK);
+        let mut b = self.heads[fl][sl];
+        while !b.is_null() {
+            if let Some(chunk) = Self::whole_chunk(b) {
+                return Some(chunk);
+            }
+            // SAFETY: list members are free blocks with valid links.
+            b = unsafe { (*links(b)).next };
+        }
+        None
+    }
+
+    /// Calls `f(start, end)` for the part of every free block past its header
+    /// and links, as a pointer and an end address.
+    pub(crate) fn for_each_free_block(&self, mut f: impl FnMut(*mut u8, usize)) {
+        for lists in &self.heads {
+            for &head in lists {
+                let mut b = head;
+                while !b.is_null() {
+                    // SAFETY: list members are free blocks of live chunks.
+                    unsafe {
+                        let start = b.cast::<u8>().add(MIN_BLOCK);
+                        f(start, b.addr() + size_of_block(b));
+                        b = (*links(b)).next;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// What a walk of one medium chunk found.
 #[derive(Debug, Default)]
 pub(crate) struct ChunkWalk {

@@ -49,6 +49,11 @@ pub struct SmallStats {
     pub blocks_in_use: [usize; NB_SMALL_SIZE_CLASSES],
     /// Bytes in live blocks (block sizes, not requests).
     pub bytes_in_use: usize,
+    /// Pools per size class holding blocks of it (used or full).
+    pub pools: [usize; NB_SMALL_SIZE_CLASSES],
+    /// Empty pools whose pages were given back to the OS, since the heap was
+    /// created.
+    pub pools_purged: usize,
     /// Arenas taken from layer 1 since the heap was created.
     pub arenas_allocated: usize,
     /// Arenas given back to layer 1 since the heap was created.
@@ -67,6 +72,11 @@ pub(crate) struct SmallCore {
     last_with: [*mut ArenaHeader; USABLE_POOLS_PER_ARENA + 1],
     /// An arena whose pools are all empty, kept to avoid remapping.
     spare: *mut ArenaHeader,
+    /// Empty pools not yet purged, oldest first (doubly linked through
+    /// `purge_next`/`purge_prev`). A pool is on it iff its `emptied_at` is
+    /// `Some`.
+    purge_head: *mut PoolHeader,
+    purge_tail: *mut PoolHeader,
     pub(crate) stats: SmallStats,
 }
 
@@ -88,7 +98,11 @@ impl SmallCore {
             usable: null_mut(),
             last_with: [null_mut(); USABLE_POOLS_PER_ARENA + 1],
             spare: null_mut(),
+            purge_head: null_mut(),
+            purge_tail: null_mut(),
             stats: SmallStats {
+                pools: [0; NB_SMALL_SIZE_CLASSES],
+                pools_purged: 0,
                 bytes_requested: 0,
                 blocks_in_use: [0; NB_SMALL_SIZE_CLASSES],
                 bytes_in_use: 0,
@@ -140,7 +154,6 @@ impl SmallCore {
                 self.used_to_full(pool, class);
             }
             self.stats.blocks_in_use[class] += 1;
-            self.stats.bytes_in_use += block_size(class);
             SmallBlock {
                 ptr: NonNull::new_unchecked(ptr),
                 zeroed,
@@ -184,7 +197,6 @@ impl SmallCore {
             p.freeblock = ptr.as_ptr();
             p.ref_count -= 1;
             self.stats.blocks_in_use[class] -= 1;
-            self.stats.bytes_in_use -= block_size(class);
             if p.ref_count == 0 {
                 if was_full {
                     self.full_to_used(pool, class);
@@ -234,6 +246,7 @@ impl SmallCore {
         raw: &RawHeap<S, R>,
         class: SizeClass,
     ) -> Option<*mut PoolHeader> {
+        self.purge_expired(raw);
         if self.usable.is_null() {
             let arena = self.take_arena(raw)?;
             self.arena_becomes_usable(arena);
@@ -243,14 +256,15 @@ impl SmallCore {
         // either on `freepools` or past `ncarved`. No reference into the
         // arena outlives a statement.
         unsafe {
-            let (pool, base, fresh) = if (*arena).freepools.is_null() {
+            let (pool, base, zeroed) = if (*arena).freepools.is_null() {
                 let index = (*arena).ncarved + 1;
                 (*arena).ncarved = index;
                 (pool_header(arena, index), pool_data(arena, index), true)
             } else {
                 let pool = (*arena).freepools;
                 (*arena).freepools = (*pool).next;
-                (pool, (*pool).base, false)
+                self.dequeue_purge(pool);
+                (pool, (*pool).base, (*pool).zeroed_tail)
             };
             self.arena_lost_pool(arena);
             pool.write(PoolHeader {
@@ -262,8 +276,12 @@ impl SmallCore {
                 capacity: blocks_per_pool(class) as u32,
                 bump: 0,
                 class: class as u8,
-                zeroed_tail: fresh,
+                zeroed_tail: zeroed,
+                purge_next: null_mut(),
+                purge_prev: null_mut(),
+                emptied_at: None,
             });
+            self.stats.pools[class] += 1;
             self.link_used(pool, class);
             Some(pool)
         }
@@ -279,10 +297,122 @@ impl SmallCore {
         let arena = arena_of_pool(pool);
         // SAFETY: `pool` is a live empty pool on no list (caller).
         unsafe {
+            self.stats.pools[(*pool).class as usize] -= 1;
             (*pool).next = (*arena).freepools;
             (*arena).freepools = pool;
+            (*pool).zeroed_tail = false;
+            self.enqueue_purge(pool, std::time::Instant::now());
         }
+        self.purge_expired(raw);
         self.arena_gained_pool(raw, arena);
+    }
+
+    // ----- returning memory -----
+
+    /// Puts an empty pool at the tail of the purge queue.
+    unsafe fn enqueue_purge(&mut self, pool: *mut PoolHeader, now: std::time::Instant) {
+        // SAFETY: `pool` is a live empty pool not on the queue (caller);
+        // `purge_tail` is null or a live queued pool.
+        unsafe {
+            (*pool).emptied_at = Some(now);
+            (*pool).purge_next = null_mut();
+            (*pool).purge_prev = self.purge_tail;
+            if self.purge_tail.is_null() {
+                self.purge_head = pool;
+            } else {
+                (*self.purge_tail).purge_next = pool;
+            }
+        }
+        self.purge_tail = pool;
+    }
+
+    /// Takes `pool` off the purge queue if it is on it.
+    unsafe fn dequeue_purge(&mut self, pool: *mut PoolHeader) {
+        // SAFETY: `pool` is a live pool; if queued, its queue neighbours are
+        // live queued pools.
+        unsafe {
+            if (*pool).emptied_at.take().is_none() {
+                return;
+            }
+            let (next, prev) = ((*pool).purge_next, (*pool).purge_prev);
+            if next.is_null() {
+                self.purge_tail = prev;
+            } else {
+                (*next).purge_prev = prev;
+            }
+            if prev.is_null() {
+                self.purge_head = next;
+            } else {
+                (*prev).purge_next = next;
+            }
+        }
+    }
+
+    /// Gives back the pages of pools empty for longer than `PURGE_DELAY`.
+    /// Called on pool transitions only, so the fast path never reads the
+    /// clock; no background thread is needed.
+    fn purge_expired<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>) {
+        if self.purge_head.is_null() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        // SAFETY: queued pools are live empty pools of this heap.
+        while let Some(emptied) = unsafe { self.purge_head.as_ref() }.and_then(|p| p.emptied_at) {
+            if now.duration_since(emptied) < crate::config::PURGE_DELAY {
+                break;
+            }
+            // SAFETY: the head is a live queued pool.
+            unsafe { self.purge_pool(raw, self.purge_head) };
+        }
+    }
+
+    /// Purges one queued pool's pages now.
+    unsafe fn purge_pool<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        pool: *mut PoolHeader,
+    ) {
+        // SAFETY: `pool` is a live, empty, queued pool: its data is a whole,
+        // page-aligned `POOL_SIZE` region of a live arena that no block uses.
+        unsafe {
+            self.dequeue_purge(pool);
+            let data = NonNull::new_unchecked((*pool).base);
+            (*pool).zeroed_tail = raw.purge(data, crate::config::POOL_SIZE);
+        }
+        self.stats.pools_purged += 1;
+    }
+
+    /// Gives back everything layer 2 holds but does not use: every class's
+    /// cached empty pool, the pages of every empty pool, the spare arena.
+    pub(crate) fn trim<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>) {
+        for class in 0..NB_SMALL_SIZE_CLASSES {
+            let pool = self.used[class];
+            // SAFETY: pools on `usedpools` are live.
+            if !pool.is_null() && unsafe { (*pool).ref_count } == 0 {
+                // SAFETY: an empty pool on `usedpools[class]`.
+                unsafe {
+                    self.unlink_used(pool, class);
+                    self.used_to_empty(raw, pool);
+                }
+            }
+        }
+        while !self.purge_head.is_null() {
+            // SAFETY: the head is a live queued pool.
+            unsafe { self.purge_pool(raw, self.purge_head) };
+        }
+        let spare = core::mem::replace(&mut self.spare, null_mut());
+        if !spare.is_null() {
+            self.release_arena(raw, spare);
+        }
+    }
+
+    /// The counters, with the derived fields filled in.
+    pub(crate) fn snapshot(&self) -> SmallStats {
+        let mut s = self.stats;
+        s.bytes_in_use = (0..NB_SMALL_SIZE_CLASSES)
+            .map(|c| s.blocks_in_use[c] * block_size(c))
+            .sum();
+        s
     }
 
     unsafe fn link_used(&mut self, pool: *mut PoolHeader, class: SizeClass) {
@@ -430,6 +560,24 @@ impl SmallCore {
             self.spare = arena;
             return;
         }
+        self.release_arena(raw, arena);
+    }
+
+    /// Gives a wholly empty arena, on no list, back to layer 1.
+    fn release_arena<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        arena: *mut ArenaHeader,
+    ) {
+        // SAFETY: `arena` is live with every pool empty; its used pools are on
+        // `freepools`, some maybe on the purge queue, which must forget them.
+        unsafe {
+            let mut pool = (*arena).freepools;
+            while !pool.is_null() {
+                self.dequeue_purge(pool);
+                pool = (*pool).next;
+            }
+        }
         self.stats.arenas_reclaimed += 1;
         // SAFETY: no block of `arena` is live and no list refers to it.
         unsafe { raw.unmap_arena(NonNull::new_unchecked(arena.cast::<ChunkHeader>())) };
@@ -522,6 +670,20 @@ impl SmallCore {
             for (class, &n) in blocks.iter().enumerate() {
                 assert!(n <= self.stats.blocks_in_use[class]);
             }
+            let mut q = self.purge_head;
+            let mut prev_q = null_mut();
+            while !q.is_null() {
+                let pool = &*q;
+                assert_eq!(pool.purge_prev, prev_q, "purge queue broken");
+                assert_eq!(pool.ref_count, 0, "non-empty pool on the purge queue");
+                let emptied = pool.emptied_at.expect("queued pool without a time");
+                if !prev_q.is_null() {
+                    assert!((*prev_q).emptied_at.unwrap() <= emptied, "purge queue out of order");
+                }
+                prev_q = q;
+                q = pool.purge_next;
+            }
+            assert_eq!(self.purge_tail, prev_q);
             let mut a = self.usable;
             let mut prev: *mut ArenaHeader = null_mut();
             while !a.is_null() {

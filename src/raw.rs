@@ -90,6 +90,10 @@ pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     /// first chunk, then unique in the process (a value, so the heap may
     /// move).
     id: AtomicUsize,
+    /// Most bytes the heap may have mapped from the OS at once
+    /// (`usize::MAX`: unbounded). Invariant, under the lock:
+    /// `stats.bytes_mapped <= limit` after every `map_chunk`.
+    limit: AtomicUsize,
 }
 
 /// Source of heap identities; 0 means "not assigned yet".
@@ -119,6 +123,12 @@ impl Default for RawHeap {
 impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// An empty raw heap taking its pages from `source`.
     pub const fn with_source(source: S) -> Self {
+        Self::with_source_and_limit(source, usize::MAX)
+    }
+
+    /// An empty raw heap taking its pages from `source` that never maps more
+    /// than `limit` bytes at once.
+    pub const fn with_source_and_limit(source: S, limit: usize) -> Self {
         Self {
             source,
             core: Mutex::const_new(
@@ -138,7 +148,60 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 },
             ),
             id: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
         }
+    }
+
+    /// The most bytes this heap may map from the OS (`usize::MAX`: no
+    /// bound).
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the bound. Lowering it below what is mapped now unmaps
+    /// nothing; it only makes new mappings fail until usage drops.
+    pub fn set_limit(&self, bytes: usize) {
+        self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Gives back to the OS what layer 1 holds but does not use: the spare
+    /// wholly free medium chunk is unmapped, and the whole pages inside
+    /// free medium blocks are purged.
+    pub fn trim(&self) {
+        let mut core = self.core.lock();
+        while let Some(chunk) = core.tlsf.any_empty_chunk() {
+            // SAFETY: the chunk is wholly free and registered; nothing refers
+            // to it once taken out of the index.
+            unsafe {
+                core.tlsf.take_empty_chunk(chunk);
+                self.unmap_chunk(&mut core, chunk.cast());
+            }
+            core.stats.medium_chunks -= 1;
+        }
+        let page = page_size();
+        core.tlsf.for_each_free_block(|start, end| {
+            let (from, to) = (start.addr().next_multiple_of(page), end & !(page - 1));
+            if from < to {
+                // SAFETY: whole pages inside a free block, past its header and
+                // links, inside a live chunk of this source; free contents
+                // are not needed.
+                unsafe {
+                    self.source
+                        .purge(NonNull::new_unchecked(start.with_addr(from)), to - from)
+                };
+            }
+        });
+    }
+
+    /// Purges `size` bytes at `ptr` (whole pages of a live chunk whose
+    /// contents are no longer needed); `true` if they now read zero.
+    ///
+    /// # Safety
+    ///
+    /// As for [`PageSource::purge`].
+    pub(crate) unsafe fn purge(&self, ptr: NonNull<u8>, size: usize) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { self.source.purge(ptr, size) }
     }
 
     /// A snapshot of the counters.
@@ -445,6 +508,10 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         align: usize,
     ) -> Option<NonNull<ChunkHeader>> {
         debug_assert!(align >= CHUNK_SIZE && align.is_power_of_two());
+        let total = core.stats.bytes_mapped.checked_add(size)?;
+        if total > self.limit.load(Ordering::Relaxed) {
+            return None;
+        }
         let base = self.source.map(size, align)?;
         let header = base.cast::<ChunkHeader>();
         let mut owner = self.id.load(Ordering::Relaxed);

@@ -1,0 +1,266 @@
+//! Footprint: memory goes back to the OS after a peak, bounded heaps fail
+//! cleanly at their limit, statistics match a workload with known live bytes.
+
+use allocator_api2::boxed::Box;
+use allocator_api2::vec::Vec;
+use core::alloc::Layout;
+use pymalloc::PrivateHeap;
+use std::sync::Mutex;
+
+/// The tests run one at a time, so that RSS readings see only their own.
+static RSS_LOCK: Mutex<()> = Mutex::new(());
+
+/// Resident bytes of this process, from `/proc/self/statm`.
+fn rss() -> Option<usize> {
+    if cfg!(miri) {
+        return None;
+    }
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn scale(n: usize) -> usize {
+    if cfg!(miri) { n / 200 } else { n }
+}
+
+#[test]
+fn a_peak_of_small_and_medium_blocks_goes_back_to_the_os() {
+    let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let heap = PrivateHeap::new();
+    let before = rss();
+    {
+        let small: std::vec::Vec<Box<[u8; 96], &PrivateHeap>> = (0..scale(1_000_000))
+            .map(|i| Box::new_in([i as u8; 96], &heap))
+            .collect();
+        let medium: std::vec::Vec<Vec<u8, &PrivateHeap>> = (0..scale(2_000))
+            .map(|i| {
+                let mut v = Vec::with_capacity_in(20_000 + i, &heap);
+                v.resize(20_000 + i, 1);
+                v
+            })
+            .collect();
+        let peak = heap.stats();
+        assert!(peak.bytes_mapped >= scale(96_000_000) + scale(40_000_000));
+        if let (Some(b), Some(p)) = (before, rss()) {
+            assert!(p >= b + scale(120_000_000), "rss {b} -> {p}");
+        }
+        assert!(small.iter().enumerate().all(|(i, b)| b[95] == i as u8));
+        assert!(medium.iter().all(|v| v[19_999] == 1));
+    }
+    // Freeing everything empties every arena: all but the spare and the one
+    // pinned by the class's cached pool are unmapped at once, and the medium
+    // chunks but one spare.
+    let after = heap.stats();
+    assert_eq!(after.bytes_in_use, 0);
+    assert!(
+        after.bytes_mapped <= 2 * (1 << 20) + 4 * (1 << 20),
+        "{after:?}"
+    );
+    if let (Some(b), Some(a)) = (before, rss()) {
+        assert!(a < b + scale(16_000_000), "rss before {b}, after free {a}");
+    }
+    heap.trim();
+    let trimmed = heap.stats();
+    assert_eq!(trimmed.bytes_mapped, 0, "{trimmed:?}");
+    heap.validate();
+}
+
+#[test]
+fn empty_pools_are_purged_after_the_delay() {
+    let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let heap = PrivateHeap::new();
+    let layout_a = Layout::from_size_align(64, 8).unwrap();
+    let layout_b = Layout::from_size_align(128, 8).unwrap();
+    let a = &heap;
+    use allocator_api2::alloc::Allocator;
+    // Interleave two classes so their pools share arenas; freeing one class
+    // empties its pools without emptying the arenas.
+    let mut xs = std::vec::Vec::new();
+    let mut ys = std::vec::Vec::new();
+    for _ in 0..scale(200_000) {
+        xs.push(a.allocate(layout_a).unwrap().cast::<u8>());
+        ys.push(a.allocate(layout_b).unwrap().cast::<u8>());
+    }
+    for p in xs.drain(..) {
+        // SAFETY: each block freed once with its layout.
+        unsafe { a.deallocate(p, layout_a) };
+    }
+    let before = heap.stats();
+    assert!(before.small.arenas_allocated > 0);
+    std::thread::sleep(pymalloc::config::PURGE_DELAY * 2);
+    // Any pool transition checks the purge queue: start a new class.
+    let probe = a
+        .allocate(Layout::from_size_align(300, 8).unwrap())
+        .unwrap();
+    let after = heap.stats();
+    assert!(
+        after.small.pools_purged > before.small.pools_purged,
+        "no pool purged: {} -> {}",
+        before.small.pools_purged,
+        after.small.pools_purged
+    );
+    heap.validate();
+    // Purged pools are reused (and read zero where the OS zeroed them).
+    for _ in 0..scale(200_000) {
+        let p = a.allocate_zeroed(layout_a).unwrap().cast::<u8>();
+        // SAFETY: a live 64-byte block.
+        let bytes = unsafe { core::slice::from_raw_parts(p.as_ptr(), 64) };
+        assert!(bytes.iter().all(|&b| b == 0));
+        xs.push(p);
+    }
+    heap.validate();
+    for p in xs {
+        // SAFETY: each block freed once with its layout.
+        unsafe { a.deallocate(p, layout_a) };
+    }
+    for p in ys {
+        // SAFETY: each block freed once with its layout.
+        unsafe { a.deallocate(p, layout_b) };
+    }
+    // SAFETY: freed once with its layout.
+    unsafe { a.deallocate(probe.cast(), Layout::from_size_align(300, 8).unwrap()) };
+    assert_eq!(heap.stats().bytes_in_use, 0);
+}
+
+#[test]
+fn a_bounded_heap_allows_exactly_its_limit() {
+    let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // A huge block of 3 MiB - 64 bytes maps exactly 3 MiB (64-byte header).
+    let size = (3 << 20) - 64;
+    let layout = Layout::from_size_align(size, 8).unwrap();
+    use allocator_api2::alloc::Allocator;
+
+    let exact = PrivateHeap::with_limit(3 << 20);
+    let p = (&exact).allocate(layout).expect("exactly at the limit");
+    assert_eq!(exact.stats().bytes_mapped, 3 << 20);
+    // Nothing more fits, not even one small block.
+    assert!((&exact).allocate(Layout::new::<u64>()).is_err());
+    // SAFETY: live block with this layout.
+    unsafe { (&exact).deallocate(p.cast(), layout) };
+    // Freed below the limit: usable again.
+    assert!((&exact).allocate(Layout::new::<u64>()).is_ok());
+
+    let over = PrivateHeap::with_limit((3 << 20) - 1);
+    assert!((&over).allocate(layout).is_err(), "one byte over the limit");
+    assert_eq!(over.stats().bytes_mapped, 0);
+    assert_eq!(over.limit(), (3 << 20) - 1);
+}
+
+#[test]
+fn realloc_across_the_limit_keeps_the_old_block() {
+    let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let heap = PrivateHeap::with_limit(8 << 20);
+    let mut v: Vec<u64, &PrivateHeap> = Vec::new_in(&heap);
+    v.extend(0..scale(100_000) as u64);
+    let cap = v.capacity();
+    // Growing to 16 MiB needs a mapping past the limit: reported, not fatal.
+    assert!(v.try_reserve_exact(2 << 20).is_err());
+    assert_eq!(v.capacity(), cap);
+    assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64));
+    // GlobalAlloc::realloc: null, and the old block still valid.
+    use std::alloc::GlobalAlloc;
+    let layout = Layout::from_size_align(1 << 20, 8).unwrap();
+    // SAFETY: non-zero layout; freed below with the layout it has then.
+    unsafe {
+        let p = heap.alloc(layout);
+        assert!(!p.is_null());
+        p.write_bytes(7, 1 << 20);
+        assert!(heap.realloc(p, layout, 64 << 20).is_null());
+        assert_eq!(*p.add((1 << 20) - 1), 7);
+        heap.dealloc(p, layout);
+    }
+    heap.set_limit(usize::MAX);
+    assert!(v.try_reserve_exact(2 << 20).is_ok());
+    heap.validate();
+}
+
+#[test]
+fn threads_racing_to_the_limit_never_pass_it() {
+    let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let limit = 64 << 20;
+    let heap = PrivateHeap::with_limit(limit);
+    let threads = if cfg!(miri) { 2 } else { 8 };
+    let layout = Layout::from_size_align(if cfg!(miri) { 8 << 10 } else { 300 << 10 }, 8).unwrap();
+    use allocator_api2::alloc::Allocator;
+    let held: std::vec::Vec<std::vec::Vec<usize>> = std::thread::scope(|s| {
+        let handles: std::vec::Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = std::vec::Vec::new();
+                    while let Ok(p) = (&heap).allocate(layout) {
+                        assert!(heap.stats().bytes_mapped <= limit);
+                        mine.push(p.cast::<u8>().as_ptr() as usize);
+                        if cfg!(miri) && mine.len() > 4 {
+                            break;
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(heap.stats().bytes_mapped <= limit);
+    let total: usize = held.iter().map(std::vec::Vec::len).sum();
+    if !cfg!(miri) {
+        // The limit was reached: most of it is in use.
+        assert!(total * layout.size() > limit / 2, "{total} blocks");
+    }
+    heap.validate();
+    for p in held.into_iter().flatten() {
+        // SAFETY: each block was allocated with `layout` and is freed once.
+        unsafe { (&heap).deallocate(core::ptr::NonNull::new(p as *mut u8).unwrap(), layout) };
+    }
+    assert_eq!(heap.stats().bytes_in_use, 0);
+    assert!((&heap).allocate(layout).is_ok());
+}
+
+#[test]
+fn stats_match_a_workload_with_known_live_bytes() {
+    let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let heap = PrivateHeap::new();
+    let n = scale(10_000);
+    let mut keep = std::vec::Vec::new();
+    for size in [8usize, 16, 17, 100, 512] {
+        for _ in 0..n {
+            let mut v: Vec<u8, &PrivateHeap> = Vec::with_capacity_in(size, &heap);
+            v.push(1);
+            keep.push(v);
+        }
+    }
+    let medium: Vec<u8, &PrivateHeap> = Vec::with_capacity_in(10_000, &heap);
+    let s = heap.stats();
+    assert_eq!(s.bytes_requested, n * (8 + 16 + 17 + 100 + 512) + 10_000);
+    // Classes: 8 and 16 -> 16 B (class 0), 17 -> 32 B, 100 -> 112 B, 512.
+    assert_eq!(s.small.blocks_in_use[0], 2 * n);
+    assert_eq!(s.small.blocks_in_use[1], n);
+    assert_eq!(s.small.blocks_in_use[6], n);
+    assert_eq!(s.small.blocks_in_use[31], n);
+    assert_eq!(s.small.bytes_in_use, n * (16 + 16 + 32 + 112 + 512));
+    for (class, blocks) in [(0, 2 * n), (1, n), (6, n), (31, n)] {
+        let per_pool = pymalloc::config::POOL_SIZE / (16 * (class + 1));
+        assert_eq!(
+            s.small.pools[class],
+            blocks.div_ceil(per_pool),
+            "class {class}"
+        );
+        assert_eq!(
+            s.blocks_available(class),
+            s.small.pools[class] * per_pool - blocks
+        );
+    }
+    assert_eq!(s.raw.medium_blocks, 1);
+    assert!(s.raw.bytes_in_use >= 10_000 && s.raw.bytes_in_use < 10_000 + 64);
+    assert_eq!(s.bytes_quantization(), s.bytes_in_use - s.bytes_requested);
+    let text = s.to_string();
+    assert!(text.contains("# bytes in allocated blocks"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().take(2).eq(["31", "512"])),
+        "{text}"
+    );
+    drop((keep, medium));
+    let s = heap.stats();
+    assert_eq!((s.bytes_requested, s.bytes_in_use), (0, 0));
+}
