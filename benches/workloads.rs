@@ -52,5 +52,9 @@ define_select! {
 static GLOBAL: Select = Select;
 
 fn main() {
-    workloads::main(selected(), pairs_direct);
+    workloads::main(selected(), pairs_direct, || {
+        if selected() == "pymalloc" {
+            PYMALLOC.trim();
+        }
+    });
 }

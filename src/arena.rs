@@ -66,6 +66,10 @@ pub(crate) struct PoolHeader {
     pub(crate) bump: u32,
     pub(crate) class: u8,
     pub(crate) zeroed_tail: bool,
+    /// Sum of the sizes asked for by the pool's live blocks; 0 when empty.
+    /// Kept here, on the line the fast path already writes, rather than in
+    /// a heap-wide counter.
+    pub(crate) requested: u32,
     /// Neighbours on the heap's purge queue of empty, not yet purged pools.
     pub(crate) purge_next: *mut PoolHeader,
     pub(crate) purge_prev: *mut PoolHeader,

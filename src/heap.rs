@@ -151,7 +151,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// A snapshot of the heap's counters. Takes both locks briefly; does not
     /// allocate.
     pub fn stats(&self) -> Stats {
-        let small = self.small.lock().snapshot();
+        let small = self.small.lock().snapshot(&self.raw);
         let raw = self.raw.stats();
         Stats {
             bytes_requested: small.bytes_requested + raw.bytes_requested,
@@ -209,8 +209,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     fn try_alloc(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
         if let Some(class) = class_of(size, align) {
             let mut small = self.small.lock();
-            let block = small.alloc(&self.raw, class)?;
-            small.stats.bytes_requested += size;
+            let block = small.alloc(&self.raw, class, size)?;
             return Some((block.ptr, block.zeroed));
         }
         self.raw.alloc_block(size, align).map(|b| (b.ptr, b.zeroed))
@@ -238,8 +237,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         unsafe {
             if (*header.as_ptr()).kind == ChunkKind::Arena {
                 let mut small = self.small.lock();
-                small.free(&self.raw, header.as_ptr().cast(), ptr);
-                small.stats.bytes_requested -= size;
+                small.free(&self.raw, header.as_ptr().cast(), ptr, size);
             } else {
                 self.raw.free_block(header, ptr, size);
             }
@@ -297,7 +295,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                     return false;
                 }
                 let mut small = self.small.lock();
-                small.stats.bytes_requested = small.stats.bytes_requested - old_size + new_size;
+                small.resized_in_place(header.as_ptr().cast(), ptr.as_ptr(), old_size, new_size);
                 return true;
             }
             new_size > SMALL_REQUEST_THRESHOLD

@@ -119,13 +119,14 @@ impl SmallCore {
         &mut self,
         raw: &RawHeap<S, R>,
         class: SizeClass,
+        size: usize,
     ) -> Option<SmallBlock> {
         let pool = self.used[class];
         if pool.is_null() {
-            return self.alloc_slow(raw, class);
+            return self.alloc_slow(raw, class, size);
         }
         // SAFETY: pools on `usedpools` are live and have a free block.
-        Some(unsafe { self.alloc_from(pool, class) })
+        Some(unsafe { self.alloc_from(pool, class, size) })
     }
 
     /// Takes a block from used pool `pool`.
@@ -134,7 +135,12 @@ impl SmallCore {
     ///
     /// `pool` is a used pool of `class` (so it has a free block).
     #[inline]
-    unsafe fn alloc_from(&mut self, pool: *mut PoolHeader, class: SizeClass) -> SmallBlock {
+    unsafe fn alloc_from(
+        &mut self,
+        pool: *mut PoolHeader,
+        class: SizeClass,
+        size: usize,
+    ) -> SmallBlock {
         // SAFETY: `pool` is a live pool header (caller); a non-null
         // `freeblock` is a freed block of the pool whose first word links the
         // next one; otherwise `bump < capacity` since the pool is not full.
@@ -153,7 +159,7 @@ impl SmallCore {
             if p.ref_count == p.capacity {
                 self.used_to_full(pool, class);
             }
-            self.stats.blocks_in_use[class] += 1;
+            p.requested += size as u32;
             SmallBlock {
                 ptr: NonNull::new_unchecked(ptr),
                 zeroed,
@@ -167,24 +173,27 @@ impl SmallCore {
         &mut self,
         raw: &RawHeap<S, R>,
         class: SizeClass,
+        size: usize,
     ) -> Option<SmallBlock> {
         let pool = self.empty_to_used(raw, class)?;
         // SAFETY: `pool` was just initialised as a used pool of `class`.
-        Some(unsafe { self.alloc_from(pool, class) })
+        Some(unsafe { self.alloc_from(pool, class, size) })
     }
 
-    /// Frees a small block.
+    /// Frees a small block that was requested with `size` bytes.
     ///
     /// # Safety
     ///
     /// `ptr` is a live block of an arena of this heap (`arena` is its
-    /// header), and is not used afterwards.
+    /// header), requested (or last resized) with `size` bytes, and is not
+    /// used afterwards.
     #[inline]
     pub(crate) unsafe fn free<S: PageSource, R: RawMutex>(
         &mut self,
         raw: &RawHeap<S, R>,
         arena: *mut ArenaHeader,
         ptr: NonNull<u8>,
+        size: usize,
     ) {
         let pool = pool_of(arena, ptr.as_ptr());
         // SAFETY: `pool` is the live header of the pool holding `ptr`
@@ -196,7 +205,7 @@ impl SmallCore {
             ptr.as_ptr().cast::<*mut u8>().write(p.freeblock);
             p.freeblock = ptr.as_ptr();
             p.ref_count -= 1;
-            self.stats.blocks_in_use[class] -= 1;
+            p.requested -= size as u32;
             if p.ref_count == 0 {
                 if was_full {
                     self.full_to_used(pool, class);
@@ -277,6 +286,7 @@ impl SmallCore {
                 bump: 0,
                 class: class as u8,
                 zeroed_tail: zeroed,
+                requested: 0,
                 purge_next: null_mut(),
                 purge_prev: null_mut(),
                 emptied_at: None,
@@ -406,13 +416,44 @@ impl SmallCore {
         }
     }
 
-    /// The counters, with the derived fields filled in.
-    pub(crate) fn snapshot(&self) -> SmallStats {
+    /// The counters, with the per-block ones summed from the pool headers
+    /// of every arena (O(arenas); keeps counters off the fast path).
+    pub(crate) fn snapshot<S: PageSource, R: RawMutex>(&self, raw: &RawHeap<S, R>) -> SmallStats {
         let mut s = self.stats;
+        raw.for_each_arena(|arena| {
+            let arena = arena.as_ptr().cast::<ArenaHeader>();
+            // SAFETY: a live arena of this heap; we hold the small-object
+            // lock, so its pool headers are stable. Carved pools that are
+            // empty have `ref_count == 0` and `requested == 0`.
+            unsafe {
+                for index in 1..=(*arena).ncarved {
+                    let pool = &*pool_header(arena, index);
+                    s.blocks_in_use[pool.class as usize] += pool.ref_count as usize;
+                    s.bytes_requested += pool.requested as usize;
+                }
+            }
+        });
         s.bytes_in_use = (0..NB_SMALL_SIZE_CLASSES)
             .map(|c| s.blocks_in_use[c] * block_size(c))
             .sum();
         s
+    }
+
+    /// Adjusts the requested size of live block `ptr` resized in place.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of `arena`, requested with `old` bytes.
+    pub(crate) unsafe fn resized_in_place(
+        &mut self,
+        arena: *mut ArenaHeader,
+        ptr: *const u8,
+        old: usize,
+        new: usize,
+    ) {
+        let pool = pool_of(arena, ptr);
+        // SAFETY: the pool of a live block is live (caller).
+        unsafe { (*pool).requested = (*pool).requested - old as u32 + new as u32 };
     }
 
     unsafe fn link_used(&mut self, pool: *mut PoolHeader, class: SizeClass) {
@@ -633,7 +674,6 @@ impl SmallCore {
     pub(crate) fn validate(&self) {
         // SAFETY: every pointer reached is a live arena or pool of this heap.
         unsafe {
-            let mut blocks = [0usize; NB_SMALL_SIZE_CLASSES];
             for (class, &head) in self.used.iter().enumerate() {
                 let mut p = head;
                 let mut prev = null_mut();
@@ -662,13 +702,9 @@ impl SmallCore {
                         pool.ref_count + free + (pool.capacity - pool.bump),
                         pool.capacity
                     );
-                    blocks[class] += pool.ref_count as usize;
                     prev = p;
                     p = pool.next;
                 }
-            }
-            for (class, &n) in blocks.iter().enumerate() {
-                assert!(n <= self.stats.blocks_in_use[class]);
             }
             let mut q = self.purge_head;
             let mut prev_q = null_mut();
@@ -678,7 +714,10 @@ impl SmallCore {
                 assert_eq!(pool.ref_count, 0, "non-empty pool on the purge queue");
                 let emptied = pool.emptied_at.expect("queued pool without a time");
                 if !prev_q.is_null() {
-                    assert!((*prev_q).emptied_at.unwrap() <= emptied, "purge queue out of order");
+                    assert!(
+                        (*prev_q).emptied_at.unwrap() <= emptied,
+                        "purge queue out of order"
+                    );
                 }
                 prev_q = q;
                 q = pool.purge_next;

@@ -477,6 +477,21 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         assert!(s.bytes_in_use >= used_bytes && (huge > 0 || s.bytes_in_use == used_bytes));
     }
 
+    /// Calls `f` with the header of every arena chunk, under the lock.
+    pub(crate) fn for_each_arena(&self, mut f: impl FnMut(NonNull<ChunkHeader>)) {
+        let core = self.core.lock();
+        let mut chunk = core.chunks;
+        while let Some(h) = NonNull::new(chunk) {
+            // SAFETY: chunks on the list are live; we hold the lock.
+            unsafe {
+                if (*h.as_ptr()).kind == ChunkKind::Arena {
+                    f(h);
+                }
+                chunk = (*h.as_ptr()).next;
+            }
+        }
+    }
+
     /// Maps an arena chunk for layer 2.
     pub(crate) fn map_arena(&self) -> Option<NonNull<u8>> {
         let mut core = self.core.lock();

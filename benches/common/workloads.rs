@@ -265,9 +265,26 @@ pub fn rss() -> (usize, usize) {
 }
 
 /// Memory workload: 1 GiB of live small objects (16–256 B), then a random
-/// 90% freed. Returns (live bytes at peak, RSS at peak, RSS after freeing,
-/// live bytes after freeing, RSS before starting).
-pub fn memory_1gib() -> [usize; 5] {
+/// 90% freed, then the rest. `trim` gives the allocator's unused memory
+/// back (a no-op for allocators without one).
+pub struct MemoryReport {
+    /// RSS before starting.
+    pub base: usize,
+    /// Live bytes at the peak.
+    pub live: usize,
+    /// RSS at the peak.
+    pub peak: usize,
+    /// Live bytes after freeing 90%.
+    pub kept: usize,
+    /// RSS after freeing 90%.
+    pub after_90: usize,
+    /// RSS after freeing 90% and `trim`.
+    pub after_90_trim: usize,
+    /// RSS one second after freeing everything (no `trim`).
+    pub after_all: usize,
+}
+
+pub fn memory_1gib(trim: fn()) -> MemoryReport {
     let (base, _) = rss();
     let mut rng = Rng::new(7);
     let target = 1usize << 30;
@@ -289,9 +306,22 @@ pub fn memory_1gib() -> [usize; 5] {
             *b = Vec::new();
         }
     }
-    let (after, _) = rss();
+    let (after_90, _) = rss();
+    trim();
+    let (after_90_trim, _) = rss();
     black_box(&blocks);
-    [live, peak, after, kept, base]
+    drop(blocks);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (after_all, _) = rss();
+    MemoryReport {
+        base,
+        live,
+        peak,
+        kept,
+        after_90,
+        after_90_trim,
+        after_all,
+    }
 }
 
 /// A fixed-count alloc+free loop through `std::alloc` (so through the global
@@ -329,8 +359,9 @@ pub fn micro() -> Vec<(String, Box<dyn Fn() -> u64>)> {
 }
 
 /// Entry point of a workload binary whose global allocator is `name`;
-/// `pairs_direct(size, count)` runs the instruction-count loop on it.
-pub fn main(name: &str, pairs_direct: fn(usize, usize)) {
+/// `pairs_direct(size, count)` runs the instruction-count loop on it, `trim`
+/// gives its unused memory back (if it can).
+pub fn main(name: &str, pairs_direct: fn(usize, usize), trim: fn()) {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
@@ -345,8 +376,11 @@ pub fn main(name: &str, pairs_direct: fn(usize, usize)) {
             pairs_direct(size, count);
         }
         Some("memory") => {
-            let [live, peak, after, kept, base] = memory_1gib();
-            println!("MEMORY\t{name}\t{live}\t{peak}\t{after}\t{kept}\t{base}");
+            let m = memory_1gib(trim);
+            println!(
+                "MEMORY\t{name}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                m.base, m.live, m.peak, m.kept, m.after_90, m.after_90_trim, m.after_all
+            );
         }
         _ => {
             let filter = args.get(1).cloned().unwrap_or_default();

@@ -15,5 +15,5 @@ define_select! {
 static GLOBAL: Select = Select;
 
 fn main() {
-    workloads::main(selected(), pairs_direct);
+    workloads::main(selected(), pairs_direct, || {});
 }
