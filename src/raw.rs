@@ -58,6 +58,9 @@ pub(crate) struct RawCore {
     tlsf: Tlsf,
     /// Every chunk of this heap, doubly linked through the chunk headers.
     chunks: *mut ChunkHeader,
+    /// When the kept wholly free medium chunk became free, iff it exists and
+    /// its pages have not been purged yet.
+    spare_since: Option<std::time::Instant>,
     pub(crate) stats: RawStats,
 }
 
@@ -136,6 +139,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 RawCore {
                     tlsf: Tlsf::new(),
                     chunks: null_mut(),
+                    spare_since: None,
                     stats: RawStats {
                         bytes_requested: 0,
                         bytes_mapped: 0,
@@ -178,19 +182,47 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             }
             core.stats.medium_chunks -= 1;
         }
+        core.tlsf
+            .for_each_free_block(|start, end| self.purge_free_range(start, end));
+        core.spare_since = None;
+    }
+
+    /// Purges the whole pages of `start..end`, the part of a free medium
+    /// block past its header and links.
+    fn purge_free_range(&self, start: *mut u8, end: usize) {
         let page = page_size();
-        core.tlsf.for_each_free_block(|start, end| {
-            let (from, to) = (start.addr().next_multiple_of(page), end & !(page - 1));
-            if from < to {
-                // SAFETY: whole pages inside a free block, past its header and
-                // links, inside a live chunk of this source; free contents
-                // are not needed.
-                unsafe {
-                    self.source
-                        .purge(NonNull::new_unchecked(start.with_addr(from)), to - from)
-                };
-            }
-        });
+        let (from, to) = (start.addr().next_multiple_of(page), end & !(page - 1));
+        if from < to {
+            // SAFETY: whole pages inside a free block, past its header and
+            // links, inside a live chunk of this source; free contents are
+            // not needed.
+            unsafe {
+                self.source
+                    .purge(NonNull::new_unchecked(start.with_addr(from)), to - from)
+            };
+        }
+    }
+
+    /// Purges the pages of the kept wholly free medium chunk once it has
+    /// been free for `PURGE_DELAY`. Checked on medium allocations and frees;
+    /// reads the clock only while such a chunk waits.
+    fn purge_spare_chunk(&self, core: &mut RawCore) {
+        let Some(since) = core.spare_since else {
+            return;
+        };
+        if since.elapsed() < crate::config::PURGE_DELAY {
+            return;
+        }
+        core.spare_since = None;
+        if let Some(chunk) = core.tlsf.any_empty_chunk() {
+            let start = chunk
+                .as_ptr()
+                .wrapping_add(CHUNK_HEADER_SIZE + medium::MIN_BLOCK);
+            self.purge_free_range(
+                start,
+                chunk.as_ptr().addr() + MEDIUM_CHUNK_SIZE - medium::HEADER,
+            );
+        }
     }
 
     /// Purges `size` bytes at `ptr` (whole pages of a live chunk whose
@@ -273,6 +305,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
 
     fn alloc_medium(&self, size: usize, align: usize) -> Option<RawBlock> {
         let mut core = self.core.lock();
+        self.purge_spare_chunk(&mut core);
         let (ptr, usable) = match core.tlsf.allocate(size, align) {
             Some(found) => found,
             None => {
@@ -342,8 +375,11 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                             self.unmap_chunk(&mut core, chunk.cast());
                         }
                         core.stats.medium_chunks -= 1;
+                    } else {
+                        core.spare_since = Some(std::time::Instant::now());
                     }
                 }
+                self.purge_spare_chunk(&mut core);
             }
             ChunkKind::Huge => {
                 // SAFETY: a live huge block (caller).

@@ -264,3 +264,55 @@ fn stats_match_a_workload_with_known_live_bytes() {
     let s = heap.stats();
     assert_eq!((s.bytes_requested, s.bytes_in_use), (0, 0));
 }
+
+/// Page source counting the bytes purged through it.
+#[derive(Default)]
+struct PurgeCounter(std::sync::atomic::AtomicUsize);
+
+// SAFETY: forwards every call to `OsPages`, which upholds the contract.
+unsafe impl pymalloc::PageSource for &PurgeCounter {
+    fn map(&self, size: usize, align: usize) -> Option<core::ptr::NonNull<u8>> {
+        pymalloc::OsPages.map(size, align)
+    }
+    unsafe fn unmap(&self, ptr: core::ptr::NonNull<u8>, size: usize, align: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { pymalloc::OsPages.unmap(ptr, size, align) }
+    }
+    unsafe fn purge(&self, ptr: core::ptr::NonNull<u8>, size: usize) -> bool {
+        self.0.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded contract.
+        unsafe { pymalloc::OsPages.purge(ptr, size) }
+    }
+}
+
+#[test]
+fn the_spare_medium_chunk_is_purged_after_the_delay() {
+    let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let purged = PurgeCounter::default();
+    let heap: PrivateHeap<&PurgeCounter> = PrivateHeap::with_source(&purged);
+    let bytes = || purged.0.load(std::sync::atomic::Ordering::Relaxed);
+    let blocks: std::vec::Vec<Vec<u8, &PrivateHeap<&PurgeCounter>>> = (0..30)
+        .map(|_| {
+            let mut v = Vec::with_capacity_in(100_000, &heap);
+            v.resize(100_000, 3);
+            v
+        })
+        .collect();
+    assert_eq!(heap.stats().raw.medium_chunks, 1);
+    drop(blocks);
+    // The chunk is kept (steady churn must not remap it) and not yet purged.
+    assert_eq!(heap.stats().raw.medium_chunks, 1);
+    let medium = Layout::from_size_align(2000, 8).unwrap();
+    use allocator_api2::alloc::Allocator;
+    let p = (&heap).allocate(medium).unwrap();
+    // SAFETY: live block with this layout.
+    unsafe { (&heap).deallocate(p.cast(), medium) };
+    assert_eq!(bytes(), 0, "purged before the delay");
+    std::thread::sleep(pymalloc::config::PURGE_DELAY * 2);
+    let p = (&heap).allocate(medium).unwrap();
+    // Nearly the whole 4 MiB chunk went back.
+    assert!(bytes() >= (4 << 20) - 3 * 4096, "purged {} bytes", bytes());
+    // SAFETY: live block with this layout.
+    unsafe { (&heap).deallocate(p.cast(), medium) };
+    heap.validate();
+}
