@@ -36,7 +36,8 @@ macro_rules! each_allocator {
 fn pair<A: GlobalAlloc>(a: &A, layout: Layout) {
     // SAFETY: non-zero layout; freed with the same layout.
     unsafe {
-        let p = a.alloc(black_box(layout));
+        // black_box on pointers: LLVM may otherwise elide a malloc/free pair.
+        let p = black_box(a.alloc(black_box(layout)));
         p.write(1);
         a.dealloc(black_box(p), layout);
     }
@@ -47,10 +48,10 @@ fn batch<A: GlobalAlloc>(a: &A, layout: Layout, ptrs: &mut Vec<*mut u8>) {
     // SAFETY: non-zero layout; each block freed once with it.
     unsafe {
         for _ in 0..ptrs.capacity() {
-            ptrs.push(a.alloc(layout));
+            ptrs.push(black_box(a.alloc(layout)));
         }
         for &p in ptrs.iter() {
-            a.dealloc(p, layout);
+            a.dealloc(black_box(p), layout);
         }
     }
 }
@@ -59,22 +60,22 @@ fn realloc_chain<A: GlobalAlloc>(a: &A) {
     // SAFETY: sizes are non-zero; the block is freed with its last layout.
     unsafe {
         let mut size = 8;
-        let mut p = a.alloc(Layout::from_size_align_unchecked(size, 8));
+        let mut p = black_box(a.alloc(Layout::from_size_align_unchecked(size, 8)));
         while size < 1 << 20 {
-            p = a.realloc(p, Layout::from_size_align_unchecked(size, 8), size * 2);
+            p = black_box(a.realloc(p, Layout::from_size_align_unchecked(size, 8), size * 2));
             size *= 2;
             p.add(size - 1).write(1);
         }
-        a.dealloc(p, Layout::from_size_align_unchecked(size, 8));
+        a.dealloc(black_box(p), Layout::from_size_align_unchecked(size, 8));
     }
 }
 
 fn zeroed<A: GlobalAlloc>(a: &A, layout: Layout) {
     // SAFETY: non-zero layout; freed with the same layout.
     unsafe {
-        let p = a.alloc_zeroed(layout);
+        let p = black_box(a.alloc_zeroed(layout));
         black_box(p.add(layout.size() / 2).read());
-        a.dealloc(p, layout);
+        a.dealloc(black_box(p), layout);
     }
 }
 

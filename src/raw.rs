@@ -45,6 +45,9 @@ pub struct RawStats {
     pub arena_chunks: usize,
 }
 
+/// See [`RawHeap::purge_spare_chunk`].
+const PURGE_CHECK_INTERVAL: u32 = 64;
+
 /// A block handed out by layer 1.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RawBlock {
@@ -58,9 +61,12 @@ pub(crate) struct RawCore {
     tlsf: Tlsf,
     /// Every chunk of this heap, doubly linked through the chunk headers.
     chunks: *mut ChunkHeader,
-    /// When the kept wholly free medium chunk became free, iff it exists and
-    /// its pages have not been purged yet.
+    /// Since when some medium chunk has been kept wholly free without its
+    /// pages being purged (`None`: since the last purge, none has been).
     spare_since: Option<std::time::Instant>,
+    /// Medium operations so far (wrapping); the clock is read on every
+    /// `PURGE_CHECK_INTERVAL`-th only.
+    ops: u32,
     pub(crate) stats: RawStats,
 }
 
@@ -140,6 +146,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                     tlsf: Tlsf::new(),
                     chunks: null_mut(),
                     spare_since: None,
+                    ops: 0,
                     stats: RawStats {
                         bytes_requested: 0,
                         bytes_mapped: 0,
@@ -203,10 +210,21 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
     }
 
-    /// Purges the pages of the kept wholly free medium chunk once it has
-    /// been free for `PURGE_DELAY`. Checked on medium allocations and frees;
-    /// reads the clock only while such a chunk waits.
+    /// Purges the pages of the kept wholly free medium chunk once one has
+    /// been kept for `PURGE_DELAY`. Checked on medium allocations and frees,
+    /// reading the clock on one call in `PURGE_CHECK_INTERVAL` while a chunk
+    /// waits, so steady churn pays neither a clock read per call nor a purge
+    /// per pair.
+    #[inline]
     fn purge_spare_chunk(&self, core: &mut RawCore) {
+        core.ops = core.ops.wrapping_add(1);
+        if core.spare_since.is_some() && core.ops % PURGE_CHECK_INTERVAL == 0 {
+            self.purge_spare_chunk_slow(core);
+        }
+    }
+
+    #[cold]
+    fn purge_spare_chunk_slow(&self, core: &mut RawCore) {
         let Some(since) = core.spare_since else {
             return;
         };
@@ -375,7 +393,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                             self.unmap_chunk(&mut core, chunk.cast());
                         }
                         core.stats.medium_chunks -= 1;
-                    } else {
+                    } else if core.spare_since.is_none() {
                         core.spare_since = Some(std::time::Instant::now());
                     }
                 }
