@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Runs the workload suite for every allocator in interleaved rounds and
-prints median times and ratios (pymalloc vs mimalloc, the fastest peer and
-System). One process per allocator and round: each allocator is the real
-global allocator of its process. Writes benches/results.md and
+"""The whole benchmark suite in one command. Runs the workloads for every
+allocator in interleaved rounds and prints median times and ratios
+(pymalloc vs mimalloc, the fastest peer and System), one process per
+allocator and round so each allocator is the real global allocator of its
+process; then the memory report (1 GiB workload, per-workload peak RSS) and
+the criterion micro-benchmarks. Writes benches/results.md and
 benches/results.json; `--chart` also draws benches/ratios.png (matplotlib).
 
-    python3 benches/run.py                 # full suite, 4 rounds, memory too
-    python3 benches/run.py --quick         # 2 rounds, no memory report
+    python3 benches/run.py --chart         # everything, 4 rounds (~11 min)
+    python3 benches/run.py --quick         # 2 rounds, workloads only
     python3 benches/run.py --filter larson # some workloads only
 """
 import argparse, json, os, platform, random, re, statistics, subprocess, sys
@@ -14,6 +16,7 @@ import argparse, json, os, platform, random, re, statistics, subprocess, sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = ["system", "mimalloc", "mimalloc-v2", "jemalloc", "snmalloc"]
 ALLOCATORS = ["pymalloc"] + PEERS
+SINGLE_THREAD = ["churn", "binary_trees", "vec_string_growth", "btree_churn"]
 
 
 def build():
@@ -39,6 +42,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--filter", default="")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-micro", action="store_true")
     ap.add_argument("--chart", action="store_true")
     args = ap.parse_args()
     rounds = 2 if args.quick else args.rounds
@@ -57,6 +61,19 @@ def main():
             (_, name, *values), = run(bins[alloc], alloc, "memory")
             keys = ["base", "live", "peak", "kept", "after_90", "after_90_trim", "after_all"]
             memory[name] = dict(zip(keys, map(int, values)))
+
+    peaks = {}
+    if not (args.quick or args.no_memory):
+        for w in SINGLE_THREAD:
+            for alloc in ALLOCATORS:
+                (_, name, _, peak), = run(bins[alloc], alloc, "peak", w)
+                peaks.setdefault(w, {})[name] = int(peak)
+    micro = None
+    if not (args.quick or args.no_micro):
+        subprocess.run(["cargo", "bench", "--bench", "micro"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        micro = subprocess.run([sys.executable, os.path.join(ROOT, "benches", "criterion_table.py")],
+                               capture_output=True, text=True, check=True).stdout.strip()
 
     med = {w: {a: statistics.median(v) for a, v in per.items()} for w, per in times.items()}
     lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
@@ -89,12 +106,21 @@ def main():
             trimmed = mib(m["after_90_trim"]) if a == "pymalloc" else "–"
             lines.append(f"| {a} | {mib(m['peak'])} | {over:.3f} | {mib(m['after_90'])} | {trimmed} "
                          f"| {mib(m['after_all'])} |")
+    if peaks:
+        lines += ["", "Peak RSS of each single-thread workload, run alone in its own process:", "",
+                  "| workload | " + " | ".join(ALLOCATORS) + " | pymalloc / System |",
+                  "|---|" + "---:|" * (len(ALLOCATORS) + 1)]
+        for w, per in peaks.items():
+            cells = " | ".join(f"{per[a] / 2**20:.1f} MiB" for a in ALLOCATORS)
+            lines.append(f"| {w} | {cells} | {per['pymalloc'] / per['system']:.2f} |")
+    if micro:
+        lines += ["", "Micro-benchmarks (criterion, all but mimalloc-v2 in one process):", "", micro]
     text = "\n".join(lines)
     print(text)
     with open(os.path.join(ROOT, "benches", "results.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(ROOT, "benches", "results.json"), "w") as f:
-        json.dump(dict(rows=rows, memory=memory, raw=times), f, indent=1)
+        json.dump(dict(rows=rows, memory=memory, peaks=peaks, raw=times), f, indent=1)
     if args.chart:
         chart(rows)
 

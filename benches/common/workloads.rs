@@ -375,6 +375,17 @@ pub fn main(name: &str, pairs_direct: fn(usize, usize), trim: fn()) {
                 .unwrap_or(1_000_000);
             pairs_direct(size, count);
         }
+        Some("peak") => {
+            // One workload alone in this process: its peak RSS.
+            let workload = args.get(1).cloned().unwrap_or_default();
+            let (_, f) = all()
+                .into_iter()
+                .find(|(n, _)| *n == workload)
+                .expect("unknown workload");
+            black_box(f());
+            let (_, peak) = rss();
+            println!("PEAK\t{name}\t{workload}\t{peak}");
+        }
         Some("memory") => {
             let m = memory_1gib(trim);
             println!(
