@@ -256,7 +256,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         new_align: usize,
     ) -> Option<NonNull<u8>> {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::realloc");
-        if ptr.as_ptr().addr() % new_align == 0 {
+        if ptr.as_ptr().addr() & (new_align - 1) == 0 {
             // SAFETY: `header` is the chunk of live block `ptr` (caller).
             if unsafe { self.resize_in_place(header, ptr, old_size, new_size) } {
                 return Some(ptr);
