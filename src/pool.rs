@@ -77,7 +77,18 @@ pub(crate) struct SmallCore {
     /// `Some`.
     purge_head: *mut PoolHeader,
     purge_tail: *mut PoolHeader,
-    pub(crate) stats: SmallStats,
+    counters: Counters,
+}
+
+/// What layer 2 counts as it goes, on transitions only; per-block figures
+/// are summed from pool headers by [`SmallCore::snapshot`].
+#[derive(Clone, Copy)]
+struct Counters {
+    pools: [usize; NB_SMALL_SIZE_CLASSES],
+    pools_purged: usize,
+    arenas_allocated: usize,
+    arenas_reclaimed: usize,
+    arenas_high_water: usize,
 }
 
 // SAFETY: the raw pointers refer to arenas owned by the heap, which may be
@@ -100,12 +111,9 @@ impl SmallCore {
             spare: null_mut(),
             purge_head: null_mut(),
             purge_tail: null_mut(),
-            stats: SmallStats {
+            counters: Counters {
                 pools: [0; NB_SMALL_SIZE_CLASSES],
                 pools_purged: 0,
-                bytes_requested: 0,
-                blocks_in_use: [0; NB_SMALL_SIZE_CLASSES],
-                bytes_in_use: 0,
                 arenas_allocated: 0,
                 arenas_reclaimed: 0,
                 arenas_high_water: 0,
@@ -291,7 +299,7 @@ impl SmallCore {
                 purge_prev: null_mut(),
                 emptied_at: None,
             });
-            self.stats.pools[class] += 1;
+            self.counters.pools[class] += 1;
             self.link_used(pool, class);
             Some(pool)
         }
@@ -307,7 +315,7 @@ impl SmallCore {
         let arena = arena_of_pool(pool);
         // SAFETY: `pool` is a live empty pool on no list (caller).
         unsafe {
-            self.stats.pools[(*pool).class as usize] -= 1;
+            self.counters.pools[(*pool).class as usize] -= 1;
             (*pool).next = (*arena).freepools;
             (*arena).freepools = pool;
             (*pool).zeroed_tail = false;
@@ -389,7 +397,7 @@ impl SmallCore {
             let data = NonNull::new_unchecked((*pool).base);
             (*pool).zeroed_tail = raw.purge(data, crate::config::POOL_SIZE);
         }
-        self.stats.pools_purged += 1;
+        self.counters.pools_purged += 1;
     }
 
     /// Gives back everything layer 2 holds but does not use: every class's
@@ -419,7 +427,15 @@ impl SmallCore {
     /// The counters, with the per-block ones summed from the pool headers
     /// of every arena (O(arenas); keeps counters off the fast path).
     pub(crate) fn snapshot<S: PageSource, R: RawMutex>(&self, raw: &RawHeap<S, R>) -> SmallStats {
-        let mut s = self.stats;
+        let c = self.counters;
+        let mut s = SmallStats {
+            pools: c.pools,
+            pools_purged: c.pools_purged,
+            arenas_allocated: c.arenas_allocated,
+            arenas_reclaimed: c.arenas_reclaimed,
+            arenas_high_water: c.arenas_high_water,
+            ..SmallStats::default()
+        };
         raw.for_each_arena(|arena| {
             let arena = arena.as_ptr().cast::<ArenaHeader>();
             // SAFETY: a live arena of this heap; we hold the small-object
@@ -495,9 +511,9 @@ impl SmallCore {
             return Some(core::mem::replace(&mut self.spare, null_mut()));
         }
         let base = raw.map_arena()?;
-        self.stats.arenas_allocated += 1;
-        let held = self.stats.arenas_allocated - self.stats.arenas_reclaimed;
-        self.stats.arenas_high_water = self.stats.arenas_high_water.max(held);
+        self.counters.arenas_allocated += 1;
+        let held = self.counters.arenas_allocated - self.counters.arenas_reclaimed;
+        self.counters.arenas_high_water = self.counters.arenas_high_water.max(held);
         // SAFETY: layer 1 just mapped this arena chunk for us, zero-filled.
         Some(unsafe { init_arena(base) })
     }
@@ -619,7 +635,7 @@ impl SmallCore {
                 pool = (*pool).next;
             }
         }
-        self.stats.arenas_reclaimed += 1;
+        self.counters.arenas_reclaimed += 1;
         // SAFETY: no block of `arena` is live and no list refers to it.
         unsafe { raw.unmap_arena(NonNull::new_unchecked(arena.cast::<ChunkHeader>())) };
     }
