@@ -131,3 +131,32 @@ fn many_heaps_side_by_side_stay_separate() {
         assert!(v.iter().enumerate().all(|(j, &x)| x == j as u64 * i as u64));
     }
 }
+
+#[test]
+// Miri's page source is `System`, and Miri stops on an impossible allocation
+// instead of returning null.
+#[cfg_attr(miri, ignore)]
+fn impossible_requests_fail_cleanly() {
+    use allocator_api2::alloc::Allocator;
+    use core::alloc::{GlobalAlloc, Layout};
+    let heap = PrivateHeap::new();
+    for (size, align) in [
+        (isize::MAX as usize - 4096, 8),
+        (1 << 62, 1 << 20),
+        (1 << 40, 1 << 40),
+    ] {
+        let layout = Layout::from_size_align(size, align).unwrap();
+        assert!((&heap).allocate(layout).is_err(), "{layout:?}");
+        assert!((&heap).allocate_zeroed(layout).is_err(), "{layout:?}");
+        // SAFETY: a valid, non-zero layout.
+        assert!(unsafe { heap.alloc(layout) }.is_null(), "{layout:?}");
+    }
+    // A failed grow leaves the block valid and unchanged.
+    let mut v: Vec<u8, &PrivateHeap> = Vec::new_in(&heap);
+    v.extend_from_slice(b"still here");
+    assert!(v.try_reserve(isize::MAX as usize - 64).is_err());
+    assert_eq!(&v[..], b"still here");
+    drop(v);
+    assert_eq!(heap.stats().bytes_in_use, 0);
+    heap.validate();
+}
