@@ -27,9 +27,9 @@ use core::ptr::{NonNull, null_mut};
 /// * `nfreepools == (pools on freepools) + (USABLE_POOLS_PER_ARENA - ncarved)`;
 /// * pools `1..=ncarved` have been used at least once; pools past `ncarved`
 ///   were never touched and read zero;
-/// * the arena is on the heap's usable-arenas list iff
-///   `0 < nfreepools < USABLE_POOLS_PER_ARENA`, or it is the only arena
-///   being filled ([ref:usable-arenas]).
+/// * between heap operations, the arena is on the heap's usable-arenas list
+///   iff `0 < nfreepools < USABLE_POOLS_PER_ARENA` ([ref:usable-arenas]);
+///   an arena with every pool empty is the spare or already given back.
 #[repr(C)]
 pub(crate) struct ArenaHeader {
     pub(crate) chunk: ChunkHeader,

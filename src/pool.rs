@@ -28,6 +28,15 @@
 //! points at the last arena on the list with `nfreepools == n`, so keeping
 //! the order costs O(1) per transition. An arena whose pools are all empty
 //! leaves the list: it is kept as the one spare, or given back to layer 1.
+//!
+//! # Returning memory
+//!
+//! A pool that becomes empty joins the purge queue (oldest first). On later
+//! pool transitions, pools empty for `config::PURGE_DELAY` get their pages
+//! purged (`PageSource::purge`): churn at a steady size reuses pools within
+//! the delay without a system call, and RSS follows frees without a
+//! background thread. A pool taken for reuse, or an arena given back, leaves
+//! the queue first. `trim` purges the whole queue at once.
 
 use crate::arena::{
     ArenaHeader, PoolHeader, arena_of_pool, init_arena, pool_data, pool_header, pool_of,
