@@ -229,6 +229,11 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     }
 
     /// Frees a live block that was requested with `size` bytes.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live, non-zero-sized block of this heap, requested (or last
+    /// resized) with `size` bytes, and is not used afterwards.
     #[inline]
     unsafe fn free_inner(&self, ptr: NonNull<u8>, size: usize) {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
@@ -248,6 +253,12 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// bytes at `new_align`, keeping the first `min(old, new)` bytes. Stays
     /// in place when the block already fits without much waste. On failure
     /// the old block is untouched.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live, non-zero-sized block of this heap requested with
+    /// `old_size` bytes; `new_size` is non-zero, `new_align` a power of two.
+    /// On success the old pointer must not be used again.
     unsafe fn realloc_inner(
         &self,
         ptr: NonNull<u8>,
@@ -277,6 +288,11 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// quarter or more (CPython's rule), a medium block that can grow into a
     /// free neighbour or shrink (but stays over the small threshold), a huge
     /// block that still holds it and is at most half empty.
+    ///
+    /// # Safety
+    ///
+    /// `header` is the chunk (from the arena map) of live block `ptr`, which
+    /// was requested with `old_size` bytes.
     unsafe fn resize_in_place(
         &self,
         header: NonNull<crate::chunk::ChunkHeader>,
