@@ -20,6 +20,7 @@ use crate::chunk::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkKind};
 use crate::config::{ARENA_SIZE, POOL_SHIFT, POOL_SIZE, POOLS_PER_ARENA, USABLE_POOLS_PER_ARENA};
 use crate::size_class::SizeClass;
 use core::ptr::{NonNull, null_mut};
+use core::sync::atomic::{AtomicPtr, AtomicU32};
 
 /// Header of an arena, at its base.
 ///
@@ -46,11 +47,18 @@ pub(crate) struct ArenaHeader {
 ///
 /// Invariants:
 /// * `0 <= ref_count <= capacity`, and
-///   `ref_count + len(freeblock list) + (capacity - bump) == capacity`;
-/// * a pool is *used* (on `usedpools[class]`) iff `0 < ref_count < capacity`,
-///   or `ref_count == 0` and it is its class's cached empty pool (see
-///   [`crate::pool`]); *full* (on no list) iff `ref_count == capacity`;
-///   *empty* (on its arena's `freepools`, or never carved) otherwise;
+///   `ref_count + len(freeblock list) + (capacity - bump) == capacity`
+///   (blocks freed by other threads and not yet collected by the owner
+///   count as allocated);
+/// * a pool with a live block has one owner for as long as it has one:
+///   `owner` is a thread heap ([`crate::thread`]) or null for the heap's
+///   shared, locked lists; only the owner touches `freeblock`, `bump`,
+///   `ref_count`, `next` and `prev`;
+/// * a pool is *used* (on its owner's `usedpools[class]`) iff
+///   `0 < ref_count < capacity`, or `ref_count == 0` and it is its class's
+///   cached empty pool (see [`crate::pool`]); *full* (on no list) iff
+///   `ref_count == capacity`; *empty* (on its arena's `freepools`, or never
+///   carved, owner null) otherwise;
 /// * `zeroed_tail` implies the never-used blocks `bump..capacity` read zero.
 #[repr(C)]
 pub(crate) struct PoolHeader {
@@ -60,16 +68,18 @@ pub(crate) struct PoolHeader {
     pub(crate) prev: *mut PoolHeader,
     /// First byte of the pool's blocks.
     pub(crate) base: *mut u8,
-    pub(crate) ref_count: u32,
+    /// Written by the owner only (a load and a store, no read-modify-write);
+    /// atomic so that `stats()` may read it from any thread.
+    pub(crate) ref_count: AtomicU32,
     pub(crate) capacity: u32,
     /// Index of the first never-used block.
     pub(crate) bump: u32,
     pub(crate) class: u8,
     pub(crate) zeroed_tail: bool,
-    /// Sum of the sizes asked for by the pool's live blocks; 0 when empty.
-    /// Kept here, on the line the fast path already writes, rather than in
-    /// a heap-wide counter.
-    pub(crate) requested: u32,
+    /// The thread heap that owns the pool, or null (see the invariants).
+    /// Set under the small-object lock when the pool leaves or rejoins its
+    /// arena; read by any thread freeing one of its blocks.
+    pub(crate) owner: AtomicPtr<crate::thread::ThreadHeap>,
     /// Neighbours on the heap's purge queue of empty, not yet purged pools.
     pub(crate) purge_next: *mut PoolHeader,
     pub(crate) purge_prev: *mut PoolHeader,

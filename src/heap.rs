@@ -2,17 +2,21 @@
 //! (pools) or layer 1 (medium and huge blocks), and implements
 //! `GlobalAlloc` and `allocator_api2::alloc::Allocator`.
 
+use crate::arena::{PoolHeader, pool_of};
 use crate::chunk::ChunkKind;
 use crate::config::SMALL_REQUEST_THRESHOLD;
 use crate::lock::SpinLock;
 use crate::os::{OsPages, PageSource};
-use crate::pool::SmallCore;
+use crate::pool::{Freed, SmallCore};
 use crate::raw::RawHeap;
-use crate::size_class::{block_size, class_of};
+use crate::size_class::{SizeClass, block_size, class_of};
 use crate::stats::Stats;
+use crate::thread::{self, ThreadHeap};
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{NonNull, null_mut};
+use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::Ordering::Relaxed;
 use parking_lot::lock_api::{Mutex, RawMutex};
 
 /// A private heap managed in layers, as CPython's memory manager.
@@ -42,13 +46,30 @@ use parking_lot::lock_api::{Mutex, RawMutex};
 /// `S` supplies OS pages ([`OsPages`] by default); `R` is the lock type. The
 /// default [`SpinLock`] never allocates, so the heap can be the global
 /// allocator; a heap that never is may use `parking_lot::RawMutex`.
+///
+/// # Threads
+///
+/// Each thread allocating small blocks owns pools of its own (a *thread
+/// heap*, [ref:thread-heaps]): its allocations and frees of its own blocks
+/// take no lock and no atomic read-modify-write; a block freed by another
+/// thread goes back to its owner with one compare-and-swap. A block freed
+/// that way counts in [`Stats::bytes_in_use`] until its owner collects it,
+/// which happens when the owner next runs out of a size class, or at the
+/// next `stats()`, `trim()` or `validate()` if the owner has exited.
 pub struct PrivateHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     /// Layer 1.
     raw: RawHeap<S, R>,
-    /// Layer 2, under its own lock so small and medium requests do not
-    /// contend. Lock order: `small` before `raw`.
+    /// Layer 2's shared state, under its own lock so small and medium
+    /// requests do not contend. Lock order: `small` before `raw`.
     small: Mutex<R, SmallCore>,
+    /// This heap's key in threads' caches of thread heaps: 0 until a thread
+    /// first needs one, then unique in the process (a value, so the heap
+    /// may move).
+    key: AtomicUsize,
 }
+
+/// Source of heap keys; 0 means "not assigned yet".
+static NEXT_KEY: AtomicUsize = AtomicUsize::new(1);
 
 impl PrivateHeap {
     /// An empty heap on the OS's pages. `const`: usable in a `static`, maps
@@ -108,6 +129,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         Self {
             raw: RawHeap::with_source_and_limit(source, limit),
             small: Mutex::const_new(R::INIT, SmallCore::new()),
+            key: AtomicUsize::new(0),
         }
     }
 
@@ -138,9 +160,36 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// assert!(heap.stats().bytes_mapped <= 1 << 20);
     /// ```
     pub fn trim(&self) {
+        let own = self.thread_heap();
         let mut small = self.small.lock();
+        self.collect_threads(&mut small, own, true);
         small.trim(&self.raw);
         self.raw.trim();
+    }
+
+    /// Collects the inboxes of the calling thread's thread heap `own` (if
+    /// not null) and of every orphan; with `release_cached`, also gives
+    /// back their cached empty pools.
+    fn collect_threads(&self, small: &mut SmallCore, own: *mut ThreadHeap, release_cached: bool) {
+        let mut th = small.threads;
+        while !th.is_null() {
+            // SAFETY: thread heaps on the list are live. `own` is ours, and
+            // an orphan is touched by no thread while we hold the lock (only
+            // lock holders adopt).
+            unsafe {
+                if th == own || ThreadHeap::is_orphan(th) {
+                    let mut chain = ThreadHeap::collect(th);
+                    if release_cached {
+                        (*th).used.take_empty(|pool| {
+                            (*pool).next = chain;
+                            chain = pool;
+                        });
+                    }
+                    small.release_chain(&self.raw, chain);
+                }
+                th = (*th).next;
+            }
+        }
     }
 
     /// The heap's layer 1, which the raw domain uses directly.
@@ -151,7 +200,12 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// A snapshot of the heap's counters. Takes both locks briefly; does not
     /// allocate.
     pub fn stats(&self) -> Stats {
-        let small = self.small.lock().snapshot(&self.raw);
+        let own = self.thread_heap();
+        let small = {
+            let mut small = self.small.lock();
+            self.collect_threads(&mut small, own, false);
+            small.snapshot(&self.raw)
+        };
         let raw = self.raw.stats();
         Stats {
             bytes_requested: small.bytes_requested + raw.bytes_requested,
@@ -167,7 +221,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// violation. O(pools + medium blocks); for tests, not for the global
     /// allocator's hot paths.
     pub fn validate(&self) {
-        let small = self.small.lock();
+        let own = self.thread_heap();
+        let mut small = self.small.lock();
+        self.collect_threads(&mut small, own, false);
         small.validate();
         self.raw.validate();
     }
@@ -205,14 +261,141 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
     }
 
+    /// The allocation fast path: a small request is served from the
+    /// calling thread's own pools with plain loads and stores.
     #[inline]
     fn try_alloc(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
         if let Some(class) = class_of(size, align) {
-            let mut small = self.small.lock();
-            let block = small.alloc(&self.raw, class, size)?;
-            return Some((block.ptr, block.zeroed));
+            if let Some(th) = thread::cached(self.key.load(Relaxed)) {
+                // SAFETY: the calling thread owns `th`.
+                unsafe {
+                    if let Some(block) = (*th).used.pop(class) {
+                        ThreadHeap::add_requested(th, size);
+                        return Some((block.ptr, block.zeroed));
+                    }
+                }
+                return self.alloc_small_slow(th, class, size);
+            }
+            return self.alloc_small_slow(null_mut(), class, size);
         }
         self.raw.alloc_block(size, align).map(|b| (b.ptr, b.zeroed))
+    }
+
+    /// A small request the fast path could not serve: the thread heap is
+    /// not the cached one (`th` null), or it has no used pool of `class`.
+    #[cold]
+    #[inline(never)]
+    fn alloc_small_slow(
+        &self,
+        th: *mut ThreadHeap,
+        class: SizeClass,
+        size: usize,
+    ) -> Option<(NonNull<u8>, bool)> {
+        let th = if th.is_null() {
+            self.thread_heap_slow()
+        } else {
+            th
+        };
+        if th.is_null() {
+            return self.alloc_shared(class, size);
+        }
+        // SAFETY: the calling thread owns `th`.
+        unsafe {
+            if let Some(block) = (*th).used.pop(class) {
+                ThreadHeap::add_requested(th, size);
+                return Some((block.ptr, block.zeroed));
+            }
+        }
+        self.alloc_refill(th, class, size)
+    }
+
+    /// The calling thread's thread heap of this heap; null when the thread
+    /// cannot have one (its thread-locals are gone, or no memory).
+    #[inline(always)]
+    fn thread_heap(&self) -> *mut ThreadHeap {
+        match thread::cached(self.key.load(Relaxed)) {
+            Some(th) => th,
+            None => self.thread_heap_slow(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn thread_heap_slow(&self) -> *mut ThreadHeap {
+        let mut key = self.key.load(Relaxed);
+        if key == 0 {
+            let new = NEXT_KEY.fetch_add(1, Relaxed);
+            key = match self.key.compare_exchange(0, new, Relaxed, Relaxed) {
+                Ok(_) => new,
+                Err(won) => won,
+            };
+        }
+        thread::lookup(key, || self.claim())
+    }
+
+    /// A thread heap for the calling thread: an orphan adopted, or a new
+    /// one.
+    fn claim(&self) -> Option<(*mut ThreadHeap, u64)> {
+        let mut small = self.small.lock();
+        let mut th = small.threads;
+        while !th.is_null() {
+            // SAFETY: thread heaps on the list are live; we hold the lock,
+            // which adoption requires.
+            unsafe {
+                if ThreadHeap::is_orphan(th) {
+                    return Some((th, ThreadHeap::adopt(th)));
+                }
+                th = (*th).next;
+            }
+        }
+        let (th, token) = ThreadHeap::new_owned()?;
+        // SAFETY: a fresh thread heap, ours.
+        unsafe { (*th).next = small.threads };
+        small.threads = th;
+        Some((th, token))
+    }
+
+    /// The calling thread has no used pool of `class`: collect blocks other
+    /// threads freed, else take a new pool under the lock.
+    fn alloc_refill(
+        &self,
+        th: *mut ThreadHeap,
+        class: SizeClass,
+        size: usize,
+    ) -> Option<(NonNull<u8>, bool)> {
+        // SAFETY: the calling thread owns `th`; pools in the chain left its
+        // lists empty and are released under the lock; a pool taken for
+        // `th` is linked on its lists before use.
+        unsafe {
+            let emptied = ThreadHeap::collect(th);
+            let block = match (*th).used.pop(class) {
+                Some(block) => {
+                    if !emptied.is_null() {
+                        self.small.lock().release_chain(&self.raw, emptied);
+                    }
+                    block
+                }
+                None => {
+                    let pool = {
+                        let mut small = self.small.lock();
+                        small.release_chain(&self.raw, emptied);
+                        small.take_pool(&self.raw, class, th)?
+                    };
+                    (*th).used.link(pool, class);
+                    (*th).used.pop(class)?
+                }
+            };
+            ThreadHeap::add_requested(th, size);
+            Some((block.ptr, block.zeroed))
+        }
+    }
+
+    /// Allocation for a thread without a thread heap: the shared lists.
+    #[cold]
+    #[inline(never)]
+    fn alloc_shared(&self, class: SizeClass, size: usize) -> Option<(NonNull<u8>, bool)> {
+        let block = self.small.lock().alloc(&self.raw, class, size)?;
+        Some((block.ptr, block.zeroed))
     }
 
     /// A bounded heap at its limit may still hold spares (an empty arena, an
@@ -234,19 +417,102 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ///
     /// `ptr` is a live, non-zero-sized block of this heap, requested (or last
     /// resized) with `size` bytes, and is not used afterwards.
+    ///
+    /// The free fast path: a block of a pool the calling thread owns goes
+    /// back with plain loads and stores.
     #[inline]
     unsafe fn free_inner(&self, ptr: NonNull<u8>, size: usize) {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
         // SAFETY: `header` is the chunk holding `ptr`, and `ptr` is a live
-        // block of this heap (caller).
+        // block of this heap (caller), so its pool is live and owned by
+        // `owner` for as long as the block is ([ref:thread-heaps]).
         unsafe {
-            if (*header.as_ptr()).kind == ChunkKind::Arena {
-                let mut small = self.small.lock();
-                small.free(&self.raw, header.as_ptr().cast(), ptr, size);
-            } else {
-                self.raw.free_block(header, ptr, size);
+            if (*header.as_ptr()).kind != ChunkKind::Arena {
+                return self.raw.free_block(header, ptr, size);
             }
+            let pool = pool_of(header.as_ptr().cast(), ptr.as_ptr());
+            if let Some(th) = thread::cached(self.key.load(Relaxed))
+                && (*pool).owner.load(Relaxed) == th
+            {
+                ThreadHeap::add_requested(th, size.wrapping_neg());
+                if (*th).used.push(pool, ptr) == Freed::Emptied {
+                    self.release_pool(pool);
+                }
+                return;
+            }
+            self.free_small_slow(pool, ptr, size);
         }
+    }
+
+    /// A small block the fast path could not free: the thread heap is not
+    /// the cached one, or the block's pool is not the calling thread's.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of `pool` of this heap, requested with `size`
+    /// bytes, not used afterwards.
+    #[inline(never)]
+    unsafe fn free_small_slow(&self, pool: *mut PoolHeader, ptr: NonNull<u8>, size: usize) {
+        let th = self.thread_heap();
+        // SAFETY: the pool of a live block keeps its owner (caller).
+        unsafe {
+            let owner = (*pool).owner.load(Relaxed);
+            if !th.is_null() && owner == th {
+                ThreadHeap::add_requested(th, size.wrapping_neg());
+                if (*th).used.push(pool, ptr) == Freed::Emptied {
+                    self.release_pool(pool);
+                }
+                return;
+            }
+            self.free_foreign(owner, th, pool, ptr, size);
+        }
+    }
+
+    /// Frees a small block of a pool the calling thread does not own: onto
+    /// the owner's inbox, or into the shared lists under the lock.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of `pool`, owned by `owner`, requested with
+    /// `size` bytes; `th` is the calling thread's thread heap or null.
+    unsafe fn free_foreign(
+        &self,
+        owner: *mut ThreadHeap,
+        th: *mut ThreadHeap,
+        pool: *mut PoolHeader,
+        ptr: NonNull<u8>,
+        size: usize,
+    ) {
+        if owner.is_null() {
+            let mut small = self.small.lock();
+            // SAFETY: a shared pool: the lock makes us its owner.
+            unsafe { small.free_shared(&self.raw, pool, ptr) };
+            small.add_requested(size.wrapping_neg());
+            return;
+        }
+        // SAFETY: `owner` owns the block's pool (caller).
+        unsafe { ThreadHeap::push_remote(owner, ptr) };
+        self.account(th, size.wrapping_neg());
+    }
+
+    /// Adds `delta` (wrapping) to the requested bytes of `th`, or of the
+    /// shared state if the thread has no thread heap.
+    #[inline]
+    fn account(&self, th: *mut ThreadHeap, delta: usize) {
+        if th.is_null() {
+            self.small.lock().add_requested(delta);
+        } else {
+            // SAFETY: `th` is the calling thread's own.
+            unsafe { ThreadHeap::add_requested(th, delta) };
+        }
+    }
+
+    /// Gives a thread's pool that became empty back to its arena.
+    #[cold]
+    #[inline(never)]
+    fn release_pool(&self, pool: *mut PoolHeader) {
+        // SAFETY: the pool left its owner's lists, empty.
+        unsafe { self.small.lock().release_pool(&self.raw, pool) };
     }
 
     /// Moves or resizes a live block from `old_size` bytes to `new_size`
@@ -310,8 +576,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 if new_size > size || (new_size < old_size && 4 * new_size <= 3 * size) {
                     return false;
                 }
-                let mut small = self.small.lock();
-                small.resized_in_place(header.as_ptr().cast(), ptr.as_ptr(), old_size, new_size);
+                self.account(self.thread_heap(), new_size.wrapping_sub(old_size));
                 return true;
             }
             new_size > SMALL_REQUEST_THRESHOLD
@@ -319,6 +584,24 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                     .raw
                     .resize_in_place(header, ptr, old_size, new_size)
                     .is_some()
+        }
+    }
+}
+
+impl<S: PageSource, R: RawMutex> Drop for PrivateHeap<S, R> {
+    fn drop(&mut self) {
+        // The arenas go with `raw`; the thread heaps go back to the slab
+        // (threads' caches may still name them, harmlessly).
+        let small = self.small.get_mut();
+        let mut th = core::mem::replace(&mut small.threads, null_mut());
+        while !th.is_null() {
+            // SAFETY: no thread uses a heap being dropped; `next` is read
+            // before the slot is recycled.
+            unsafe {
+                let next = (*th).next;
+                ThreadHeap::recycle(th);
+                th = next;
+            }
         }
     }
 }

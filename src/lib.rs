@@ -73,6 +73,8 @@ mod arena;
 mod size_class;
 // Layer 2: pools, their state machine, usable arenas.
 mod pool;
+// Layer 2: per-thread ownership of pools, remote frees, adoption.
+mod thread;
 // The whole heap: GlobalAlloc and Allocator.
 mod heap;
 // Statistics, printed like sys._debugmallocstats().

@@ -46,7 +46,9 @@ use crate::config::{NB_SMALL_SIZE_CLASSES, USABLE_POOLS_PER_ARENA};
 use crate::os::PageSource;
 use crate::raw::RawHeap;
 use crate::size_class::{SizeClass, block_size, blocks_per_pool};
+use crate::thread::ThreadHeap;
 use core::ptr::{NonNull, null_mut};
+use core::sync::atomic::Ordering::Relaxed;
 use parking_lot::lock_api::RawMutex;
 
 /// Counters of the small-object allocator.
@@ -54,7 +56,8 @@ use parking_lot::lock_api::RawMutex;
 pub struct SmallStats {
     /// Sum of the sizes asked for by live small blocks.
     pub bytes_requested: usize,
-    /// Live blocks per size class.
+    /// Live blocks per size class. A block freed by a thread that does not
+    /// own its pool counts until the owner collects it.
     pub blocks_in_use: [usize; NB_SMALL_SIZE_CLASSES],
     /// Bytes in live blocks (block sizes, not requests).
     pub bytes_in_use: usize,
@@ -69,12 +72,229 @@ pub struct SmallStats {
     pub arenas_reclaimed: usize,
     /// Most arenas held at once.
     pub arenas_high_water: usize,
+    /// Thread heaps (per-thread pool owners) this heap has, owned or
+    /// waiting for a thread to adopt them.
+    pub thread_heaps: usize,
 }
 
-/// State of layer 2, kept under the heap's small-object lock.
+/// One owner's used pools: `heads[class]` is the head of the doubly linked
+/// list of that class's used pools (see the pool states above). The heap's
+/// shared lists and every thread heap have one.
+pub(crate) struct UsedPools {
+    heads: [*mut PoolHeader; NB_SMALL_SIZE_CLASSES],
+}
+
+/// What freeing a block did to its pool.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Freed {
+    /// The pool stays with its owner.
+    Kept,
+    /// The pool became empty and left the owner's lists: the caller gives
+    /// it back to its arena (`SmallCore::release_pool`).
+    Emptied,
+}
+
+impl UsedPools {
+    pub(crate) const fn new() -> Self {
+        Self {
+            heads: [null_mut(); NB_SMALL_SIZE_CLASSES],
+        }
+    }
+
+    /// Takes a block of `class` from the first used pool; `None` if the
+    /// owner has no used pool of `class`.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the owner of these lists (holds the small-object lock
+    /// for the shared lists; is the owning thread for a thread heap's).
+    #[inline(always)]
+    pub(crate) unsafe fn pop(&mut self, class: SizeClass) -> Option<SmallBlock> {
+        debug_assert!(class < NB_SMALL_SIZE_CLASSES);
+        // SAFETY: size classes are below `NB_SMALL_SIZE_CLASSES`.
+        let pool = unsafe { *self.heads.get_unchecked(class) };
+        if pool.is_null() {
+            return None;
+        }
+        // SAFETY: pools on a used list are live and not full, so either
+        // `freeblock` is a freed block whose first word links the next one,
+        // or `bump < capacity`. Fields are accessed in place (no `&mut` to
+        // the header): `stats()` may read `ref_count` concurrently.
+        unsafe {
+            let (ptr, zeroed) = if (*pool).freeblock.is_null() {
+                let bump = (*pool).bump;
+                (*pool).bump = bump + 1;
+                (
+                    (*pool).base.add(bump as usize * block_size(class)),
+                    (*pool).zeroed_tail,
+                )
+            } else {
+                let block = (*pool).freeblock;
+                (*pool).freeblock = block.cast::<*mut u8>().read();
+                (block, false)
+            };
+            let count = (*pool).ref_count.load(Relaxed) + 1;
+            (*pool).ref_count.store(count, Relaxed);
+            if count == (*pool).capacity {
+                // used → full: a full pool is on no list.
+                self.unlink(pool, class);
+            }
+            Some(SmallBlock {
+                ptr: NonNull::new_unchecked(ptr),
+                zeroed,
+            })
+        }
+    }
+
+    /// Returns block `ptr` to its pool `pool`.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns these lists and `pool` is one of its pools (used or
+    /// full); `ptr` is a live block of `pool`, not used afterwards.
+    #[inline(always)]
+    pub(crate) unsafe fn push(&mut self, pool: *mut PoolHeader, ptr: NonNull<u8>) -> Freed {
+        // SAFETY: caller's contract; fields accessed in place as in `pop`.
+        unsafe {
+            let class = (*pool).class as SizeClass;
+            debug_assert!(class < NB_SMALL_SIZE_CLASSES);
+            let count = (*pool).ref_count.load(Relaxed);
+            let was_full = count == (*pool).capacity;
+            ptr.as_ptr().cast::<*mut u8>().write((*pool).freeblock);
+            (*pool).freeblock = ptr.as_ptr();
+            (*pool).ref_count.store(count - 1, Relaxed);
+            if was_full {
+                // full → used.
+                self.link(pool, class);
+            }
+            // Keep the class's only pool even when empty: an alloc/free pair
+            // would otherwise move it to its arena and back every time.
+            if count == 1 && !(*self.heads.get_unchecked(class) == pool && (*pool).next.is_null()) {
+                self.unlink(pool, class);
+                return Freed::Emptied;
+            }
+        }
+        Freed::Kept
+    }
+
+    /// Puts used pool `pool`, on no list, at the head of its class's list.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns these lists and `pool`; `pool` is on no list.
+    pub(crate) unsafe fn link(&mut self, pool: *mut PoolHeader, class: SizeClass) {
+        debug_assert!(class < NB_SMALL_SIZE_CLASSES);
+        // SAFETY: size classes are below `NB_SMALL_SIZE_CLASSES`.
+        let head = unsafe { *self.heads.get_unchecked(class) };
+        // SAFETY: `pool` and `head` (if non-null) are live pool headers of
+        // this owner.
+        unsafe {
+            (*pool).prev = null_mut();
+            (*pool).next = head;
+            if !head.is_null() {
+                (*head).prev = pool;
+            }
+        }
+        // SAFETY: as above.
+        unsafe { *self.heads.get_unchecked_mut(class) = pool };
+    }
+
+    /// # Safety
+    ///
+    /// `pool` is on `heads[class]`, owned by the caller.
+    unsafe fn unlink(&mut self, pool: *mut PoolHeader, class: SizeClass) {
+        // SAFETY: `pool` is on the list; its neighbours are too.
+        unsafe {
+            let (next, prev) = ((*pool).next, (*pool).prev);
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            if prev.is_null() {
+                *self.heads.get_unchecked_mut(class) = next;
+            } else {
+                (*prev).next = next;
+            }
+        }
+    }
+
+    /// Takes every class's cached empty pool off the lists and passes it to
+    /// `release`.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns these lists.
+    pub(crate) unsafe fn take_empty(&mut self, mut release: impl FnMut(*mut PoolHeader)) {
+        for class in 0..NB_SMALL_SIZE_CLASSES {
+            let pool = self.heads[class];
+            // SAFETY: pools on the lists are live and ours.
+            if !pool.is_null() && unsafe { (*pool).ref_count.load(Relaxed) } == 0 {
+                // SAFETY: `pool` heads `heads[class]`.
+                unsafe { self.unlink(pool, class) };
+                release(pool);
+            }
+        }
+    }
+
+    /// Forgets every pool (their arenas are being unmapped).
+    pub(crate) fn clear(&mut self) {
+        self.heads = [null_mut(); NB_SMALL_SIZE_CLASSES];
+    }
+
+    /// Checks the lists of one owner; panics on a violation.
+    ///
+    /// # Safety
+    ///
+    /// Nothing modifies the lists or their pools meanwhile.
+    pub(crate) unsafe fn validate(&self, owner: *mut ThreadHeap) {
+        for (class, &head) in self.heads.iter().enumerate() {
+            let mut p = head;
+            let mut prev = null_mut();
+            let mut empties = 0;
+            // SAFETY: pools on the lists are live (caller: quiescent).
+            unsafe {
+                while !p.is_null() {
+                    let pool = &*p;
+                    assert_eq!(pool.class as usize, class);
+                    assert_eq!(pool.prev, prev);
+                    assert_eq!(pool.owner.load(Relaxed), owner, "pool on a foreign list");
+                    let count = pool.ref_count.load(Relaxed);
+                    assert!(count < pool.capacity, "full pool on usedpools");
+                    if count == 0 {
+                        empties += 1;
+                        assert!(empties <= 1, "two empty pools on usedpools[{class}]");
+                    }
+                    let mut free = 0u32;
+                    let mut b = pool.freeblock;
+                    while !b.is_null() {
+                        assert!(
+                            b.addr() >= pool.base.addr()
+                                && b.addr() < pool.base.addr() + crate::config::POOL_SIZE
+                        );
+                        assert_eq!((b.addr() - pool.base.addr()) % block_size(class), 0);
+                        free += 1;
+                        b = b.cast::<*mut u8>().read();
+                    }
+                    assert_eq!(count + free + (pool.capacity - pool.bump), pool.capacity);
+                    prev = p;
+                    p = pool.next;
+                }
+            }
+        }
+    }
+}
+
+/// State of layer 2 shared by all threads, kept under the heap's
+/// small-object lock: the arenas and their free pools, the purge queue, and
+/// the used pools of threads that cannot use a thread heap (their
+/// thread-local state is gone).
 pub(crate) struct SmallCore {
-    /// `usedpools[class]`: head of the doubly linked list of used pools.
-    used: [*mut PoolHeader; NB_SMALL_SIZE_CLASSES],
+    /// Used pools owned by no thread (`owner` null).
+    used: UsedPools,
+    /// Bytes requested by live blocks allocated from `used`, minus those of
+    /// small blocks freed without a thread heap (wrapping).
+    requested: usize,
+    /// Every thread heap of this heap, linked through `ThreadHeap::next`.
+    pub(crate) threads: *mut ThreadHeap,
     /// Head of the usable arenas, fullest first.
     usable: *mut ArenaHeader,
     /// `last_with[n]`: last usable arena with `nfreepools == n`, or null.
@@ -100,8 +320,9 @@ struct Counters {
     arenas_high_water: usize,
 }
 
-// SAFETY: the raw pointers refer to arenas owned by the heap, which may be
-// used from any thread; `SmallCore` is only reached through the heap's lock.
+// SAFETY: the raw pointers refer to arenas and thread heaps owned by the
+// heap, which may be used from any thread; `SmallCore` is only reached
+// through the heap's lock.
 unsafe impl Send for SmallCore {}
 
 /// A block handed out by layer 2.
@@ -114,7 +335,9 @@ pub(crate) struct SmallBlock {
 impl SmallCore {
     pub(crate) const fn new() -> Self {
         Self {
-            used: [null_mut(); NB_SMALL_SIZE_CLASSES],
+            used: UsedPools::new(),
+            requested: 0,
+            threads: null_mut(),
             usable: null_mut(),
             last_with: [null_mut(); USABLE_POOLS_PER_ARENA + 1],
             spare: null_mut(),
@@ -130,114 +353,52 @@ impl SmallCore {
         }
     }
 
-    /// Allocates a block of `class`.
-    #[inline]
+    /// Allocates a block of `class` from the shared lists.
     pub(crate) fn alloc<S: PageSource, R: RawMutex>(
         &mut self,
         raw: &RawHeap<S, R>,
         class: SizeClass,
         size: usize,
     ) -> Option<SmallBlock> {
-        let pool = self.used[class];
-        if pool.is_null() {
-            return self.alloc_slow(raw, class, size);
-        }
-        // SAFETY: pools on `usedpools` are live and have a free block.
-        Some(unsafe { self.alloc_from(pool, class, size) })
+        // SAFETY: we hold the lock, so we own the shared lists.
+        let block = match unsafe { self.used.pop(class) } {
+            Some(block) => block,
+            None => {
+                let pool = self.take_pool(raw, class, null_mut())?;
+                // SAFETY: a fresh used pool of `class`, on no list, shared.
+                unsafe {
+                    self.used.link(pool, class);
+                    self.used.pop(class)?
+                }
+            }
+        };
+        self.requested = self.requested.wrapping_add(size);
+        Some(block)
     }
 
-    /// Takes a block from used pool `pool`.
+    /// Frees a block of a pool owned by no thread.
     ///
     /// # Safety
     ///
-    /// `pool` is a used pool of `class` (so it has a free block).
-    #[inline]
-    unsafe fn alloc_from(
+    /// `ptr` is a live block of shared pool `pool` of this heap, not used
+    /// afterwards.
+    pub(crate) unsafe fn free_shared<S: PageSource, R: RawMutex>(
         &mut self,
+        raw: &RawHeap<S, R>,
         pool: *mut PoolHeader,
-        class: SizeClass,
-        size: usize,
-    ) -> SmallBlock {
-        // SAFETY: `pool` is a live pool header (caller); a non-null
-        // `freeblock` is a freed block of the pool whose first word links the
-        // next one; otherwise `bump < capacity` since the pool is not full.
-        unsafe {
-            let p = &mut *pool;
-            let (ptr, zeroed) = if p.freeblock.is_null() {
-                let block = p.base.add(p.bump as usize * block_size(class));
-                p.bump += 1;
-                (block, p.zeroed_tail)
-            } else {
-                let block = p.freeblock;
-                p.freeblock = block.cast::<*mut u8>().read();
-                (block, false)
-            };
-            p.ref_count += 1;
-            if p.ref_count == p.capacity {
-                self.used_to_full(pool, class);
-            }
-            p.requested += size as u32;
-            SmallBlock {
-                ptr: NonNull::new_unchecked(ptr),
-                zeroed,
-            }
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn alloc_slow<S: PageSource, R: RawMutex>(
-        &mut self,
-        raw: &RawHeap<S, R>,
-        class: SizeClass,
-        size: usize,
-    ) -> Option<SmallBlock> {
-        let pool = self.empty_to_used(raw, class)?;
-        // SAFETY: `pool` was just initialised as a used pool of `class`.
-        Some(unsafe { self.alloc_from(pool, class, size) })
-    }
-
-    /// Frees a small block that was requested with `size` bytes.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` is a live block of an arena of this heap (`arena` is its
-    /// header), requested (or last resized) with `size` bytes, and is not
-    /// used afterwards.
-    #[inline]
-    pub(crate) unsafe fn free<S: PageSource, R: RawMutex>(
-        &mut self,
-        raw: &RawHeap<S, R>,
-        arena: *mut ArenaHeader,
         ptr: NonNull<u8>,
-        size: usize,
     ) {
-        let pool = pool_of(arena, ptr.as_ptr());
-        // SAFETY: `pool` is the live header of the pool holding `ptr`
-        // (caller), and `ptr` is at least one word long.
-        unsafe {
-            let p = &mut *pool;
-            let class = p.class as SizeClass;
-            let was_full = p.ref_count == p.capacity;
-            ptr.as_ptr().cast::<*mut u8>().write(p.freeblock);
-            p.freeblock = ptr.as_ptr();
-            p.ref_count -= 1;
-            p.requested -= size as u32;
-            if p.ref_count == 0 {
-                if was_full {
-                    self.full_to_used(pool, class);
-                }
-                // Keep the class's only pool even when empty: an alloc/free
-                // pair would otherwise move it to its arena and back (and the
-                // arena to the spare slot and back) every time.
-                if !(self.used[class] == pool && p.next.is_null()) {
-                    self.unlink_used(pool, class);
-                    self.used_to_empty(raw, pool);
-                }
-            } else if was_full {
-                self.full_to_used(pool, class);
-            }
+        // SAFETY: we hold the lock and `pool` is shared (caller).
+        if unsafe { self.used.push(pool, ptr) } == Freed::Emptied {
+            // SAFETY: the pool just left the shared lists, empty.
+            unsafe { self.release_pool(raw, pool) };
         }
+    }
+
+    /// Adds `delta` (wrapping) to the bytes requested through the shared
+    /// path.
+    pub(crate) fn add_requested(&mut self, delta: usize) {
+        self.requested = self.requested.wrapping_add(delta);
     }
 
     /// Size class of the live block at `ptr` in `arena`.
@@ -253,24 +414,14 @@ impl SmallCore {
 
     // ----- pool transitions -----
 
-    /// used → full: the pool's last free block was taken.
-    unsafe fn used_to_full(&mut self, pool: *mut PoolHeader, class: SizeClass) {
-        // SAFETY: `pool` is on `usedpools[class]` (caller).
-        unsafe { self.unlink_used(pool, class) }
-    }
-
-    /// full → used: a block of a full pool was freed.
-    unsafe fn full_to_used(&mut self, pool: *mut PoolHeader, class: SizeClass) {
-        // SAFETY: `pool` is live and on no list (caller).
-        unsafe { self.link_used(pool, class) }
-    }
-
     /// empty → used: takes an empty pool from the fullest usable arena and
-    /// initialises it for `class`.
-    fn empty_to_used<S: PageSource, R: RawMutex>(
+    /// initialises it for `class`, owned by `owner` (null: shared). The
+    /// caller links it on its owner's lists.
+    pub(crate) fn take_pool<S: PageSource, R: RawMutex>(
         &mut self,
         raw: &RawHeap<S, R>,
         class: SizeClass,
+        owner: *mut ThreadHeap,
     ) -> Option<*mut PoolHeader> {
         self.purge_expired(raw);
         if self.usable.is_null() {
@@ -298,25 +449,29 @@ impl SmallCore {
                 next: null_mut(),
                 prev: null_mut(),
                 base,
-                ref_count: 0,
+                ref_count: 0.into(),
                 capacity: blocks_per_pool(class) as u32,
                 bump: 0,
                 class: class as u8,
                 zeroed_tail: zeroed,
-                requested: 0,
+                owner: owner.into(),
                 purge_next: null_mut(),
                 purge_prev: null_mut(),
                 emptied_at: None,
             });
             self.counters.pools[class] += 1;
-            self.link_used(pool, class);
             Some(pool)
         }
     }
 
-    /// used → empty: the pool's last block was freed. The pool goes on its
-    /// arena's free list; the arena moves on the usable list, or leaves it.
-    unsafe fn used_to_empty<S: PageSource, R: RawMutex>(
+    /// used → empty: the pool's last block was freed and it left its
+    /// owner's lists. It goes on its arena's free list, owned by no one; the
+    /// arena moves on the usable list, or leaves it.
+    ///
+    /// # Safety
+    ///
+    /// `pool` is a live empty pool of this heap on no list.
+    pub(crate) unsafe fn release_pool<S: PageSource, R: RawMutex>(
         &mut self,
         raw: &RawHeap<S, R>,
         pool: *mut PoolHeader,
@@ -324,7 +479,9 @@ impl SmallCore {
         let arena = arena_of_pool(pool);
         // SAFETY: `pool` is a live empty pool on no list (caller).
         unsafe {
+            debug_assert_eq!((*pool).ref_count.load(Relaxed), 0);
             self.counters.pools[(*pool).class as usize] -= 1;
+            (*pool).owner.store(null_mut(), Relaxed);
             (*pool).next = (*arena).freepools;
             (*arena).freepools = pool;
             (*pool).zeroed_tail = false;
@@ -411,17 +568,20 @@ impl SmallCore {
 
     /// Gives back everything layer 2 holds but does not use: every class's
     /// cached empty pool, the pages of every empty pool, the spare arena.
+    /// Gives back everything the shared state holds but does not use: the
+    /// shared lists' cached empty pools, the pages of every empty pool, the
+    /// spare arena. (Thread heaps' cached pools are released by
+    /// `PrivateHeap::trim` first.)
     pub(crate) fn trim<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>) {
-        for class in 0..NB_SMALL_SIZE_CLASSES {
-            let pool = self.used[class];
-            // SAFETY: pools on `usedpools` are live.
-            if !pool.is_null() && unsafe { (*pool).ref_count } == 0 {
-                // SAFETY: an empty pool on `usedpools[class]`.
-                unsafe {
-                    self.unlink_used(pool, class);
-                    self.used_to_empty(raw, pool);
-                }
-            }
+        let mut empties = null_mut::<PoolHeader>();
+        // SAFETY: we hold the lock: the shared lists are ours. The taken
+        // pools are chained through `next` until released.
+        unsafe {
+            self.used.take_empty(|pool| {
+                (*pool).next = empties;
+                empties = pool;
+            });
+            self.release_chain(raw, empties);
         }
         while !self.purge_head.is_null() {
             // SAFETY: the head is a live queued pool.
@@ -433,8 +593,31 @@ impl SmallCore {
         }
     }
 
+    /// Releases every pool of a chain linked through `next`.
+    ///
+    /// # Safety
+    ///
+    /// Each pool of the chain is a live empty pool of this heap on no list.
+    pub(crate) unsafe fn release_chain<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        mut chain: *mut PoolHeader,
+    ) {
+        while !chain.is_null() {
+            // SAFETY: caller's contract; `next` is read before the pool is
+            // relinked.
+            unsafe {
+                let next = (*chain).next;
+                self.release_pool(raw, chain);
+                chain = next;
+            }
+        }
+    }
+
     /// The counters, with the per-block ones summed from the pool headers
-    /// of every arena (O(arenas); keeps counters off the fast path).
+    /// of every arena and the requested bytes from every owner (O(arenas +
+    /// threads); keeps counters off the fast path). Reads owners' counters
+    /// with relaxed loads: exact when no other thread allocates meanwhile.
     pub(crate) fn snapshot<S: PageSource, R: RawMutex>(&self, raw: &RawHeap<S, R>) -> SmallStats {
         let c = self.counters;
         let mut s = SmallStats {
@@ -448,65 +631,32 @@ impl SmallCore {
         raw.for_each_arena(|arena| {
             let arena = arena.as_ptr().cast::<ArenaHeader>();
             // SAFETY: a live arena of this heap; we hold the small-object
-            // lock, so its pool headers are stable. Carved pools that are
-            // empty have `ref_count == 0` and `requested == 0`.
+            // lock, so no pool is (re)initialised meanwhile and `class` is
+            // stable; owners write `ref_count` atomically. Carved pools that
+            // are empty have `ref_count == 0`.
             unsafe {
                 for index in 1..=(*arena).ncarved {
-                    let pool = &*pool_header(arena, index);
-                    s.blocks_in_use[pool.class as usize] += pool.ref_count as usize;
-                    s.bytes_requested += pool.requested as usize;
+                    let pool = pool_header(arena, index);
+                    s.blocks_in_use[(*pool).class as usize] +=
+                        (*pool).ref_count.load(Relaxed) as usize;
                 }
             }
         });
+        let mut requested = self.requested;
+        let mut th = self.threads;
+        while !th.is_null() {
+            // SAFETY: thread heaps on the list live as long as the heap.
+            unsafe {
+                requested = requested.wrapping_add(ThreadHeap::requested(th));
+                th = (*th).next;
+            }
+            s.thread_heaps += 1;
+        }
+        s.bytes_requested = requested;
         s.bytes_in_use = (0..NB_SMALL_SIZE_CLASSES)
             .map(|c| s.blocks_in_use[c] * block_size(c))
             .sum();
         s
-    }
-
-    /// Adjusts the requested size of live block `ptr` resized in place.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` is a live block of `arena`, requested with `old` bytes.
-    pub(crate) unsafe fn resized_in_place(
-        &mut self,
-        arena: *mut ArenaHeader,
-        ptr: *const u8,
-        old: usize,
-        new: usize,
-    ) {
-        let pool = pool_of(arena, ptr);
-        // SAFETY: the pool of a live block is live (caller).
-        unsafe { (*pool).requested = (*pool).requested - old as u32 + new as u32 };
-    }
-
-    unsafe fn link_used(&mut self, pool: *mut PoolHeader, class: SizeClass) {
-        let head = self.used[class];
-        // SAFETY: `pool` and `head` (if non-null) are live pool headers.
-        unsafe {
-            (*pool).prev = null_mut();
-            (*pool).next = head;
-            if !head.is_null() {
-                (*head).prev = pool;
-            }
-        }
-        self.used[class] = pool;
-    }
-
-    unsafe fn unlink_used(&mut self, pool: *mut PoolHeader, class: SizeClass) {
-        // SAFETY: `pool` is on `usedpools[class]`; its neighbours are too.
-        unsafe {
-            let (next, prev) = ((*pool).next, (*pool).prev);
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            if prev.is_null() {
-                self.used[class] = next;
-            } else {
-                (*prev).next = next;
-            }
-        }
     }
 
     // ----- arena transitions -----
@@ -696,47 +846,32 @@ impl SmallCore {
 
     /// Checks every invariant of layer 2 (O(pools)); panics on a violation.
     /// For tests.
+    /// Checks every invariant of layer 2 (O(pools)); panics on a violation.
+    /// For tests: no other thread may use the heap meanwhile.
     pub(crate) fn validate(&self) {
-        // SAFETY: every pointer reached is a live arena or pool of this heap.
+        // SAFETY: every pointer reached is a live arena, pool or thread heap
+        // of this heap, and nothing else runs (caller).
         unsafe {
-            for (class, &head) in self.used.iter().enumerate() {
-                let mut p = head;
-                let mut prev = null_mut();
-                let mut empties = 0;
-                while !p.is_null() {
-                    let pool = &*p;
-                    assert_eq!(pool.class as usize, class);
-                    assert_eq!(pool.prev, prev);
-                    assert!(pool.ref_count < pool.capacity, "full pool on usedpools");
-                    if pool.ref_count == 0 {
-                        empties += 1;
-                        assert!(empties <= 1, "two empty pools on usedpools[{class}]");
-                    }
-                    let mut free = 0u32;
-                    let mut b = pool.freeblock;
-                    while !b.is_null() {
-                        assert!(
-                            b.addr() >= pool.base.addr()
-                                && b.addr() < pool.base.addr() + crate::config::POOL_SIZE
-                        );
-                        assert_eq!((b.addr() - pool.base.addr()) % block_size(class), 0);
-                        free += 1;
-                        b = b.cast::<*mut u8>().read();
-                    }
-                    assert_eq!(
-                        pool.ref_count + free + (pool.capacity - pool.bump),
-                        pool.capacity
-                    );
-                    prev = p;
-                    p = pool.next;
-                }
+            self.used.validate(null_mut());
+            let mut th = self.threads;
+            while !th.is_null() {
+                (*th).used.validate(th);
+                th = (*th).next;
             }
             let mut q = self.purge_head;
             let mut prev_q = null_mut();
             while !q.is_null() {
                 let pool = &*q;
                 assert_eq!(pool.purge_prev, prev_q, "purge queue broken");
-                assert_eq!(pool.ref_count, 0, "non-empty pool on the purge queue");
+                assert_eq!(
+                    pool.ref_count.load(Relaxed),
+                    0,
+                    "non-empty pool on the purge queue"
+                );
+                assert!(
+                    pool.owner.load(Relaxed).is_null(),
+                    "owned pool on the purge queue"
+                );
                 let emptied = pool.emptied_at.expect("queued pool without a time");
                 if !prev_q.is_null() {
                     assert!(
@@ -763,7 +898,7 @@ impl SmallCore {
                 let mut on_list = 0;
                 let mut f = arena.freepools;
                 while !f.is_null() {
-                    assert_eq!((*f).ref_count, 0);
+                    assert_eq!((*f).ref_count.load(Relaxed), 0);
                     on_list += 1;
                     f = (*f).next;
                 }

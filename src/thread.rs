@@ -1,0 +1,390 @@
+//! Per-thread ownership of pools: layer 2's lock-free fast path.
+//!
+//! # Design [tag:thread-heaps]
+//!
+//! Each thread that allocates small blocks from a [`PrivateHeap`] gets a
+//! [`ThreadHeap`] of that heap: its own `usedpools` table. The pools on it
+//! belong to the thread (`PoolHeader::owner`), which allocates and frees
+//! their blocks with plain loads and stores: no lock, no atomic
+//! read-modify-write. The heap's lock is taken only to move a pool between
+//! its arena and a thread (once per pool's worth of blocks).
+//!
+//! * **Remote frees.** A block freed by a thread that does not own its pool
+//!   is pushed onto the owner's `inbox`, an atomic stack, with one
+//!   compare-and-swap. The owner takes the whole stack with one swap when a
+//!   class of its runs dry, and frees those blocks locally. Nothing waits on
+//!   the owner.
+//! * **Thread exit and adoption.** A thread heap is owned by a *claim
+//!   token*; the owning thread keeps `(heap key, thread heap, token)` in a
+//!   small thread-local cache. When the thread exits (or evicts the entry),
+//!   it clears the token with one compare-and-swap, and touches nothing else:
+//!   the thread heap becomes an *orphan* with its pools, its inbox still
+//!   reachable by remote frees. The next thread that needs a thread heap of
+//!   that heap adopts an orphan before making a new one, so a program that
+//!   starts and joins any number of short threads holds at most as many
+//!   thread heaps as it ever ran threads at once. `stats`, `trim` and
+//!   `validate` collect orphans' inboxes.
+//! * **Memory of thread heaps.** Thread heaps come from a process-wide slab
+//!   that is never unmapped: a thread-local cache entry may outlive the heap
+//!   it names, and a thread's exit must be able to clear a token without
+//!   knowing whether the heap still exists. A dropped heap's thread heaps
+//!   return to the slab's free list; a token is never reused, so a stale
+//!   clear fails harmlessly.
+//! * **No recursion.** The thread-local is `const`-initialised, so setting
+//!   it up runs no code that allocates through the global allocator, and
+//!   its destructor only does compare-and-swaps. It is read with `try_with`:
+//!   once the thread's thread-locals are being destroyed, or when a claim
+//!   fails, allocation falls back to the heap's shared, locked lists and
+//!   frees of owned pools go through the owner's inbox. std's guarantee
+//!   (rust-lang/rust#144465: TLS machinery allocates through `System`) is
+//!   all that is assumed.
+//!
+//! [`PrivateHeap`]: crate::PrivateHeap
+
+use crate::arena::{ArenaHeader, PoolHeader, pool_of};
+use crate::config::ARENA_SIZE;
+use crate::lock::SpinLock;
+use crate::os::{OsPages, PageSource, page_size};
+use crate::pool::{Freed, UsedPools};
+use core::cell::Cell;
+use core::ptr::{NonNull, null_mut};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
+use parking_lot::lock_api::Mutex;
+
+/// A value alone on its cache lines, so that remote threads writing it do
+/// not slow the owner's fast path (false sharing).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// One thread's share of a heap's layer 2.
+///
+/// Invariants:
+/// * `used` and the pools on it are touched only by the owning thread (the
+///   one whose cache holds `token`), or, while `token == 0` (orphan), by a
+///   holder of the heap's small-object lock;
+/// * every pool whose `owner` is this thread heap is on `used`, or full;
+/// * a block on `inbox` is a live-until-collected block of a pool owned by
+///   this thread heap, linked through its first word.
+#[repr(C)]
+pub(crate) struct ThreadHeap {
+    pub(crate) used: UsedPools,
+    /// Bytes requested by blocks this owner allocated minus those it freed
+    /// (its own or others', wrapping): the sum over all owners is exact.
+    /// Written by the owner with a load and a store; read by `stats()`.
+    requested: AtomicUsize,
+    /// The claim token of the owner; 0 for an orphan.
+    token: AtomicU64,
+    /// Next thread heap of the same heap (under the small-object lock).
+    pub(crate) next: *mut ThreadHeap,
+    /// Next thread heap on the slab's free list.
+    free_next: *mut ThreadHeap,
+    /// Blocks freed by other threads, not yet collected.
+    inbox: Padded<AtomicPtr<u8>>,
+}
+
+impl ThreadHeap {
+    /// Adds `delta` (wrapping) to the owner's requested bytes.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `th`.
+    #[inline(always)]
+    pub(crate) unsafe fn add_requested(th: *mut ThreadHeap, delta: usize) {
+        // SAFETY: `th` is live (slab memory is never unmapped); only the
+        // owner writes the counter, so load + store loses no update.
+        unsafe {
+            let r = &(*th).requested;
+            r.store(r.load(Relaxed).wrapping_add(delta), Relaxed);
+        }
+    }
+
+    /// The owner's requested bytes (wrapping), for `stats()`.
+    ///
+    /// # Safety
+    ///
+    /// `th` is a thread heap from the slab.
+    pub(crate) unsafe fn requested(th: *mut ThreadHeap) -> usize {
+        // SAFETY: slab memory is never unmapped.
+        unsafe { (*th).requested.load(Relaxed) }
+    }
+
+    /// Pushes block `ptr`, freed by a thread that does not own its pool,
+    /// onto owner `th`'s inbox: one successful compare-and-swap.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of a pool owned by `th`, not used afterwards.
+    #[inline]
+    pub(crate) unsafe fn push_remote(th: *mut ThreadHeap, ptr: NonNull<u8>) {
+        // SAFETY: `th` is live; the block is ours to write until pushed.
+        let inbox = unsafe { &(*th).inbox.0 };
+        let mut head = inbox.load(Relaxed);
+        loop {
+            // SAFETY: the block is at least a word long and no one else
+            // uses it.
+            unsafe { ptr.as_ptr().cast::<*mut u8>().write(head) };
+            // Release: the owner, which takes the list with Acquire, sees
+            // the link written above.
+            match inbox.compare_exchange_weak(head, ptr.as_ptr(), Release, Relaxed) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Frees locally every block on the inbox. Pools that become empty
+    /// leave `used` and are returned as a chain through `next`, for the
+    /// caller to release under the small-object lock.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `th` (or holds the lock and `th` is an orphan).
+    pub(crate) unsafe fn collect(th: *mut ThreadHeap) -> *mut PoolHeader {
+        // SAFETY: `th` is live; Acquire pairs with the pushers' Release.
+        let mut block = unsafe { (*th).inbox.0.swap(null_mut(), Acquire) };
+        let mut emptied = null_mut::<PoolHeader>();
+        while !block.is_null() {
+            // SAFETY: inbox blocks are live blocks of pools owned by `th`
+            // (invariant); each carries its chunk's provenance, so its
+            // arena and pool header are reachable from it.
+            unsafe {
+                let next = block.cast::<*mut u8>().read();
+                let arena = block
+                    .map_addr(|a| a & !(ARENA_SIZE - 1))
+                    .cast::<ArenaHeader>();
+                let pool = pool_of(arena, block);
+                if (*th).used.push(pool, NonNull::new_unchecked(block)) == Freed::Emptied {
+                    (*pool).next = emptied;
+                    emptied = pool;
+                }
+                block = next;
+            }
+        }
+        emptied
+    }
+
+    /// Whether `th` has no owner.
+    ///
+    /// # Safety
+    ///
+    /// `th` is a thread heap from the slab.
+    pub(crate) unsafe fn is_orphan(th: *mut ThreadHeap) -> bool {
+        // SAFETY: slab memory is never unmapped. Acquire pairs with the
+        // releasing thread's Release, so its last writes are visible.
+        unsafe { (*th).token.load(Acquire) == 0 }
+    }
+
+    /// Makes the calling thread the owner of orphan `th`; returns the token.
+    ///
+    /// # Safety
+    ///
+    /// `th` is an orphan of a heap whose small-object lock the caller holds.
+    pub(crate) unsafe fn adopt(th: *mut ThreadHeap) -> u64 {
+        let token = NEXT_TOKEN.fetch_add(1, Relaxed);
+        // SAFETY: `th` is live; claims happen under the lock, so no one else
+        // adopts it meanwhile.
+        unsafe { (*th).token.store(token, Relaxed) };
+        token
+    }
+
+    /// A fresh thread heap from the slab, owned by the calling thread with
+    /// the returned token; `None` if the OS refuses memory.
+    pub(crate) fn new_owned() -> Option<(*mut ThreadHeap, u64)> {
+        let th = SLAB.lock().take()?;
+        // SAFETY: a slab slot nobody else uses (taken off the free list, or
+        // fresh); the token is 0, so stale releases do not touch it.
+        unsafe {
+            th.write(ThreadHeap {
+                used: UsedPools::new(),
+                requested: AtomicUsize::new(0),
+                token: AtomicU64::new(0),
+                next: null_mut(),
+                free_next: null_mut(),
+                inbox: Padded(AtomicPtr::new(null_mut())),
+            });
+            Some((th, Self::adopt(th)))
+        }
+    }
+
+    /// Returns a dropped heap's thread heap to the slab.
+    ///
+    /// # Safety
+    ///
+    /// `th`'s heap is being dropped (no thread uses it, its pools are gone);
+    /// `th` is not used afterwards except by stale cache entries, whose
+    /// releases fail because the token is cleared here.
+    pub(crate) unsafe fn recycle(th: *mut ThreadHeap) {
+        // SAFETY: `th` is a live slab slot (caller).
+        unsafe {
+            (*th).token.store(0, Relaxed);
+            (*th).used.clear();
+            (*th).inbox.0.store(null_mut(), Relaxed);
+        }
+        SLAB.lock().give_back(th);
+    }
+}
+
+/// Source of claim tokens; 0 means "orphan", and tokens are never reused.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// The process-wide home of thread heaps: slabs mapped from the OS, never
+/// unmapped ([ref:thread-heaps]), and a free list of recycled slots.
+struct Slab {
+    free: *mut ThreadHeap,
+    /// Next never-used slot, and the end of the current slab.
+    cursor: *mut ThreadHeap,
+    end: usize,
+}
+
+// SAFETY: the pointers refer to process-wide slab memory; the slab is only
+// reached under its lock.
+unsafe impl Send for Slab {}
+
+static SLAB: Mutex<SpinLock, Slab> = Mutex::const_new(
+    <SpinLock as parking_lot::lock_api::RawMutex>::INIT,
+    Slab {
+        free: null_mut(),
+        cursor: null_mut(),
+        end: 0,
+    },
+);
+
+/// Bytes mapped per slab.
+const SLAB_BYTES: usize = 64 * 1024;
+
+impl Slab {
+    fn take(&mut self) -> Option<*mut ThreadHeap> {
+        if !self.free.is_null() {
+            let th = self.free;
+            // SAFETY: slots on the free list are live slab memory.
+            self.free = unsafe { (*th).free_next };
+            return Some(th);
+        }
+        if self.cursor.is_null() || self.cursor.addr() + size_of::<ThreadHeap>() > self.end {
+            let bytes = SLAB_BYTES.max(page_size());
+            let base = OsPages.map(bytes, page_size())?;
+            self.cursor = base.as_ptr().cast();
+            self.end = base.as_ptr().addr() + bytes;
+        }
+        let th = self.cursor;
+        self.cursor = th.wrapping_add(1);
+        Some(th)
+    }
+
+    fn give_back(&mut self, th: *mut ThreadHeap) {
+        // SAFETY: `th` is a live slab slot no one owns.
+        unsafe { (*th).free_next = self.free };
+        self.free = th;
+    }
+}
+
+const _: () = assert!(SLAB_BYTES % core::mem::align_of::<ThreadHeap>() == 0);
+
+/// Thread heaps a thread keeps at once (for that many heaps). The first
+/// entry is the most recently used one; the fast path reads only it.
+const CACHE: usize = 4;
+
+/// Key of an empty cache entry: no heap has it (heap keys count up from 1),
+/// and a heap whose key is still 0 matches no entry either, so a matching
+/// key implies a thread heap and the fast path needs no null check.
+const NO_KEY: usize = usize::MAX;
+
+/// The calling thread's thread heaps, keyed by heap key (`NO_KEY`: empty).
+struct Local {
+    keys: [Cell<usize>; CACHE],
+    heaps: [Cell<*mut ThreadHeap>; CACHE],
+    tokens: [Cell<u64>; CACHE],
+}
+
+/// Registered (by being touched) when the thread first claims a thread
+/// heap; dropped at thread exit, it orphans the thread's thread heaps and
+/// empties its cache. `LOCAL` itself has no destructor, so reading it costs
+/// no liveness check; after this guard is gone, `lookup` refuses to claim.
+struct ExitGuard;
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        // `LOCAL` needs no drop, so it stays readable during thread exit.
+        let _ = LOCAL.try_with(|l| {
+            for i in 0..CACHE {
+                release(l.heaps[i].get(), l.tokens[i].get());
+                l.keys[i].set(NO_KEY);
+                l.heaps[i].set(null_mut());
+            }
+        });
+    }
+}
+
+/// Gives up ownership of `th` if the caller still owns it under `token`.
+fn release(th: *mut ThreadHeap, token: u64) {
+    if !th.is_null() {
+        // SAFETY: slab memory is never unmapped. Release: whoever adopts
+        // `th` sees every write the owner made. Fails harmlessly if the heap
+        // was dropped and the slot recycled (token cleared or new).
+        let _ = unsafe { (*th).token.compare_exchange(token, 0, Release, Relaxed) };
+    }
+}
+
+thread_local! {
+    static EXIT: ExitGuard = const { ExitGuard };
+    static LOCAL: Local = const {
+        Local {
+            keys: [const { Cell::new(NO_KEY) }; CACHE],
+            heaps: [const { Cell::new(null_mut()) }; CACHE],
+            tokens: [const { Cell::new(0) }; CACHE],
+        }
+    };
+}
+
+/// The calling thread's thread heap for heap `key` if it is the most
+/// recently used one (then never null).
+#[inline(always)]
+pub(crate) fn cached(key: usize) -> Option<*mut ThreadHeap> {
+    LOCAL
+        .try_with(|l| (l.keys[0].get() == key).then(|| l.heaps[0].get()))
+        .ok()
+        .flatten()
+}
+
+/// The calling thread's thread heap for heap `key` (non-zero): from the
+/// cache, moved to its front, or `claim`ed and cached (evicting, hence
+/// orphaning, the least recently used entry). Null when thread-locals are
+/// gone or `claim` fails.
+#[cold]
+#[inline(never)]
+pub(crate) fn lookup(
+    key: usize,
+    claim: impl FnOnce() -> Option<(*mut ThreadHeap, u64)>,
+) -> *mut ThreadHeap {
+    debug_assert_ne!(key, 0);
+    // Touching the guard registers its destructor; once it has run (thread
+    // exit), the thread gets no thread heap again.
+    if EXIT.try_with(|_| ()).is_err() {
+        return null_mut();
+    }
+    LOCAL
+        .try_with(|l| {
+            let found = (0..CACHE).find(|&i| l.keys[i].get() == key);
+            let (th, token, from) = match found {
+                Some(i) => (l.heaps[i].get(), l.tokens[i].get(), i),
+                None => {
+                    let Some((th, token)) = claim() else {
+                        return null_mut();
+                    };
+                    release(l.heaps[CACHE - 1].get(), l.tokens[CACHE - 1].get());
+                    (th, token, CACHE - 1)
+                }
+            };
+            for i in (0..from).rev() {
+                l.keys[i + 1].set(l.keys[i].get());
+                l.heaps[i + 1].set(l.heaps[i].get());
+                l.tokens[i + 1].set(l.tokens[i].get());
+            }
+            l.keys[0].set(key);
+            l.heaps[0].set(th);
+            l.tokens[0].set(token);
+            th
+        })
+        .unwrap_or(null_mut())
+}
