@@ -1,0 +1,222 @@
+//! Thread heaps ([tag:thread-heaps] in the crate): blocks freed by threads
+//! that do not own them are never lost, exited threads' pools are adopted,
+//! any number of short threads keeps the heap bounded, and frees or
+//! allocations from thread-local destructors, after the thread's own state
+//! is gone, still work.
+
+use allocator_api2::boxed::Box;
+use allocator_api2::vec::Vec;
+use pymalloc::PrivateHeap;
+use std::sync::{Barrier, mpsc};
+
+fn scale(n: usize) -> usize {
+    if cfg!(miri) { (n / 500).max(2) } else { n }
+}
+
+/// Every small block allocated by producers and freed by a consumer
+/// thread is accounted for once the producers have exited: the heap's
+/// counters return to zero exactly, and it validates.
+#[test]
+fn remote_frees_are_all_collected() {
+    let heap = PrivateHeap::new();
+    let producers = if cfg!(miri) { 2 } else { 4 };
+    let per_thread = scale(20_000);
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::sync_channel::<Box<[u64], &PrivateHeap>>(64);
+        s.spawn(move || {
+            for b in rx {
+                let n = b.len() as u64;
+                assert!(b.iter().enumerate().all(|(i, &x)| x == n ^ i as u64));
+                drop(b); // freed here, owned by a producer's pool
+            }
+        });
+        for t in 0..producers {
+            let tx = tx.clone();
+            let heap = &heap;
+            s.spawn(move || {
+                let mut kept = Vec::new_in(heap);
+                for i in 0..per_thread {
+                    let n = 1 + (i * 7 + t) % 60;
+                    let mut b = Box::new_uninit_slice_in(n, heap);
+                    for (j, slot) in b.iter_mut().enumerate() {
+                        slot.write(n as u64 ^ j as u64);
+                    }
+                    // SAFETY: every element was written.
+                    let b = unsafe { b.assume_init() };
+                    if i % 4 == 0 {
+                        kept.push(b);
+                    } else {
+                        tx.send(b).unwrap();
+                    }
+                }
+                kept.clear();
+            });
+        }
+    });
+    let s = heap.stats();
+    assert_eq!(s.bytes_in_use, 0, "{s:?}");
+    assert_eq!(s.bytes_requested, 0, "{s:?}");
+    heap.validate();
+}
+
+/// Threads that exit leave orphans; later threads adopt them, so the
+/// number of thread heaps stays at the number of threads alive at once.
+#[test]
+fn short_threads_adopt_orphaned_thread_heaps() {
+    let heap = PrivateHeap::new();
+    let waves = scale(2_000);
+    let width = 4;
+    for _ in 0..waves {
+        // Joining each handle waits for the thread's full exit, thread-local
+        // destructors included (the end of a scope alone does not).
+        std::thread::scope(|s| {
+            let handles: std::vec::Vec<_> = (0..width)
+                .map(|t| {
+                    let heap = &heap;
+                    s.spawn(move || {
+                        let mut v = Vec::with_capacity_in(16, heap);
+                        v.extend((0..16).map(|i| Box::new_in(i * t as u64, heap)));
+                        assert_eq!(v.iter().map(|b| **b).sum::<u64>(), 120 * t as u64);
+                    })
+                })
+                .collect();
+            handles.into_iter().for_each(|h| h.join().unwrap());
+        });
+    }
+    let s = heap.stats();
+    // The main thread's (taken by `stats`) and one per thread alive at once.
+    assert!(s.small.thread_heaps <= width + 1, "{} thread heaps", s.small.thread_heaps);
+    assert_eq!(s.bytes_in_use, 0);
+    heap.validate();
+}
+
+/// 100,000 short threads, each allocating and freeing, keep the heap's
+/// footprint bounded: a few arenas, a few thread heaps.
+#[test]
+fn a_hundred_thousand_short_threads_stay_bounded() {
+    let heap = PrivateHeap::new();
+    let threads = scale(100_000);
+    for i in 0..threads {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let b: Vec<u8, _> = Vec::with_capacity_in(1 + i % 500, &heap);
+                assert!(b.capacity() > i % 500);
+            })
+            .join()
+            .unwrap();
+        });
+    }
+    let s = heap.stats();
+    // One for the threads in turn, one for the main thread (`stats`).
+    assert!(s.small.thread_heaps <= 2, "{} thread heaps", s.small.thread_heaps);
+    assert!(s.bytes_mapped <= 4 << 20, "{s:?}");
+}
+
+/// A thread frees blocks allocated by another thread that is still
+/// allocating in the same size class: the owner collects them and reuses
+/// the memory instead of taking new pools.
+#[test]
+fn the_owner_reuses_blocks_freed_remotely() {
+    let heap = PrivateHeap::new();
+    let rounds = scale(200);
+    let batch = 1000;
+    let (to_freer, freer_rx) = mpsc::channel::<std::vec::Vec<usize>>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let heap = &heap;
+        s.spawn(move || {
+            for addrs in freer_rx {
+                for a in addrs {
+                    // SAFETY: allocated below with this layout, freed once.
+                    unsafe {
+                        allocator_api2::alloc::Allocator::deallocate(
+                            &heap,
+                            core::ptr::NonNull::new(a as *mut u8).unwrap(),
+                            core::alloc::Layout::new::<[u64; 4]>(),
+                        )
+                    };
+                }
+                done_tx.send(()).unwrap();
+            }
+        });
+        for _ in 0..rounds {
+            let addrs = (0..batch)
+                .map(|_| {
+                    let b = Box::new_in([7u64; 4], heap);
+                    Box::into_raw(b) as usize
+                })
+                .collect();
+            to_freer.send(addrs).unwrap();
+            done_rx.recv().unwrap();
+        }
+        drop(to_freer);
+    });
+    // Without collection each round would need fresh pools: rounds * batch
+    // blocks of 32 bytes. With it, about one batch's worth is mapped.
+    let s = heap.stats();
+    assert!(
+        s.small.arenas_high_water <= 2,
+        "{} arenas for {} live blocks at most",
+        s.small.arenas_high_water,
+        batch
+    );
+    assert_eq!(s.bytes_in_use, 0);
+}
+
+static LATE: PrivateHeap = PrivateHeap::new();
+static DESTRUCTORS_RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct FreesLate(Option<Box<[u8; 100], &'static PrivateHeap>>);
+
+impl Drop for FreesLate {
+    fn drop(&mut self) {
+        // Runs during thread exit, possibly after the heap's own
+        // thread-local state is gone: frees a block and allocates another.
+        let b = self.0.take().expect("set before exit");
+        assert!(b.iter().all(|&x| x == 0xab));
+        drop(b);
+        let again = Box::new_in([0xcdu8; 200], &LATE);
+        assert_eq!(again[199], 0xcd);
+        // Kept on purpose, so the test can see it in the heap's counters.
+        core::mem::forget(again);
+        DESTRUCTORS_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    static HOLDER: std::cell::RefCell<FreesLate> = const { std::cell::RefCell::new(FreesLate(None)) };
+}
+
+/// Thread-local destructors that free and allocate run in either order
+/// relative to the heap's own thread exit: the frees reach their pools, the
+/// allocations succeed, and nothing is lost.
+#[test]
+fn thread_local_destructors_free_and_allocate_during_exit() {
+    let threads = if cfg!(miri) { 2 } else { 16 };
+    let barrier = std::sync::Arc::new(Barrier::new(threads));
+    let handles: std::vec::Vec<_> = (0..threads)
+        .map(|t| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                if t % 2 == 0 {
+                    // Register the user's destructor before the heap's, so
+                    // it runs after the heap's thread state is released.
+                    HOLDER.with(|_| ());
+                }
+                let b = Box::new_in([0xabu8; 100], &LATE);
+                HOLDER.with(|h| h.borrow_mut().0 = Some(b));
+                barrier.wait();
+            })
+        })
+        .collect();
+    // `join` returns after the thread's thread-local destructors ran.
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    assert_eq!(DESTRUCTORS_RUN.load(std::sync::atomic::Ordering::Relaxed), threads);
+    let s = LATE.stats();
+    // Each exiting thread freed its 100-byte block and kept one 200-byte
+    // block allocated in its destructor.
+    assert_eq!(s.bytes_requested, 200 * threads, "{s:?}");
+    assert_eq!(s.small.blocks_in_use[12], threads, "{s:?}");
+    assert_eq!(s.small.blocks_in_use[6], 0, "{s:?}");
+    LATE.validate();
+}
