@@ -4,7 +4,7 @@
 
 use crate::arena::{PoolHeader, pool_of};
 use crate::chunk::ChunkKind;
-use crate::config::SMALL_REQUEST_THRESHOLD;
+use crate::config::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
 use crate::lock::SpinLock;
 use crate::os::{OsPages, PageSource};
 use crate::pool::{Freed, SmallCore};
@@ -184,6 +184,10 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                             (*pool).next = chain;
                             chain = pool;
                         });
+                        ThreadHeap::take_medium(th, |block| {
+                            let (header, block) = self.raw.find_own_block(block, "trim");
+                            self.raw.free_block(header, block, 0);
+                        });
                     }
                     small.release_chain(&self.raw, chain);
                 }
@@ -201,12 +205,17 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// allocate.
     pub fn stats(&self) -> Stats {
         let own = self.thread_heap();
-        let small = {
+        let (small, (cache_requested, cache_bytes, cache_blocks)) = {
             let mut small = self.small.lock();
             self.collect_threads(&mut small, own, false);
-            small.snapshot(&self.raw)
+            (small.snapshot(&self.raw), small.medium_cache_totals())
         };
-        let raw = self.raw.stats();
+        let mut raw = self.raw.stats();
+        // Blocks in threads' medium caches are neither requested nor in use.
+        raw.bytes_requested = raw.bytes_requested.wrapping_add(cache_requested);
+        raw.bytes_in_use -= cache_bytes;
+        raw.medium_blocks -= cache_blocks;
+        raw.bytes_cached = cache_bytes;
         Stats {
             bytes_requested: small.bytes_requested + raw.bytes_requested,
             bytes_in_use: small.bytes_in_use + raw.bytes_in_use,
@@ -278,7 +287,27 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             }
             return self.alloc_small_slow(null_mut(), class, size);
         }
+        if align <= ALIGNMENT
+            && let Some((bin, bound)) = thread::medium_bin(size)
+        {
+            return self.alloc_medium(bin, bound, size);
+        }
         self.raw.alloc_block(size, align).map(|b| (b.ptr, b.zeroed))
+    }
+
+    /// A medium request that the calling thread's medium cache may serve
+    /// without a lock; otherwise a block of the bin's size from layer 1.
+    #[inline]
+    fn alloc_medium(&self, bin: usize, bound: usize, size: usize) -> Option<(NonNull<u8>, bool)> {
+        if let Some(th) = thread::cached(self.key.load(Relaxed)) {
+            // SAFETY: the calling thread owns `th`; `bin` is `size`'s.
+            if let Some(block) = unsafe { ThreadHeap::medium_pop(th, bin, size) } {
+                return Some((block, false));
+            }
+        }
+        self.raw
+            .alloc_medium_as(size, bound, ALIGNMENT)
+            .map(|b| (b.ptr, b.zeroed))
     }
 
     /// A small request the fast path could not serve: the thread heap is
@@ -428,7 +457,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // `owner` for as long as the block is ([ref:thread-heaps]).
         unsafe {
             if (*header.as_ptr()).kind != ChunkKind::Arena {
-                return self.raw.free_block(header, ptr, size);
+                return self.free_large(header, ptr, size);
             }
             let pool = pool_of(header.as_ptr().cast(), ptr.as_ptr());
             if let Some(th) = thread::cached(self.key.load(Relaxed))
@@ -441,6 +470,36 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 return;
             }
             self.free_small_slow(pool, ptr, size);
+        }
+    }
+
+    /// Frees a medium or huge block: into the calling thread's medium cache
+    /// if it fits (not for bounded heaps, whose limit must see every free
+    /// block), else to layer 1.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live medium or huge block of this heap in chunk `header`,
+    /// requested with `size` bytes, not used afterwards.
+    #[inline(never)]
+    unsafe fn free_large(
+        &self,
+        header: NonNull<crate::chunk::ChunkHeader>,
+        ptr: NonNull<u8>,
+        size: usize,
+    ) {
+        // SAFETY: caller's contract; a live medium block's size word is
+        // written only by whoever holds the block, so it is read unlocked.
+        unsafe {
+            if (*header.as_ptr()).kind == ChunkKind::Medium
+                && self.raw.limit() == usize::MAX
+                && let th = self.thread_heap()
+                && !th.is_null()
+                && ThreadHeap::medium_push(th, ptr, crate::medium::usable_size(ptr), size)
+            {
+                return;
+            }
+            self.raw.free_block(header, ptr, size);
         }
     }
 

@@ -568,6 +568,22 @@ impl SmallCore {
 
     /// Gives back everything layer 2 holds but does not use: every class's
     /// cached empty pool, the pages of every empty pool, the spare arena.
+    /// Sums the medium-cache counters of every thread heap: (requested
+    /// delta, usable bytes held, blocks held).
+    pub(crate) fn medium_cache_totals(&self) -> (usize, usize, usize) {
+        let mut totals = (0usize, 0, 0);
+        let mut th = self.threads;
+        while !th.is_null() {
+            // SAFETY: thread heaps on the list live as long as the heap.
+            unsafe {
+                let (r, b, n) = ThreadHeap::medium_counters(th);
+                totals = (totals.0.wrapping_add(r), totals.1 + b, totals.2 + n);
+                th = (*th).next;
+            }
+        }
+        totals
+    }
+
     /// Gives back everything the shared state holds but does not use: the
     /// shared lists' cached empty pools, the pages of every empty pool, the
     /// spare arena. (Thread heaps' cached pools are released by

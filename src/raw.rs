@@ -43,6 +43,11 @@ pub struct RawStats {
     pub medium_chunks: usize,
     /// Arena chunks currently lent to layer 2.
     pub arena_chunks: usize,
+    /// Usable bytes of medium blocks that threads freed and keep for reuse
+    /// (a [`PrivateHeap`](crate::PrivateHeap)'s per-thread medium caches):
+    /// in neither `bytes_in_use` nor `medium_blocks`. Always 0 for a bare
+    /// `RawHeap`.
+    pub bytes_cached: usize,
 }
 
 /// See [`RawHeap::purge_spare_chunk`].
@@ -155,6 +160,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                         huge_blocks: 0,
                         medium_chunks: 0,
                         arena_chunks: 0,
+                        bytes_cached: 0,
                     },
                 },
             ),
@@ -322,6 +328,18 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     }
 
     fn alloc_medium(&self, size: usize, align: usize) -> Option<RawBlock> {
+        self.alloc_medium_as(size, size, align)
+    }
+
+    /// A medium block of `size` bytes at `align`, counted as a request of
+    /// `requested` bytes (thread caches allocate whole bins).
+    pub(crate) fn alloc_medium_as(
+        &self,
+        requested: usize,
+        size: usize,
+        align: usize,
+    ) -> Option<RawBlock> {
+        debug_assert!(Self::is_medium(size, align));
         let mut core = self.core.lock();
         self.purge_spare_chunk(&mut core);
         let (ptr, usable) = match core.tlsf.allocate(size, align) {
@@ -336,7 +354,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             }
         };
         core.stats.bytes_in_use += usable;
-        core.stats.bytes_requested += size;
+        core.stats.bytes_requested = core.stats.bytes_requested.wrapping_add(requested);
         core.stats.medium_blocks += 1;
         Some(RawBlock { ptr, zeroed: false })
     }
@@ -356,7 +374,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         let header = self.map_chunk(&mut core, ChunkKind::Huge, map_size, align.max(CHUNK_SIZE))?;
         let usable = map_size - offset;
         core.stats.bytes_in_use += usable;
-        core.stats.bytes_requested += size;
+        core.stats.bytes_requested = core.stats.bytes_requested.wrapping_add(size);
         core.stats.huge_blocks += 1;
         // SAFETY: `offset < map_size`, inside the mapping.
         let ptr = unsafe { header.cast::<u8>().add(offset) };
@@ -376,7 +394,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         size: usize,
     ) {
         let mut core = self.core.lock();
-        core.stats.bytes_requested -= size;
+        // Wrapping: a block that went through a thread's medium cache is
+        // counted there (see `PrivateHeap::stats`).
+        core.stats.bytes_requested = core.stats.bytes_requested.wrapping_sub(size);
         // SAFETY: `header` is a live chunk of ours (caller).
         match unsafe { (*header.as_ptr()).kind } {
             ChunkKind::Medium => {
@@ -457,7 +477,11 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 // SAFETY: as above.
                 let new = unsafe { core.tlsf.resize_in_place(ptr, size) }?;
                 core.stats.bytes_in_use = core.stats.bytes_in_use - old + new;
-                core.stats.bytes_requested = core.stats.bytes_requested - old_size + size;
+                core.stats.bytes_requested = core
+                    .stats
+                    .bytes_requested
+                    .wrapping_sub(old_size)
+                    .wrapping_add(size);
                 Some(new)
             }
             ChunkKind::Huge if size > MEDIUM_MAX => {
@@ -466,7 +490,11 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 let fits = size <= usable && size > usable / 2;
                 if fits {
                     let mut core = self.core.lock();
-                    core.stats.bytes_requested = core.stats.bytes_requested - old_size + size;
+                    core.stats.bytes_requested = core
+                        .stats
+                        .bytes_requested
+                        .wrapping_sub(old_size)
+                        .wrapping_add(size);
                 }
                 fits.then_some(usable)
             }

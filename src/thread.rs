@@ -79,11 +79,176 @@ pub(crate) struct ThreadHeap {
     pub(crate) next: *mut ThreadHeap,
     /// Next thread heap on the slab's free list.
     free_next: *mut ThreadHeap,
+    /// Medium blocks freed by this thread and kept for reuse (see
+    /// [`medium_bin`]): one LIFO list per bin, linked through the blocks'
+    /// first word; the second word holds the block's usable size.
+    medium: [*mut u8; MEDIUM_BINS],
+    /// Owner-written, `stats()`-read counters of the medium cache: requested
+    /// bytes freed into it minus those allocated from it (wrapping), usable
+    /// bytes and blocks it holds.
+    medium_requested: AtomicUsize,
+    medium_bytes: AtomicUsize,
+    medium_blocks: AtomicUsize,
     /// Blocks freed by other threads, not yet collected.
     inbox: Padded<AtomicPtr<u8>>,
 }
 
+/// Largest request the per-thread medium cache serves.
+pub(crate) const MEDIUM_CACHE_MAX: usize = 128 * 1024;
+/// Most usable bytes one thread heap keeps in its medium cache: enough for
+/// steady churn (a few 64 KiB buffers, hundreds of 1 KiB ones), small
+/// enough that what it pins (a medium chunk at most, per thread) is minor.
+pub(crate) const MEDIUM_CACHE_BYTES: usize = 256 * 1024;
+/// Bins per doubling of size: a cached request is rounded up by at most
+/// 1/8 (12.5%).
+const BIN_STEPS: u32 = 8;
+const BIN_STEP_BITS: u32 = BIN_STEPS.trailing_zeros();
+/// First doubling of the medium bins: requests just above the small
+/// threshold.
+const BIN_BASE_LOG: u32 = crate::config::SMALL_REQUEST_THRESHOLD.trailing_zeros();
+const MEDIUM_BINS: usize =
+    ((MEDIUM_CACHE_MAX.trailing_zeros() - BIN_BASE_LOG) * BIN_STEPS) as usize;
+const _: () = assert!(crate::config::SMALL_REQUEST_THRESHOLD.is_power_of_two());
+const _: () =
+    assert!(MEDIUM_CACHE_MAX.is_power_of_two() && MEDIUM_CACHE_MAX <= crate::config::MEDIUM_MAX);
+
+/// The medium bin of a request of `size` bytes (above the small threshold,
+/// at most `MEDIUM_CACHE_MAX`) and the size to allocate for it: the bin's
+/// bound, so that every block in the bin can serve every request of it.
+#[inline]
+pub(crate) fn medium_bin(size: usize) -> Option<(usize, usize)> {
+    if size <= crate::config::SMALL_REQUEST_THRESHOLD || size > MEDIUM_CACHE_MAX {
+        return None;
+    }
+    let r = size - 1;
+    let log = usize::BITS - 1 - r.leading_zeros();
+    let step = (r >> (log - BIN_STEP_BITS)) & (BIN_STEPS as usize - 1);
+    let bin = ((log - BIN_BASE_LOG) * BIN_STEPS) as usize + step;
+    Some((bin, bin_bound(bin)))
+}
+
+/// The request size bin `bin` serves up to (its blocks hold at least this).
+#[inline]
+fn bin_bound(bin: usize) -> usize {
+    let log = BIN_BASE_LOG + (bin as u32 >> BIN_STEP_BITS);
+    (BIN_STEPS as usize + (bin & (BIN_STEPS as usize - 1)) + 1) << (log - BIN_STEP_BITS)
+}
+
+/// The bin a freed block of `usable` bytes joins: the largest whose bound
+/// it holds.
+#[inline]
+fn bin_of_usable(usable: usize) -> Option<usize> {
+    if usable < bin_bound(0) {
+        return None;
+    }
+    Some(match medium_bin(usable + 1) {
+        Some((bin, _)) => bin - 1,
+        None => MEDIUM_BINS - 1,
+    })
+}
+
 impl ThreadHeap {
+    /// A medium block for a request of `size` bytes in `bin`, from the
+    /// cache.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `th`; `bin` is `medium_bin(size)`'s.
+    #[inline]
+    pub(crate) unsafe fn medium_pop(
+        th: *mut ThreadHeap,
+        bin: usize,
+        size: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: the owner alone touches the bins; cached blocks are live
+        // medium blocks holding (next, usable) in their first two words.
+        unsafe {
+            let head = *(*th).medium.get_unchecked(bin);
+            let block = NonNull::new(head)?;
+            let usable = head.cast::<usize>().add(1).read();
+            *(*th).medium.get_unchecked_mut(bin) = head.cast::<*mut u8>().read();
+            bump(&(*th).medium_requested, size);
+            bump(&(*th).medium_bytes, usable.wrapping_neg());
+            bump(&(*th).medium_blocks, usize::MAX);
+            Some(block)
+        }
+    }
+
+    /// Keeps freed medium block `ptr` (`usable` bytes, requested with
+    /// `size`) for reuse; `false` if it does not fit a bin or the cache is
+    /// full, and then the caller frees it.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `th`; `ptr` is a live medium block of `th`'s heap
+    /// with `usable` usable bytes, not used afterwards if `true` is
+    /// returned.
+    #[inline]
+    pub(crate) unsafe fn medium_push(
+        th: *mut ThreadHeap,
+        ptr: NonNull<u8>,
+        usable: usize,
+        size: usize,
+    ) -> bool {
+        let Some(bin) = bin_of_usable(usable) else {
+            return false;
+        };
+        // SAFETY: as for `medium_pop`; the block is ours to write.
+        unsafe {
+            let cached = (*th).medium_bytes.load(Relaxed);
+            if cached + usable > MEDIUM_CACHE_BYTES {
+                return false;
+            }
+            let p = ptr.as_ptr();
+            p.cast::<*mut u8>().write(*(*th).medium.get_unchecked(bin));
+            p.cast::<usize>().add(1).write(usable);
+            *(*th).medium.get_unchecked_mut(bin) = p;
+            bump(&(*th).medium_requested, size.wrapping_neg());
+            (*th).medium_bytes.store(cached + usable, Relaxed);
+            bump(&(*th).medium_blocks, 1);
+        }
+        true
+    }
+
+    /// Empties the medium cache, passing each block to `free` (which gives
+    /// it back to layer 1, as requested with 0 bytes: the requested bytes
+    /// left the counters when it was cached).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `th` (or holds the lock and `th` is an orphan).
+    pub(crate) unsafe fn take_medium(th: *mut ThreadHeap, mut free: impl FnMut(NonNull<u8>)) {
+        // SAFETY: as for `medium_pop`.
+        unsafe {
+            for bin in 0..MEDIUM_BINS {
+                let mut p = core::mem::replace(&mut (*th).medium[bin], null_mut());
+                while let Some(block) = NonNull::new(p) {
+                    p = p.cast::<*mut u8>().read();
+                    free(block);
+                }
+            }
+            (*th).medium_bytes.store(0, Relaxed);
+            (*th).medium_blocks.store(0, Relaxed);
+        }
+    }
+
+    /// The medium cache's counters: (requested delta, usable bytes held,
+    /// blocks held).
+    ///
+    /// # Safety
+    ///
+    /// `th` is a thread heap from the slab.
+    pub(crate) unsafe fn medium_counters(th: *mut ThreadHeap) -> (usize, usize, usize) {
+        // SAFETY: slab memory is never unmapped.
+        unsafe {
+            (
+                (*th).medium_requested.load(Relaxed),
+                (*th).medium_bytes.load(Relaxed),
+                (*th).medium_blocks.load(Relaxed),
+            )
+        }
+    }
+
     /// Adds `delta` (wrapping) to the owner's requested bytes.
     ///
     /// # Safety
@@ -93,10 +258,7 @@ impl ThreadHeap {
     pub(crate) unsafe fn add_requested(th: *mut ThreadHeap, delta: usize) {
         // SAFETY: `th` is live (slab memory is never unmapped); only the
         // owner writes the counter, so load + store loses no update.
-        unsafe {
-            let r = &(*th).requested;
-            r.store(r.load(Relaxed).wrapping_add(delta), Relaxed);
-        }
+        unsafe { bump(&(*th).requested, delta) }
     }
 
     /// The owner's requested bytes (wrapping), for `stats()`.
@@ -201,6 +363,10 @@ impl ThreadHeap {
                 token: AtomicU64::new(0),
                 next: null_mut(),
                 free_next: null_mut(),
+                medium: [null_mut(); MEDIUM_BINS],
+                medium_requested: AtomicUsize::new(0),
+                medium_bytes: AtomicUsize::new(0),
+                medium_blocks: AtomicUsize::new(0),
                 inbox: Padded(AtomicPtr::new(null_mut())),
             });
             Some((th, Self::adopt(th)))
@@ -219,10 +385,18 @@ impl ThreadHeap {
         unsafe {
             (*th).token.store(0, Relaxed);
             (*th).used.clear();
+            (*th).medium = [null_mut(); MEDIUM_BINS];
             (*th).inbox.0.store(null_mut(), Relaxed);
         }
         SLAB.lock().give_back(th);
     }
+}
+
+/// Adds `delta` (wrapping) to a counter only its owner writes: a load and
+/// a store, no read-modify-write.
+#[inline(always)]
+fn bump(counter: &AtomicUsize, delta: usize) {
+    counter.store(counter.load(Relaxed).wrapping_add(delta), Relaxed);
 }
 
 /// Source of claim tokens; 0 means "orphan", and tokens are never reused.
@@ -387,4 +561,38 @@ pub(crate) fn lookup(
             th
         })
         .unwrap_or(null_mut())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medium_bins_serve_their_requests() {
+        let mut last = (0, 0);
+        for size in crate::config::SMALL_REQUEST_THRESHOLD + 1..=MEDIUM_CACHE_MAX {
+            let (bin, bound) = medium_bin(size).unwrap();
+            assert!(bin < MEDIUM_BINS);
+            assert!(
+                bound >= size && bound - size <= size / BIN_STEPS as usize,
+                "{size}"
+            );
+            assert_eq!(bound, bin_bound(bin));
+            assert!(bin == last.0 || bin == last.0 + 1, "bins are contiguous");
+            if bin == last.0 + 1 {
+                assert!(last.1 < size);
+            }
+            last = (bin, bound);
+            // A block allocated for the bin goes back to it, and any larger
+            // block to a bin whose requests it can serve.
+            assert_eq!(bin_of_usable(bound), Some(bin));
+            let b = bin_of_usable(bound + 17).unwrap();
+            assert!(bin_bound(b) <= bound + 17);
+        }
+        assert_eq!(last.0, MEDIUM_BINS - 1);
+        assert_eq!(medium_bin(crate::config::SMALL_REQUEST_THRESHOLD), None);
+        assert_eq!(medium_bin(MEDIUM_CACHE_MAX + 1), None);
+        assert_eq!(bin_of_usable(bin_bound(0) - 1), None);
+        assert_eq!(bin_of_usable(usize::MAX / 2), Some(MEDIUM_BINS - 1));
+    }
 }

@@ -85,7 +85,11 @@ fn short_threads_adopt_orphaned_thread_heaps() {
     }
     let s = heap.stats();
     // The main thread's (taken by `stats`) and one per thread alive at once.
-    assert!(s.small.thread_heaps <= width + 1, "{} thread heaps", s.small.thread_heaps);
+    assert!(
+        s.small.thread_heaps <= width + 1,
+        "{} thread heaps",
+        s.small.thread_heaps
+    );
     assert_eq!(s.bytes_in_use, 0);
     heap.validate();
 }
@@ -108,7 +112,11 @@ fn a_hundred_thousand_short_threads_stay_bounded() {
     }
     let s = heap.stats();
     // One for the threads in turn, one for the main thread (`stats`).
-    assert!(s.small.thread_heaps <= 2, "{} thread heaps", s.small.thread_heaps);
+    assert!(
+        s.small.thread_heaps <= 2,
+        "{} thread heaps",
+        s.small.thread_heaps
+    );
     assert!(s.bytes_mapped <= 4 << 20, "{s:?}");
 }
 
@@ -211,7 +219,10 @@ fn thread_local_destructors_free_and_allocate_during_exit() {
         .collect();
     // `join` returns after the thread's thread-local destructors ran.
     handles.into_iter().for_each(|h| h.join().unwrap());
-    assert_eq!(DESTRUCTORS_RUN.load(std::sync::atomic::Ordering::Relaxed), threads);
+    assert_eq!(
+        DESTRUCTORS_RUN.load(std::sync::atomic::Ordering::Relaxed),
+        threads
+    );
     let s = LATE.stats();
     // Each exiting thread freed its 100-byte block and kept one 200-byte
     // block allocated in its destructor.
@@ -219,4 +230,80 @@ fn thread_local_destructors_free_and_allocate_during_exit() {
     assert_eq!(s.small.blocks_in_use[12], threads, "{s:?}");
     assert_eq!(s.small.blocks_in_use[6], 0, "{s:?}");
     LATE.validate();
+}
+
+/// A freed medium block stays with the freeing thread and serves its next
+/// request of the same bin (LIFO); the counters say where it is; `trim`
+/// gives it back; a bounded heap keeps none.
+#[test]
+fn medium_blocks_are_cached_per_thread() {
+    use allocator_api2::alloc::Allocator;
+    use core::alloc::Layout;
+    let heap = PrivateHeap::new();
+    let layout = Layout::from_size_align(3000, 8).unwrap();
+    let a = (&heap).allocate(layout).unwrap().cast::<u8>();
+    let before = heap.stats();
+    assert_eq!(before.raw.medium_blocks, 1);
+    // SAFETY: allocated above with `layout`, freed once.
+    unsafe { (&heap).deallocate(a, layout) };
+    let cached = heap.stats();
+    assert_eq!((cached.bytes_requested, cached.bytes_in_use), (0, 0));
+    assert_eq!(cached.raw.medium_blocks, 0);
+    assert!(cached.raw.bytes_cached >= 3000, "{cached:?}");
+    // A request of the same bin (3000 and 3050 both round to 3072) reuses it.
+    let other = Layout::from_size_align(3050, 8).unwrap();
+    let b = (&heap).allocate(other).unwrap().cast::<u8>();
+    assert_eq!(a, b);
+    let reused = heap.stats();
+    assert_eq!(reused.bytes_requested, 3050);
+    assert_eq!(reused.raw.bytes_cached, 0);
+    // Freed by another thread: it joins that thread's cache.
+    let addr = b.as_ptr() as usize;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let b = core::ptr::NonNull::new(addr as *mut u8).unwrap();
+            // SAFETY: allocated above with `other`, freed once.
+            unsafe { (&heap).deallocate(b, other) };
+        })
+        .join() // waits for the thread's exit: its thread heap is an orphan
+        .unwrap();
+    });
+    let s = heap.stats();
+    assert_eq!((s.bytes_requested, s.bytes_in_use), (0, 0));
+    assert!(s.raw.bytes_cached >= 3050);
+    heap.trim();
+    let s = heap.stats();
+    assert_eq!(s.raw.bytes_cached, 0);
+    assert_eq!(s.bytes_mapped, 0, "{s:?}");
+    heap.validate();
+
+    let bounded = PrivateHeap::with_limit(64 << 20);
+    let p = (&bounded).allocate(layout).unwrap().cast::<u8>();
+    // SAFETY: allocated above with `layout`, freed once.
+    unsafe { (&bounded).deallocate(p, layout) };
+    assert_eq!(bounded.stats().raw.bytes_cached, 0);
+}
+
+/// The cache is bounded: freeing many medium blocks keeps at most 256 KiB
+/// of them, and the rest goes back to layer 1.
+#[test]
+fn the_medium_cache_is_bounded() {
+    use allocator_api2::alloc::Allocator;
+    use core::alloc::Layout;
+    let heap = PrivateHeap::new();
+    let layout = Layout::from_size_align(20_000, 8).unwrap();
+    let blocks: std::vec::Vec<_> = (0..scale(200))
+        .map(|_| (&heap).allocate(layout).unwrap().cast::<u8>())
+        .collect();
+    for p in blocks {
+        // SAFETY: allocated above with `layout`, freed once.
+        unsafe { (&heap).deallocate(p, layout) };
+    }
+    let s = heap.stats();
+    assert!(s.raw.bytes_cached <= 256 << 10, "{s:?}");
+    if !cfg!(miri) {
+        assert!(s.raw.bytes_cached >= 200 << 10, "{s:?}");
+    }
+    assert_eq!((s.bytes_requested, s.bytes_in_use), (0, 0));
+    heap.validate();
 }
