@@ -262,7 +262,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 
     /// Allocates `size` bytes at `align`; also tells whether the block is
     /// known to read zero.
-    #[inline]
+    #[inline(always)]
     fn alloc_inner(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
         match self.try_alloc(size, align) {
             Some(found) => Some(found),
@@ -272,7 +272,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 
     /// The allocation fast path: a small request is served from the
     /// calling thread's own pools with plain loads and stores.
-    #[inline]
+    #[inline(always)]
     fn try_alloc(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
         if let Some(class) = class_of(size, align) {
             if let Some(th) = thread::cached(self.key.load(Relaxed)) {
@@ -449,7 +449,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ///
     /// The free fast path: a block of a pool the calling thread owns goes
     /// back with plain loads and stores.
-    #[inline]
+    #[inline(always)]
     unsafe fn free_inner(&self, ptr: NonNull<u8>, size: usize) {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
         // SAFETY: `header` is the chunk holding `ptr`, and `ptr` is a live
