@@ -30,6 +30,14 @@
 //! their own for huge ones. A process-wide *arena map* finds any block's
 //! chunk, hence its size, from its address alone.
 //!
+//! CPython's pymalloc runs under one lock (the GIL); a Rust global allocator
+//! is called from every thread at once. So each thread owns pools through
+//! a *thread heap*: it allocates and frees its own blocks with no lock and
+//! no atomic read-modify-write, a block freed by another thread reaches its
+//! owner with one compare-and-swap, and the pools of exited threads are
+//! adopted by new ones. Freed medium blocks up to 128 KiB stay in a small
+//! per-thread cache. Locks are taken only to move pools, arenas and chunks.
+//!
 //! ## Glossary
 //!
 //! * **OS page**: the unit the OS maps (4 KiB here).
@@ -41,6 +49,9 @@
 //! * **block**: the memory handed to the user.
 //! * **size class**: a block size; class `i` serves `16 * (i + 1)` bytes.
 //! * **used / full / empty pool**: some / all / none of its blocks allocated.
+//! * **thread heap**: one thread's used pools and medium cache, for one heap.
+//! * **remote free**: a free by a thread that does not own the block's pool.
+//! * **orphan**: a thread heap whose thread has exited, waiting for adoption.
 //!
 //! | size class | block size | blocks per pool |
 //! |-----------:|-----------:|----------------:|

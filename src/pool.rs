@@ -11,8 +11,15 @@
 //!          used_to_empty                full_to_used
 //! ```
 //!
-//! * *used*: some blocks allocated, some free; on `usedpools[class]`, which
-//!   the allocation fast path reads. A pool whose last block is freed while
+//! Every pool with blocks has one *owner*, whose `usedpools` table
+//! ([`UsedPools`]) it is on: a thread heap ([`crate::thread`]), or the
+//! heap's shared table under the small-object lock, used by threads that
+//! have no thread heap. Empty pools, arenas and the purge queue are shared
+//! ([`SmallCore`], under the lock): a pool moves between its arena and an
+//! owner on the `empty ↔ used` transitions only.
+//!
+//! * *used*: some blocks allocated, some free; on its owner's
+//!   `usedpools[class]`, which the allocation fast path reads. A pool whose last block is freed while
 //!   it is the only pool of its class stays *used* (empty but cached), so an
 //!   alloc/free pair does not cycle the pool through its arena; at most one
 //!   empty pool per class is on `usedpools`.
