@@ -23,17 +23,18 @@ fn remote_frees_are_all_collected() {
     let per_thread = scale(20_000);
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel::<Box<[u64], &PrivateHeap>>(64);
-        s.spawn(move || {
+        let mut handles = std::vec::Vec::new();
+        handles.push(s.spawn(move || {
             for b in rx {
                 let n = b.len() as u64;
                 assert!(b.iter().enumerate().all(|(i, &x)| x == n ^ i as u64));
                 drop(b); // freed here, owned by a producer's pool
             }
-        });
+        }));
         for t in 0..producers {
             let tx = tx.clone();
             let heap = &heap;
-            s.spawn(move || {
+            handles.push(s.spawn(move || {
                 let mut kept = Vec::new_in(heap);
                 for i in 0..per_thread {
                     let n = 1 + (i * 7 + t) % 60;
@@ -50,8 +51,13 @@ fn remote_frees_are_all_collected() {
                     }
                 }
                 kept.clear();
-            });
+            }));
         }
+        drop(tx);
+        // Joining waits for each thread's full exit (thread-local
+        // destructors included), so every producer's thread heap is an
+        // orphan whose inbox `stats` collects.
+        handles.into_iter().for_each(|h| h.join().unwrap());
     });
     let s = heap.stats();
     assert_eq!(s.bytes_in_use, 0, "{s:?}");
