@@ -1,20 +1,55 @@
 //! Fatal error reports that neither allocate nor unwind: used where the heap
 //! detects misuse it cannot recover from (a pointer it does not own).
 
-/// A fixed-capacity, stack-only message buffer.
-struct Message {
-    buf: [u8; 256],
+/// A fixed-capacity, stack-only message buffer; what does not fit is cut.
+pub(crate) struct Message {
+    buf: [u8; 4096],
     len: usize,
 }
 
 impl Message {
-    fn push(&mut self, s: &[u8]) {
+    pub(crate) const fn new() -> Self {
+        Self {
+            buf: [0; 4096],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, s: &[u8]) {
         let n = s.len().min(self.buf.len() - self.len);
         self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
         self.len += n;
     }
 
-    fn push_hex(&mut self, v: usize) {
+    /// `v` in decimal.
+    pub(crate) fn push_dec(&mut self, mut v: usize) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    /// One byte as two hex digits.
+    pub(crate) fn push_byte(&mut self, b: u8) {
+        let hex = b"0123456789abcdef";
+        self.push(&[hex[(b >> 4) as usize], hex[(b & 0xf) as usize]]);
+    }
+
+    /// Writes the message to standard error and aborts the process.
+    pub(crate) fn abort(&self) -> ! {
+        write_stderr(&self.buf[..self.len]);
+        std::process::abort()
+    }
+
+    /// `v` as `0x` and 16 (or 8) hex digits.
+    pub(crate) fn push_hex(&mut self, v: usize) {
         let mut digits = [0u8; 2 + 2 * size_of::<usize>()];
         digits[0] = b'0';
         digits[1] = b'x';
@@ -56,10 +91,7 @@ pub(crate) fn wrong_heap(what: &str, ptr: *const u8) -> ! {
 }
 
 fn report(what: &str, ptr: *const u8, reason: &str) -> ! {
-    let mut m = Message {
-        buf: [0; 256],
-        len: 0,
-    };
+    let mut m = Message::new();
     m.push(b"pymalloc: fatal error in ");
     m.push(what.as_bytes());
     m.push(b": pointer ");
@@ -67,6 +99,5 @@ fn report(what: &str, ptr: *const u8, reason: &str) -> ! {
     m.push(b" ");
     m.push(reason.as_bytes());
     m.push(b"\n");
-    write_stderr(&m.buf[..m.len]);
-    std::process::abort()
+    m.abort()
 }

@@ -263,7 +263,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// Allocates `size` bytes at `align`; also tells whether the block is
     /// known to read zero.
     #[inline(always)]
-    fn alloc_inner(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+    pub(crate) fn alloc_inner(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
         match self.try_alloc(size, align) {
             Some(found) => Some(found),
             None => self.alloc_after_trim(size, align),
@@ -349,7 +349,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// The calling thread's thread heap of this heap; null when the thread
     /// cannot have one (its thread-locals are gone, or no memory).
     #[inline(always)]
-    fn thread_heap(&self) -> *mut ThreadHeap {
+    pub(crate) fn thread_heap(&self) -> *mut ThreadHeap {
         match thread::cached(self.key.load(Relaxed)) {
             Some(th) => th,
             None => self.thread_heap_slow(),
@@ -462,7 +462,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// pool goes to that thread's inbox (one CAS); medium blocks go to the
     /// calling thread's medium cache. Cost: see `try_alloc`.
     #[inline(always)]
-    unsafe fn free_inner(&self, ptr: NonNull<u8>, size: usize) {
+    pub(crate) unsafe fn free_inner(&self, ptr: NonNull<u8>, size: usize) {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
         // SAFETY: `header` is the chunk holding `ptr`, and `ptr` is a live
         // block of this heap (caller), so its pool is live and owned by
@@ -569,7 +569,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// Adds `delta` (wrapping) to the requested bytes of `th`, or of the
     /// shared state if the thread has no thread heap.
     #[inline]
-    fn account(&self, th: *mut ThreadHeap, delta: usize) {
+    pub(crate) fn account(&self, th: *mut ThreadHeap, delta: usize) {
         if th.is_null() {
             self.small.lock().add_requested(delta);
         } else {
@@ -596,7 +596,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// `ptr` is a live, non-zero-sized block of this heap requested with
     /// `old_size` bytes; `new_size` is non-zero, `new_align` a power of two.
     /// On success the old pointer must not be used again.
-    unsafe fn realloc_inner(
+    pub(crate) unsafe fn realloc_inner(
         &self,
         ptr: NonNull<u8>,
         old_size: usize,

@@ -90,11 +90,19 @@ mod thread;
 mod heap;
 // Statistics, printed like sys._debugmallocstats().
 mod stats;
+// The C-style, size-less interface: malloc, calloc, realloc, free.
+mod cstyle;
+// CPython's memory interface: PyMem_* / PyObject_*, domains, hooks.
+pub mod pymem;
+// Debug hooks for the PyMem interface (PYMALLOC=debug).
+pub mod pymem_debug;
 
 pub use heap::PrivateHeap;
 pub use lock::SpinLock;
 pub use os::{OsPages, PageSource};
 pub use pool::SmallStats;
+pub use pymem::*;
+pub use pymem_debug::{PyMem_DebugCheckAll, debug_hooks_installed};
 pub use raw::{RawHeap, RawStats};
 pub use stats::Stats;
 

@@ -359,6 +359,12 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         Some(RawBlock { ptr, zeroed: false })
     }
 
+    /// Adds `delta` (wrapping) to the bytes requested by live blocks.
+    pub(crate) fn add_requested(&self, delta: usize) {
+        let mut core = self.core.lock();
+        core.stats.bytes_requested = core.stats.bytes_requested.wrapping_add(delta);
+    }
+
     /// Offset of a huge block from its mapping's base.
     fn huge_offset(align: usize) -> usize {
         CHUNK_HEADER_SIZE.max(align)

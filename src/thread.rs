@@ -261,6 +261,17 @@ impl ThreadHeap {
         unsafe { bump(&(*th).requested, delta) }
     }
 
+    /// Adds `delta` (wrapping) to the owner's requested bytes of medium and
+    /// huge blocks (summed into layer 1's count by `stats()`).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `th`.
+    pub(crate) unsafe fn add_medium_requested(th: *mut ThreadHeap, delta: usize) {
+        // SAFETY: as for `add_requested`.
+        unsafe { bump(&(*th).medium_requested, delta) }
+    }
+
     /// The owner's requested bytes (wrapping), for `stats()`.
     ///
     /// # Safety
@@ -583,7 +594,10 @@ mod tests {
             );
             assert_eq!(bound, bin_bound(bin));
             assert!(bin == last.0 || bin == last.0 + 1, "bins are contiguous");
-            assert!(bin == 0 || size > bin_bound(bin - 1), "{size} fits a smaller bin");
+            assert!(
+                bin == 0 || size > bin_bound(bin - 1),
+                "{size} fits a smaller bin"
+            );
             if bin == last.0 + 1 {
                 assert!(last.1 < size);
             }

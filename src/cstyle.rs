@@ -1,0 +1,257 @@
+//! The C-style, size-less interface of [`PrivateHeap`]: `malloc`, `calloc`,
+//! `resize` (C's `realloc`, renamed so as not to shadow
+//! `GlobalAlloc::realloc`), `free` and `usable_size`, as C code and
+//! CPython's `PyMem_*` functions expect them. Blocks are aligned to [`ALIGNMENT`] (16 bytes:
+//! any fundamental type); `free` and `resize` take no size, since the arena
+//! map finds every block's size from its address.
+//!
+//! Statistics count a size-less block as requesting its whole usable size
+//! (a `malloc(10)` counts 16 bytes requested), so that `free`, which knows
+//! only the usable size, takes back exactly what `malloc` counted.
+
+use crate::chunk::ChunkKind;
+use crate::config::ALIGNMENT;
+use crate::heap::PrivateHeap;
+use crate::os::PageSource;
+use crate::thread::ThreadHeap;
+use core::ptr::NonNull;
+use parking_lot::lock_api::RawMutex;
+
+impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
+    /// `n` uninitialised bytes aligned to 16, or null if memory is
+    /// exhausted or `n > isize::MAX`. `n == 0` gives a distinct, non-null
+    /// pointer (as for one byte), which `free` accepts.
+    ///
+    /// ```
+    /// let heap = pymalloc::PrivateHeap::new();
+    /// let p = heap.malloc(100);
+    /// assert!(!p.is_null() && p as usize % 16 == 0);
+    /// // SAFETY: `p` is a live block of `heap`, freed once.
+    /// unsafe { heap.free(p) };
+    /// ```
+    pub fn malloc(&self, n: usize) -> *mut u8 {
+        self.malloc_with(n, false)
+    }
+
+    /// `nelem * elsize` zeroed bytes aligned to 16, or null if the product
+    /// overflows, exceeds `isize::MAX`, or memory is exhausted.
+    ///
+    /// ```
+    /// let heap = pymalloc::PrivateHeap::new();
+    /// let p = heap.calloc(10, 8);
+    /// // SAFETY: `p` holds 80 zeroed bytes.
+    /// unsafe {
+    ///     assert!(std::slice::from_raw_parts(p, 80).iter().all(|&b| b == 0));
+    ///     heap.free(p);
+    /// }
+    /// assert!(heap.calloc(usize::MAX, 2).is_null());
+    /// ```
+    pub fn calloc(&self, nelem: usize, elsize: usize) -> *mut u8 {
+        match nelem.checked_mul(elsize) {
+            Some(n) => self.malloc_with(n, true),
+            None => core::ptr::null_mut(),
+        }
+    }
+
+    fn malloc_with(&self, n: usize, zeroed: bool) -> *mut u8 {
+        if n > isize::MAX as usize {
+            return core::ptr::null_mut();
+        }
+        let size = n.max(1);
+        let Some((p, fresh)) = self.alloc_inner(size, ALIGNMENT) else {
+            return core::ptr::null_mut();
+        };
+        if zeroed && !fresh {
+            // SAFETY: the block holds at least `size` bytes.
+            unsafe { p.as_ptr().write_bytes(0, size) };
+        }
+        // SAFETY: `p` is a live block of this heap requested with `size`.
+        unsafe { self.count_whole_block(p, size) };
+        p.as_ptr()
+    }
+
+    /// Resizes block `p` to `n` bytes, keeping its first `min(old, n)`
+    /// bytes, in place when it can. `p` null: `malloc(n)`. `n == 0`:
+    /// resized to a minimal block, not freed; the result is non-null. On
+    /// failure returns null and `p` stays valid and unchanged.
+    ///
+    /// ```
+    /// let heap = pymalloc::PrivateHeap::new();
+    /// let p = heap.malloc(4);
+    /// // SAFETY: `p` and each result are live blocks of `heap`.
+    /// unsafe {
+    ///     p.write_bytes(7, 4);
+    ///     let q = heap.resize(p, 10_000);
+    ///     assert_eq!(*q.add(3), 7);
+    ///     let r = heap.resize(q, 0);
+    ///     assert!(!r.is_null());
+    ///     heap.free(r);
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// `p` is null or a live block of this heap from `malloc`, `calloc` or
+    /// `resize`; after a non-null result, `p` must not be used again.
+    pub unsafe fn resize(&self, p: *mut u8, n: usize) -> *mut u8 {
+        let Some(old) = NonNull::new(p) else {
+            return self.malloc(n);
+        };
+        if n > isize::MAX as usize {
+            return core::ptr::null_mut();
+        }
+        let size = n.max(1);
+        // SAFETY: a live size-less block, counted as requesting its whole
+        // usable size (caller).
+        unsafe {
+            let old_size = self.usable_size(old);
+            match self.realloc_inner(old, old_size, size, ALIGNMENT) {
+                Some(new) => {
+                    self.count_whole_block(new, size);
+                    new.as_ptr()
+                }
+                None => core::ptr::null_mut(),
+            }
+        }
+    }
+
+    /// Frees a block from `malloc`, `calloc` or `resize`; null is a no-op.
+    /// A pointer no pymalloc heap gave out is reported and aborts.
+    ///
+    /// # Safety
+    ///
+    /// `p` is null or a live block of this heap from `malloc`, `calloc` or
+    /// `resize`, not used afterwards.
+    pub unsafe fn free(&self, p: *mut u8) {
+        if let Some(p) = NonNull::new(p) {
+            // SAFETY: a live size-less block, counted with its usable size.
+            unsafe {
+                let size = self.usable_size(p);
+                self.free_inner(p, size);
+            }
+        }
+    }
+
+    /// Counts live block `p`, just allocated or resized for `size` bytes,
+    /// as requesting its whole usable size.
+    ///
+    /// # Safety
+    ///
+    /// `p` is a live block of this heap requested with `size` bytes.
+    unsafe fn count_whole_block(&self, p: NonNull<u8>, size: usize) {
+        let (header, p) = self.raw().find_own_block(p, "PrivateHeap::malloc");
+        // SAFETY: `p` is live in chunk `header` (caller).
+        let usable = unsafe { self.usable_size(p) };
+        let extra = usable - size;
+        if extra == 0 {
+            return;
+        }
+        // SAFETY: the chunk header is live while its block is.
+        if unsafe { (*header.as_ptr()).kind } == ChunkKind::Arena {
+            self.account(self.thread_heap(), extra);
+        } else {
+            let th = self.thread_heap();
+            if th.is_null() {
+                self.raw().add_requested(extra);
+            } else {
+                // SAFETY: the calling thread owns `th`.
+                unsafe { ThreadHeap::add_medium_requested(th, extra) };
+            }
+        }
+    }
+}
+
+impl<S: PageSource, R: RawMutex> crate::raw::RawHeap<S, R> {
+    /// As [`PrivateHeap::malloc`], from layer 1 alone (every size from the
+    /// medium allocator or a mapping; no pools).
+    ///
+    /// ```
+    /// let raw = pymalloc::RawHeap::new();
+    /// let p = raw.malloc(10);
+    /// // SAFETY: a live block of `raw`, resized then freed once.
+    /// unsafe {
+    ///     let q = raw.resize(p, 100_000);
+    ///     assert!(!q.is_null());
+    ///     raw.free(q);
+    /// }
+    /// assert_eq!(raw.stats().bytes_in_use, 0);
+    /// ```
+    pub fn malloc(&self, n: usize) -> *mut u8 {
+        self.malloc_with(n, false)
+    }
+
+    /// As [`PrivateHeap::calloc`], from layer 1 alone.
+    pub fn calloc(&self, nelem: usize, elsize: usize) -> *mut u8 {
+        match nelem.checked_mul(elsize) {
+            Some(n) => self.malloc_with(n, true),
+            None => core::ptr::null_mut(),
+        }
+    }
+
+    fn malloc_with(&self, n: usize, zeroed: bool) -> *mut u8 {
+        if n > isize::MAX as usize {
+            return core::ptr::null_mut();
+        }
+        let size = n.max(1);
+        let Some(block) = self.alloc_block(size, ALIGNMENT) else {
+            return core::ptr::null_mut();
+        };
+        if zeroed && !block.zeroed {
+            // SAFETY: the block holds at least `size` bytes.
+            unsafe { block.ptr.as_ptr().write_bytes(0, size) };
+        }
+        // SAFETY: a live block of ours, requested with `size`.
+        let usable = unsafe { self.usable_size(block.ptr) };
+        self.add_requested(usable - size);
+        block.ptr.as_ptr()
+    }
+
+    /// As [`PrivateHeap::resize`], from layer 1 alone.
+    ///
+    /// # Safety
+    ///
+    /// `p` is null or a live block of this heap from `malloc`, `calloc` or
+    /// `resize`; after a non-null result, `p` must not be used again.
+    pub unsafe fn resize(&self, p: *mut u8, n: usize) -> *mut u8 {
+        let Some(old) = NonNull::new(p) else {
+            return self.malloc(n);
+        };
+        if n > isize::MAX as usize {
+            return core::ptr::null_mut();
+        }
+        let size = n.max(1);
+        let (header, old) = self.find_own_block(old, "RawHeap::resize");
+        // SAFETY: a live size-less block of ours, counted with its usable
+        // size (caller).
+        unsafe {
+            let old_size = Self::block_usable_size(header, old);
+            if let Some(usable) = self.resize_in_place(header, old, old_size, size) {
+                self.add_requested(usable - size);
+                return old.as_ptr();
+            }
+            let new = self.malloc(size);
+            if !new.is_null() {
+                core::ptr::copy_nonoverlapping(old.as_ptr(), new, old_size.min(size));
+                self.free_block(header, old, old_size);
+            }
+            new
+        }
+    }
+
+    /// As [`PrivateHeap::free`], for blocks of this layer's `malloc`.
+    ///
+    /// # Safety
+    ///
+    /// `p` is null or a live block of this heap from `malloc`, `calloc` or
+    /// `resize`, not used afterwards.
+    pub unsafe fn free(&self, p: *mut u8) {
+        if let Some(p) = NonNull::new(p) {
+            let (header, p) = self.find_own_block(p, "RawHeap::free");
+            // SAFETY: a live size-less block, counted with its usable size.
+            unsafe {
+                let size = Self::block_usable_size(header, p);
+                self.free_block(header, p, size);
+            }
+        }
+    }
+}
