@@ -138,11 +138,12 @@ fn typed_forms_never_give_a_short_block() {
 fn the_pymem_heap_counts_blocks_exactly() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let before = pymalloc::pymem::HEAP.stats();
-    let ptrs: Vec<*mut c_void> = (0..1000).map(|i| PyMem_Malloc(1 + i * 37)).collect();
+    let n = if cfg!(miri) { 50 } else { 1000 };
+    let ptrs: Vec<*mut c_void> = (0..n).map(|i| PyMem_Malloc(1 + i * 37)).collect();
     let during = pymalloc::pymem::HEAP.stats();
     assert!(
         during.bytes_requested
-            >= before.bytes_requested + (0..1000).map(|i| 1 + i * 37).sum::<usize>()
+            >= before.bytes_requested + (0..n).map(|i| 1 + i * 37).sum::<usize>()
     );
     for p in ptrs {
         // SAFETY: live Mem blocks, freed once.
@@ -224,10 +225,11 @@ fn a_hook_wraps_a_domain_and_is_restored() {
     FAIL_NEXT.store(1, Ordering::Relaxed);
     assert!(PyObject_Malloc(10).is_null());
     // Concurrent readers while the hook is installed.
+    let iters = if cfg!(miri) { 10 } else { 1000 };
     std::thread::scope(|s| {
         for _ in 0..4 {
-            s.spawn(|| {
-                for i in 0..1000 {
+            s.spawn(move || {
+                for i in 0..iters {
                     let p = PyObject_Malloc(i);
                     assert!(!p.is_null());
                     // SAFETY: a live Obj block, freed once.
@@ -236,12 +238,16 @@ fn a_hook_wraps_a_domain_and_is_restored() {
             });
         }
     });
-    assert_eq!(HOOK_CALLS.load(Ordering::Relaxed), 5 + 1 + 8000);
+    assert_eq!(HOOK_CALLS.load(Ordering::Relaxed), 5 + 1 + 8 * iters);
     PyMem_SetAllocator(PyMemAllocatorDomain::Obj, &original);
     let p = PyObject_Malloc(10);
     // SAFETY: a live Obj block.
     unsafe { PyObject_Free(p) };
-    assert_eq!(HOOK_CALLS.load(Ordering::Relaxed), 5 + 1 + 8000, "restored");
+    assert_eq!(
+        HOOK_CALLS.load(Ordering::Relaxed),
+        5 + 1 + 8 * iters,
+        "restored"
+    );
     let now = PyMem_GetAllocator(PyMemAllocatorDomain::Obj);
     assert!(core::ptr::fn_addr_eq(now.malloc, original.malloc));
 }

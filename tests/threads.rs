@@ -9,6 +9,11 @@ use allocator_api2::vec::Vec;
 use pymalloc::PrivateHeap;
 use std::sync::{Barrier, mpsc};
 
+/// A block pointer sent to another thread (which then owns the block).
+struct Sent(core::ptr::NonNull<u8>);
+// SAFETY: the block is handed over whole; the receiver is its only user.
+unsafe impl Send for Sent {}
+
 fn scale(n: usize) -> usize {
     if cfg!(miri) { (n / 500).max(2) } else { n }
 }
@@ -134,7 +139,7 @@ fn the_owner_reuses_blocks_freed_remotely() {
     let heap = PrivateHeap::new();
     let rounds = scale(200);
     let batch = 1000;
-    let (to_freer, freer_rx) = mpsc::channel::<std::vec::Vec<usize>>();
+    let (to_freer, freer_rx) = mpsc::channel::<std::vec::Vec<Sent>>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
         let heap = &heap;
@@ -145,7 +150,7 @@ fn the_owner_reuses_blocks_freed_remotely() {
                     unsafe {
                         allocator_api2::alloc::Allocator::deallocate(
                             &heap,
-                            core::ptr::NonNull::new(a as *mut u8).unwrap(),
+                            a.0,
                             core::alloc::Layout::new::<[u64; 4]>(),
                         )
                     };
@@ -157,7 +162,7 @@ fn the_owner_reuses_blocks_freed_remotely() {
             let addrs = (0..batch)
                 .map(|_| {
                     let b = Box::new_in([7u64; 4], heap);
-                    Box::into_raw(b) as usize
+                    Sent(core::ptr::NonNull::new(Box::into_raw(b).cast::<u8>()).unwrap())
                 })
                 .collect();
             to_freer.send(addrs).unwrap();
@@ -264,10 +269,10 @@ fn medium_blocks_are_cached_per_thread() {
     assert_eq!(reused.bytes_requested, 3050);
     assert_eq!(reused.raw.bytes_cached, 0);
     // Freed by another thread: it joins that thread's cache.
-    let addr = b.as_ptr() as usize;
+    let sent = Sent(b);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let b = core::ptr::NonNull::new(addr as *mut u8).unwrap();
+            let b = { sent }.0;
             // SAFETY: allocated above with `other`, freed once.
             unsafe { (&heap).deallocate(b, other) };
         })

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds libpymalloc_c and runs the C test program against the static and
+# the shared library, then checks the debug hooks report a C overflow.
+#
+#   capi/run-c-tests.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -p pymalloc-capi
+out=target/c-tests
+mkdir -p "$out"
+cc=${CC:-cc}
+flags="-std=c11 -O2 -Wall -Wextra -Werror -Icapi/include"
+$cc $flags capi/tests/test_pymem.c target/release/libpymalloc_c.a -lpthread -ldl -lm -o "$out/test_pymem_static"
+$cc $flags capi/tests/test_pymem.c -Ltarget/release -lpymalloc_c -lpthread \
+    -Wl,-rpath,"$PWD/target/release" -o "$out/test_pymem_shared"
+"$out/test_pymem_static"
+"$out/test_pymem_shared"
+# Debug hooks from C, through the environment: a write past the end is
+# reported and aborts.
+cat > "$out/overflow.c" <<'C'
+#include "pymem.h"
+int main(void) { char *p = PyMem_Malloc(10); p[10] = 'x'; PyMem_Free(p); return 0; }
+C
+$cc $flags "$out/overflow.c" target/release/libpymalloc_c.a -lpthread -ldl -lm -o "$out/overflow"
+if PYMALLOC=debug "$out/overflow" 2> "$out/overflow.txt"; then
+    echo "overflow was not detected" >&2; exit 1
+fi
+grep -q "bad trailing pad byte" "$out/overflow.txt"
+grep -q "10 bytes originally requested" "$out/overflow.txt"
+echo "debug hooks from C: overflow reported"

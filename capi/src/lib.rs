@@ -1,0 +1,166 @@
+//! The C ABI of [`pymalloc`]: CPython's memory interface under its exact C
+//! names (`PyMem_Malloc`, `PyMem_RawMalloc`, `PyObject_Malloc`, …,
+//! `PyMem_GetAllocator`, `PyMem_SetAllocator`, `PyMem_SetupDebugHooks`),
+//! plus `pymalloc_malloc`/`_calloc`/`_realloc`/`_free`, the direct path
+//! behind the header's macro set (`PyMem_MALLOC` …). See
+//! `include/pymem.h` for the C declarations and contracts.
+//!
+//! Every function forwards to the Rust function of the same name; the
+//! semantics (zero sizes, null pointers, failure, overflow) are the Rust
+//! crate's, tested from C by `tests/test_pymem.c`.
+
+#![allow(non_snake_case)]
+
+use core::ffi::{c_int, c_void};
+use pymalloc::{PyMemAllocatorDomain, PyMemAllocatorEx};
+
+macro_rules! export_domain {
+    ($malloc:ident, $calloc:ident, $realloc:ident, $free:ident) => {
+        /// See `include/pymem.h`.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $malloc(n: usize) -> *mut c_void {
+            pymalloc::$malloc(n)
+        }
+
+        /// See `include/pymem.h`.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $calloc(nelem: usize, elsize: usize) -> *mut c_void {
+            pymalloc::$calloc(nelem, elsize)
+        }
+
+        /// See `include/pymem.h`.
+        ///
+        /// # Safety
+        ///
+        /// `p` is null or a live block of this domain; after a non-null
+        /// result it is not used again.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $realloc(p: *mut c_void, n: usize) -> *mut c_void {
+            // SAFETY: the caller's contract is the Rust function's.
+            unsafe { pymalloc::$realloc(p, n) }
+        }
+
+        /// See `include/pymem.h`.
+        ///
+        /// # Safety
+        ///
+        /// `p` is null or a live block of this domain, not used afterwards.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $free(p: *mut c_void) {
+            // SAFETY: the caller's contract is the Rust function's.
+            unsafe { pymalloc::$free(p) }
+        }
+    };
+}
+
+export_domain!(
+    PyMem_RawMalloc,
+    PyMem_RawCalloc,
+    PyMem_RawRealloc,
+    PyMem_RawFree
+);
+export_domain!(PyMem_Malloc, PyMem_Calloc, PyMem_Realloc, PyMem_Free);
+export_domain!(
+    PyObject_Malloc,
+    PyObject_Calloc,
+    PyObject_Realloc,
+    PyObject_Free
+);
+
+fn domain(d: c_int) -> Option<PyMemAllocatorDomain> {
+    match d {
+        0 => Some(PyMemAllocatorDomain::Raw),
+        1 => Some(PyMemAllocatorDomain::Mem),
+        2 => Some(PyMemAllocatorDomain::Obj),
+        _ => None,
+    }
+}
+
+/// Copies the allocator of domain `d` into `*out`; an unknown domain
+/// leaves `*out` untouched.
+///
+/// # Safety
+///
+/// `out` points to writable memory for one `PyMemAllocatorEx`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn PyMem_GetAllocator(d: c_int, out: *mut PyMemAllocatorEx) {
+    if let Some(d) = domain(d) {
+        // SAFETY: caller's contract.
+        unsafe { out.write(pymalloc::PyMem_GetAllocator(d)) };
+    }
+}
+
+/// Installs `*allocator` for domain `d`; an unknown domain is ignored.
+///
+/// # Safety
+///
+/// `allocator` points to a valid `PyMemAllocatorEx` whose functions keep
+/// the domain's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn PyMem_SetAllocator(d: c_int, allocator: *const PyMemAllocatorEx) {
+    if let Some(d) = domain(d) {
+        // SAFETY: caller's contract.
+        pymalloc::PyMem_SetAllocator(d, unsafe { &*allocator });
+    }
+}
+
+/// Installs the debug hooks on every domain.
+#[unsafe(no_mangle)]
+pub extern "C" fn PyMem_SetupDebugHooks() {
+    pymalloc::PyMem_SetupDebugHooks();
+}
+
+/// Checks every live debug block; returns how many (0 without hooks).
+#[unsafe(no_mangle)]
+pub extern "C" fn PyMem_DebugCheckAll() -> usize {
+    pymalloc::PyMem_DebugCheckAll()
+}
+
+/// The macro set's direct path: `PyMem_MALLOC`.
+#[unsafe(no_mangle)]
+pub extern "C" fn pymalloc_malloc(n: usize) -> *mut c_void {
+    pymalloc::PyMem_MALLOC(n)
+}
+
+/// The macro set's direct path (zeroed).
+#[unsafe(no_mangle)]
+pub extern "C" fn pymalloc_calloc(nelem: usize, elsize: usize) -> *mut c_void {
+    pymalloc::pymem::HEAP.calloc(nelem, elsize).cast()
+}
+
+/// The macro set's direct path: `PyMem_REALLOC`.
+///
+/// # Safety
+///
+/// As `PyMem_Realloc`, for blocks of the macro set.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pymalloc_realloc(p: *mut c_void, n: usize) -> *mut c_void {
+    // SAFETY: caller's contract.
+    unsafe { pymalloc::PyMem_REALLOC(p, n) }
+}
+
+/// The macro set's direct path: `PyMem_FREE`.
+///
+/// # Safety
+///
+/// As `PyMem_Free`, for blocks of the macro set.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pymalloc_free(p: *mut c_void) {
+    // SAFETY: caller's contract.
+    unsafe { pymalloc::PyMem_FREE(p) }
+}
+
+/// Usable bytes of a live block of the Mem/Obj domains or the macro set
+/// (without debug hooks).
+///
+/// # Safety
+///
+/// `p` is a live, non-null block of `pymalloc`'s default heap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pymalloc_usable_size(p: *mut c_void) -> usize {
+    match core::ptr::NonNull::new(p.cast::<u8>()) {
+        // SAFETY: caller's contract.
+        Some(p) => unsafe { pymalloc::pymem::HEAP.usable_size(p) },
+        None => 0,
+    }
+}
