@@ -9,10 +9,12 @@
 //! (a `malloc(10)` counts 16 bytes requested), so that `free`, which knows
 //! only the usable size, takes back exactly what `malloc` counted.
 
+use crate::arena::pool_of;
 use crate::chunk::ChunkKind;
 use crate::config::ALIGNMENT;
 use crate::heap::PrivateHeap;
 use crate::os::PageSource;
+use crate::size_class::{block_size, class_of};
 use crate::thread::ThreadHeap;
 use core::ptr::NonNull;
 use parking_lot::lock_api::RawMutex;
@@ -57,7 +59,10 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         if n > isize::MAX as usize {
             return core::ptr::null_mut();
         }
-        let size = n.max(1);
+        // A small request asks for its whole block, so it needs no
+        // correction of the requested bytes afterwards.
+        let small = class_of(n.max(1), ALIGNMENT).map(block_size);
+        let size = small.unwrap_or(n.max(1));
         let Some((p, fresh)) = self.alloc_inner(size, ALIGNMENT) else {
             return core::ptr::null_mut();
         };
@@ -65,8 +70,10 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             // SAFETY: the block holds at least `size` bytes.
             unsafe { p.as_ptr().write_bytes(0, size) };
         }
-        // SAFETY: `p` is a live block of this heap requested with `size`.
-        unsafe { self.count_whole_block(p, size) };
+        if small.is_none() {
+            // SAFETY: `p` is a live block of this heap requested with `size`.
+            unsafe { self.count_whole_block(p, size) };
+        }
         p.as_ptr()
     }
 
@@ -124,10 +131,18 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// `resize`, not used afterwards.
     pub unsafe fn free(&self, p: *mut u8) {
         if let Some(p) = NonNull::new(p) {
-            // SAFETY: a live size-less block, counted with its usable size.
+            let (header, p) = self.raw().find_own_block(p, "PrivateHeap::free");
+            // SAFETY: a live size-less block in chunk `header`, counted with
+            // its usable size.
             unsafe {
-                let size = self.usable_size(p);
-                self.free_inner(p, size);
+                let size = match (*header.as_ptr()).kind {
+                    ChunkKind::Arena => block_size(crate::arena::class_of_pool(pool_of(
+                        header.as_ptr().cast(),
+                        p.as_ptr(),
+                    ))),
+                    _ => crate::raw::RawHeap::<S, R>::block_usable_size(header, p),
+                };
+                self.free_found(header, p, size);
             }
         }
     }

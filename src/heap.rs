@@ -464,6 +464,23 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[inline(always)]
     pub(crate) unsafe fn free_inner(&self, ptr: NonNull<u8>, size: usize) {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
+        // SAFETY: as the caller's, with `header` the chunk of `ptr`.
+        unsafe { self.free_found(header, ptr, size) }
+    }
+
+    /// [`Self::free_inner`] once the block's chunk is known.
+    ///
+    /// # Safety
+    ///
+    /// As `free_inner`; `header` is the chunk of `ptr` (from the arena map)
+    /// and `ptr` carries the chunk's provenance.
+    #[inline(always)]
+    pub(crate) unsafe fn free_found(
+        &self,
+        header: NonNull<crate::chunk::ChunkHeader>,
+        ptr: NonNull<u8>,
+        size: usize,
+    ) {
         // SAFETY: `header` is the chunk holding `ptr`, and `ptr` is a live
         // block of this heap (caller), so its pool is live and owned by
         // `owner` for as long as the block is ([ref:thread-heaps]).
