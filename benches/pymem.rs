@@ -46,15 +46,23 @@ fn pymem(c: &mut Criterion) {
     g.warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_millis(1000))
         .sample_size(30);
-    // SAFETY (all closures): each block is freed once by its own set.
     g.bench_function("functions", |b| {
-        b.iter(|| unsafe { PyMem_Free(black_box(PyMem_Malloc(black_box(32)))) })
+        b.iter(|| {
+            // SAFETY: the block is freed once, by the set that made it.
+            unsafe { PyMem_Free(black_box(PyMem_Malloc(black_box(32)))) }
+        })
     });
     g.bench_function("macros", |b| {
-        b.iter(|| unsafe { PyMem_FREE(black_box(PyMem_MALLOC(black_box(32)))) })
+        b.iter(|| {
+            // SAFETY: the block is freed once, by the set that made it.
+            unsafe { PyMem_FREE(black_box(PyMem_MALLOC(black_box(32)))) }
+        })
     });
     g.bench_function("libc_malloc", |b| {
-        b.iter(|| unsafe { libc::free(black_box(libc::malloc(black_box(32)))) })
+        b.iter(|| {
+            // SAFETY: the block is freed once, by the set that made it.
+            unsafe { libc::free(black_box(libc::malloc(black_box(32)))) }
+        })
     });
     let previous = PyMem_GetAllocator(PyMemAllocatorDomain::Mem);
     // SAFETY: written before the hook that reads it is installed.
@@ -70,7 +78,10 @@ fn pymem(c: &mut Criterion) {
         },
     );
     g.bench_function("functions_hooked", |b| {
-        b.iter(|| unsafe { PyMem_Free(black_box(PyMem_Malloc(black_box(32)))) })
+        b.iter(|| {
+            // SAFETY: the block is freed once, by the set that made it.
+            unsafe { PyMem_Free(black_box(PyMem_Malloc(black_box(32)))) }
+        })
     });
     PyMem_SetAllocator(PyMemAllocatorDomain::Mem, &previous);
     g.finish();
