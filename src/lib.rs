@@ -2,10 +2,12 @@
 //!
 //! CPython's layered memory manager for Rust: a private heap that serves as
 //! the `#[global_allocator]`, as the allocator of a collection
-//! (`Vec::new_in(&heap)`), or through `PyMem_*`-style functions.
+//! (`Vec::new_in(&heap)`), or through CPython's `PyMem_*` functions
+//! ([`pymem`], with debug hooks in [`pymem_debug`]).
 //!
 //! ```text
 //!     Object-specific allocators        (layer 3, planned)
+//!     PyMem_* / PyObject_* (Rust and C), debug hooks
 //!   +----------------------------------------------------+
 //!   |  PrivateHeap: GlobalAlloc + Allocator, routes by   |
 //!   |  size: <= 512 B -> pools, larger -> RawHeap        |
