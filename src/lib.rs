@@ -88,6 +88,8 @@ mod size_class;
 mod pool;
 // Layer 2: per-thread ownership of pools, remote frees, adoption.
 mod thread;
+// The lock-free protocols of thread heaps, checked with loom.
+mod protocol;
 // The whole heap: GlobalAlloc and Allocator.
 mod heap;
 // Statistics, printed like sys._debugmallocstats().

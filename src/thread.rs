@@ -46,10 +46,11 @@ use crate::config::ARENA_SIZE;
 use crate::lock::SpinLock;
 use crate::os::{OsPages, PageSource, page_size};
 use crate::pool::{Freed, UsedPools};
+use crate::protocol::{Claim, Inbox, Linked};
 use core::cell::Cell;
 use core::ptr::{NonNull, null_mut};
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
+use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicU64, AtomicUsize};
 use parking_lot::lock_api::Mutex;
 
 /// A value alone on its cache lines, so that remote threads writing it do
@@ -74,7 +75,7 @@ pub(crate) struct ThreadHeap {
     /// Written by the owner with a load and a store; read by `stats()`.
     requested: AtomicUsize,
     /// The claim token of the owner; 0 for an orphan.
-    token: AtomicU64,
+    token: Claim,
     /// Next thread heap of the same heap (under the small-object lock).
     pub(crate) next: *mut ThreadHeap,
     /// Next thread heap on the slab's free list.
@@ -90,7 +91,7 @@ pub(crate) struct ThreadHeap {
     medium_bytes: AtomicUsize,
     medium_blocks: AtomicUsize,
     /// Blocks freed by other threads, not yet collected.
-    inbox: Padded<AtomicPtr<u8>>,
+    inbox: Padded<Inbox<u8>>,
 }
 
 /// Largest request the per-thread medium cache serves.
@@ -290,20 +291,8 @@ impl ThreadHeap {
     /// `ptr` is a live block of a pool owned by `th`, not used afterwards.
     #[inline]
     pub(crate) unsafe fn push_remote(th: *mut ThreadHeap, ptr: NonNull<u8>) {
-        // SAFETY: `th` is live; the block is ours to write until pushed.
-        let inbox = unsafe { &(*th).inbox.0 };
-        let mut head = inbox.load(Relaxed);
-        loop {
-            // SAFETY: the block is at least a word long and no one else
-            // uses it.
-            unsafe { ptr.as_ptr().cast::<*mut u8>().write(head) };
-            // Release: the owner, which takes the list with Acquire, sees
-            // the link written above.
-            match inbox.compare_exchange_weak(head, ptr.as_ptr(), Release, Relaxed) {
-                Ok(_) => return,
-                Err(now) => head = now,
-            }
-        }
+        // SAFETY: `th` is live; the block is ours and is given up.
+        unsafe { (*th).inbox.0.push(ptr.as_ptr()) }
     }
 
     /// Frees locally every block on the inbox. Pools that become empty
@@ -314,15 +303,15 @@ impl ThreadHeap {
     ///
     /// The caller owns `th` (or holds the lock and `th` is an orphan).
     pub(crate) unsafe fn collect(th: *mut ThreadHeap) -> *mut PoolHeader {
-        // SAFETY: `th` is live; Acquire pairs with the pushers' Release.
-        let mut block = unsafe { (*th).inbox.0.swap(null_mut(), Acquire) };
+        // SAFETY: `th` is live.
+        let mut block = unsafe { (*th).inbox.0.take_all() };
         let mut emptied = null_mut::<PoolHeader>();
         while !block.is_null() {
             // SAFETY: inbox blocks are live blocks of pools owned by `th`
             // (invariant); each carries its chunk's provenance, so its
             // arena and pool header are reachable from it.
             unsafe {
-                let next = block.cast::<*mut u8>().read();
+                let next = <u8 as Linked>::next(block);
                 let arena = block
                     .map_addr(|a| a & !(ARENA_SIZE - 1))
                     .cast::<ArenaHeader>();
@@ -345,7 +334,7 @@ impl ThreadHeap {
     pub(crate) unsafe fn is_orphan(th: *mut ThreadHeap) -> bool {
         // SAFETY: slab memory is never unmapped. Acquire pairs with the
         // releasing thread's Release, so its last writes are visible.
-        unsafe { (*th).token.load(Acquire) == 0 }
+        unsafe { (*th).token.is_orphan() }
     }
 
     /// Makes the calling thread the owner of orphan `th`; returns the token.
@@ -357,7 +346,7 @@ impl ThreadHeap {
         let token = NEXT_TOKEN.fetch_add(1, Relaxed);
         // SAFETY: `th` is live; claims happen under the lock, so no one else
         // adopts it meanwhile.
-        unsafe { (*th).token.store(token, Relaxed) };
+        unsafe { (*th).token.adopt(token) };
         token
     }
 
@@ -371,14 +360,14 @@ impl ThreadHeap {
             th.write(ThreadHeap {
                 used: UsedPools::new(),
                 requested: AtomicUsize::new(0),
-                token: AtomicU64::new(0),
+                token: Claim::new(),
                 next: null_mut(),
                 free_next: null_mut(),
                 medium: [null_mut(); MEDIUM_BINS],
                 medium_requested: AtomicUsize::new(0),
                 medium_bytes: AtomicUsize::new(0),
                 medium_blocks: AtomicUsize::new(0),
-                inbox: Padded(AtomicPtr::new(null_mut())),
+                inbox: Padded(Inbox::new()),
             });
             Some((th, Self::adopt(th)))
         }
@@ -394,10 +383,10 @@ impl ThreadHeap {
     pub(crate) unsafe fn recycle(th: *mut ThreadHeap) {
         // SAFETY: `th` is a live slab slot (caller).
         unsafe {
-            (*th).token.store(0, Relaxed);
+            (*th).token.reset();
             (*th).used.clear();
             (*th).medium = [null_mut(); MEDIUM_BINS];
-            (*th).inbox.0.store(null_mut(), Relaxed);
+            (*th).inbox.0.clear();
         }
         SLAB.lock().give_back(th);
     }
@@ -507,7 +496,7 @@ fn release(th: *mut ThreadHeap, token: u64) {
         // SAFETY: slab memory is never unmapped. Release: whoever adopts
         // `th` sees every write the owner made. Fails harmlessly if the heap
         // was dropped and the slot recycled (token cleared or new).
-        let _ = unsafe { (*th).token.compare_exchange(token, 0, Release, Relaxed) };
+        let _ = unsafe { (*th).token.release(token) };
     }
 }
 

@@ -53,7 +53,12 @@ fn every_domain_keeps_the_cpython_contract() {
             free(a);
             free(b);
             // Alignment 16 and contents, across small, medium and huge sizes.
-            for n in [1usize, 15, 16, 100, 512, 513, 4000, 100_000, 3 << 20] {
+            let sizes: &[usize] = if cfg!(miri) {
+                &[1, 16, 513, 4000]
+            } else {
+                &[1, 15, 16, 100, 512, 513, 4000, 100_000, 3 << 20]
+            };
+            for &n in sizes {
                 let p = malloc(n).cast::<u8>();
                 assert!(!p.is_null() && p as usize % 16 == 0, "{name} {n}");
                 p.write_bytes(0x5a, n);

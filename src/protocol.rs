@@ -1,0 +1,290 @@
+//! The two lock-free protocols of thread heaps ([ref:thread-heaps]), kept
+//! apart from the heap so that `loom` can check them over every
+//! interleaving (`RUSTFLAGS="--cfg loom" cargo test --release --lib loom`):
+//!
+//! * [`Inbox`]: remote frees. Any thread pushes a node with one successful
+//!   compare-and-swap (Release: the node's link and contents are visible to
+//!   whoever takes it); the owner takes the whole stack with one swap
+//!   (Acquire). A push-only stack drained by swap has no ABA problem: a
+//!   node is never popped alone, and a taken node is not pushed again
+//!   until its owner has processed it.
+//! * [`Claim`]: ownership by token. The owner stores its token; at exit it
+//!   clears the token with a compare-and-swap (Release: everything it wrote
+//!   is visible to an adopter); an adopter sees the orphan with an Acquire
+//!   load. A stale release (old token) fails and changes nothing.
+//!
+//! Built with `--cfg pymalloc_broken_ordering`, both use Relaxed where
+//! Release/Acquire are needed; the loom tests then fail, which shows they
+//! can catch a wrong ordering.
+
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicPtr, AtomicU64};
+use core::sync::atomic::Ordering::{self, Relaxed};
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicPtr, AtomicU64};
+
+#[cfg(not(pymalloc_broken_ordering))]
+const RELEASE: Ordering = Ordering::Release;
+#[cfg(not(pymalloc_broken_ordering))]
+const ACQUIRE: Ordering = Ordering::Acquire;
+#[cfg(pymalloc_broken_ordering)]
+const RELEASE: Ordering = Relaxed;
+#[cfg(pymalloc_broken_ordering)]
+const ACQUIRE: Ordering = Relaxed;
+
+/// A node that links to the next one through a field of its own (a freed
+/// block: its first word).
+pub(crate) trait Linked {
+    /// Sets the link of `this`.
+    ///
+    /// # Safety
+    ///
+    /// `this` is a live node that the caller may write.
+    unsafe fn set_next(this: *mut Self, next: *mut Self);
+
+    /// Reads the link of `this`.
+    ///
+    /// # Safety
+    ///
+    /// `this` is a live node the caller owns (taken from an inbox).
+    unsafe fn next(this: *mut Self) -> *mut Self;
+}
+
+impl Linked for u8 {
+    unsafe fn set_next(this: *mut Self, next: *mut Self) {
+        // SAFETY: a freed block is at least a word long (caller).
+        unsafe { this.cast::<*mut u8>().write(next) }
+    }
+
+    unsafe fn next(this: *mut Self) -> *mut Self {
+        // SAFETY: as above.
+        unsafe { this.cast::<*mut u8>().read() }
+    }
+}
+
+/// A multi-producer stack emptied all at once by its single consumer.
+pub(crate) struct Inbox<T> {
+    head: AtomicPtr<T>,
+}
+
+impl<T: Linked> Inbox<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            head: AtomicPtr::new(core::ptr::null_mut()),
+        }
+    }
+
+    /// Pushes `node`.
+    ///
+    /// # Safety
+    ///
+    /// `node` is live, owned by the caller, and is given up: only the
+    /// inbox's consumer touches it afterwards.
+    #[inline]
+    pub(crate) unsafe fn push(&self, node: *mut T) {
+        let mut head = self.head.load(Relaxed);
+        loop {
+            // SAFETY: the node is still ours (caller).
+            unsafe { T::set_next(node, head) };
+            match self.head.compare_exchange_weak(head, node, RELEASE, Relaxed) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Takes every node pushed so far, as a list linked through `next`
+    /// (null if none).
+    #[inline]
+    pub(crate) fn take_all(&self) -> *mut T {
+        self.head.swap(core::ptr::null_mut(), ACQUIRE)
+    }
+
+    /// Forgets the nodes (their memory is being released with the heap).
+    pub(crate) fn clear(&self) {
+        self.head.store(core::ptr::null_mut(), Relaxed);
+    }
+}
+
+/// Ownership of a thread heap by a token; 0 means orphan.
+pub(crate) struct Claim {
+    token: AtomicU64,
+}
+
+impl Claim {
+    pub(crate) fn new() -> Self {
+        Self {
+            token: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether no thread owns it; if so, the last owner's writes are
+    /// visible to the caller.
+    pub(crate) fn is_orphan(&self) -> bool {
+        self.token.load(ACQUIRE) == 0
+    }
+
+    /// Takes ownership of an orphan. The caller excludes other adopters
+    /// (the heap's lock).
+    pub(crate) fn adopt(&self, token: u64) {
+        debug_assert_ne!(token, 0);
+        self.token.store(token, Relaxed);
+    }
+
+    /// Gives up ownership if still held under `token`; publishes the
+    /// owner's writes to the next adopter.
+    pub(crate) fn release(&self, token: u64) -> bool {
+        self.token
+            .compare_exchange(token, 0, RELEASE, Relaxed)
+            .is_ok()
+    }
+
+    /// Makes it an orphan whatever its token (the heap is being dropped).
+    pub(crate) fn reset(&self) {
+        self.token.store(0, Relaxed);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::cell::UnsafeCell;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A freed block in the model: a link and contents written by the
+    /// freeing thread before the push.
+    struct Node {
+        next: UnsafeCell<*mut Node>,
+        value: UnsafeCell<u64>,
+    }
+
+    impl Linked for Node {
+        unsafe fn set_next(this: *mut Self, next: *mut Self) {
+            // SAFETY: caller's contract; loom checks the access.
+            unsafe { (*this).next.with_mut(|p| *p = next) }
+        }
+        unsafe fn next(this: *mut Self) -> *mut Self {
+            // SAFETY: caller's contract; loom checks the access.
+            unsafe { (*this).next.with(|p| *p) }
+        }
+    }
+
+    fn node(value: u64) -> *mut Node {
+        Box::into_raw(Box::new(Node {
+            next: UnsafeCell::new(core::ptr::null_mut()),
+            value: UnsafeCell::new(value),
+        }))
+    }
+
+    /// Drains `inbox`, checking each node's contents, freeing it; returns
+    /// the sum of the values.
+    fn drain(inbox: &Inbox<Node>) -> u64 {
+        let mut sum = 0;
+        let mut p = inbox.take_all();
+        while !p.is_null() {
+            // SAFETY: taken nodes are ours; loom checks that the pusher's
+            // writes happen before these reads.
+            unsafe {
+                let next = Node::next(p);
+                sum += (*p).value.with(|v| *v);
+                drop(Box::from_raw(p));
+                p = next;
+            }
+        }
+        sum
+    }
+
+    struct Shared {
+        inbox: Inbox<Node>,
+        claim: Claim,
+        /// The owner's private state, handed over with ownership.
+        state: UnsafeCell<u64>,
+    }
+
+    // SAFETY: the model's threads follow the protocols under test; loom
+    // reports any access they fail to order.
+    unsafe impl Send for Shared {}
+    // SAFETY: as above.
+    unsafe impl Sync for Shared {}
+
+    /// Two threads free into one owner's inbox while the owner drains it:
+    /// every node arrives exactly once, with its contents.
+    #[test]
+    fn loom_two_remote_frees_while_the_owner_drains() {
+        loom::model(|| {
+            let inbox = Arc::new(Inbox::<Node>::new());
+            let pushers: Vec<_> = [1u64, 10]
+                .into_iter()
+                .map(|v| {
+                    let inbox = inbox.clone();
+                    thread::spawn(move || {
+                        let n = node(v);
+                        // SAFETY: a fresh node, given up.
+                        unsafe { inbox.push(n) };
+                    })
+                })
+                .collect();
+            let mut got = drain(&inbox);
+            for p in pushers {
+                p.join().unwrap();
+            }
+            got += drain(&inbox);
+            assert_eq!(got, 11);
+        });
+    }
+
+    /// The owner exits (releases its claim) while a remote free is in
+    /// flight; an adopter takes over the owner's state and collects every
+    /// node, whichever order the push, the release and the adoption take.
+    #[test]
+    fn loom_owner_exits_while_a_remote_free_is_in_flight() {
+        loom::model(|| {
+            let shared = Arc::new(Shared {
+                inbox: Inbox::new(),
+                claim: Claim::new(),
+                state: UnsafeCell::new(0),
+            });
+            shared.claim.adopt(1);
+            let owner = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    let sum = drain(&shared.inbox);
+                    // SAFETY: the owner alone touches `state` while it
+                    // holds the claim.
+                    unsafe { shared.state.with_mut(|s| *s += 100 + sum) };
+                    assert!(shared.claim.release(1));
+                })
+            };
+            let remote = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    // SAFETY: a fresh node, given up.
+                    unsafe { shared.inbox.push(node(7)) };
+                })
+            };
+            // The adopter (another thread) waits for the orphan.
+            let adopter = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    while !shared.claim.is_orphan() {
+                        thread::yield_now();
+                    }
+                    shared.claim.adopt(2);
+                    assert!(!shared.claim.release(1), "a stale release must fail");
+                    // SAFETY: adopted: the previous owner's writes are
+                    // visible (loom checks it).
+                    let before = unsafe { shared.state.with(|s| *s) };
+                    (before, drain(&shared.inbox))
+                })
+            };
+            owner.join().unwrap();
+            remote.join().unwrap();
+            let (before, collected) = adopter.join().unwrap();
+            let late = drain(&shared.inbox);
+            // The node was collected by the owner (in `before`) or by the
+            // adopter, exactly once.
+            assert_eq!(before - 100 + collected + late, 7);
+        });
+    }
+}
