@@ -676,6 +676,29 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     }
 }
 
+impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
+    /// Takes both locks, in the heap's order, and keeps them (fork
+    /// handlers).
+    pub(crate) fn lock_all_for_fork(&self) {
+        core::mem::forget(self.small.lock());
+        self.raw.lock_for_fork();
+    }
+
+    /// Releases what `lock_all_for_fork` took.
+    ///
+    /// # Safety
+    ///
+    /// The locks were taken by `lock_all_for_fork` on this thread (or in
+    /// the parent of this single-threaded child).
+    pub(crate) unsafe fn unlock_all_after_fork(&self) {
+        // SAFETY: caller's contract.
+        unsafe {
+            self.raw.unlock_after_fork();
+            self.small.force_unlock();
+        }
+    }
+}
+
 impl<S: PageSource, R: RawMutex> Drop for PrivateHeap<S, R> {
     fn drop(&mut self) {
         // The arenas go with `raw`; the thread heaps go back to the slab

@@ -96,6 +96,8 @@ mod heap;
 mod stats;
 // The C-style, size-less interface: malloc, calloc, realloc, free.
 mod cstyle;
+// fork() in multi-threaded programs: atfork handlers over registered heaps.
+mod fork;
 // CPython's memory interface: PyMem_* / PyObject_*, domains, hooks.
 pub mod pymem;
 // Debug hooks for the PyMem interface (PYMALLOC=debug).

@@ -17,9 +17,9 @@
 //! Release/Acquire are needed; the loom tests then fail, which shows they
 //! can catch a wrong ordering.
 
+use core::sync::atomic::Ordering::{self, Relaxed};
 #[cfg(not(loom))]
 use core::sync::atomic::{AtomicPtr, AtomicU64};
-use core::sync::atomic::Ordering::{self, Relaxed};
 #[cfg(loom)]
 use loom::sync::atomic::{AtomicPtr, AtomicU64};
 
@@ -86,7 +86,10 @@ impl<T: Linked> Inbox<T> {
         loop {
             // SAFETY: the node is still ours (caller).
             unsafe { T::set_next(node, head) };
-            match self.head.compare_exchange_weak(head, node, RELEASE, Relaxed) {
+            match self
+                .head
+                .compare_exchange_weak(head, node, RELEASE, Relaxed)
+            {
                 Ok(_) => return,
                 Err(now) => head = now,
             }

@@ -283,6 +283,7 @@ fn initialise() {
     }
     MODE.store(DEFAULT, Release);
     drop(guard);
+    HEAP.enable_fork();
     if env_requests_debug() {
         PyMem_SetupDebugHooks();
     }
@@ -353,6 +354,22 @@ pub fn PyMem_GetAllocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
 /// before is reported as foreign when freed after.
 pub fn PyMem_SetupDebugHooks() {
     crate::pymem_debug::install();
+}
+
+/// Takes the writer lock and keeps it (fork handlers).
+pub(crate) fn lock_for_fork() {
+    core::mem::forget(WRITER.lock());
+}
+
+/// Releases the lock taken by `lock_for_fork`.
+///
+/// # Safety
+///
+/// `lock_for_fork` took it, on this thread or in the parent of this
+/// single-threaded child.
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: caller's contract.
+    unsafe { WRITER.force_unlock() }
 }
 
 /// `WRITER`, for the debug hooks' installation.

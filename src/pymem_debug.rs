@@ -103,6 +103,22 @@ struct LiveHead(*mut u8);
 // SAFETY: the list is only touched under `LIVE`'s lock.
 unsafe impl Send for LiveHead {}
 
+/// Takes the live-list lock and keeps it (fork handlers).
+pub(crate) fn lock_for_fork() {
+    core::mem::forget(LIVE.lock());
+}
+
+/// Releases the lock taken by `lock_for_fork`.
+///
+/// # Safety
+///
+/// `lock_for_fork` took it, on this thread or in the parent of this
+/// single-threaded child.
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: caller's contract.
+    unsafe { LIVE.force_unlock() }
+}
+
 /// Wraps every domain's current allocator with the debug hooks, once.
 pub(crate) fn install() {
     crate::pymem::with_writer(|| {

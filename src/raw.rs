@@ -359,6 +359,22 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         Some(RawBlock { ptr, zeroed: false })
     }
 
+    /// Takes the lock and keeps it (fork handlers).
+    pub(crate) fn lock_for_fork(&self) {
+        core::mem::forget(self.core.lock());
+    }
+
+    /// Releases the lock taken by `lock_for_fork`.
+    ///
+    /// # Safety
+    ///
+    /// `lock_for_fork` took it, on this thread or in the parent of this
+    /// single-threaded child.
+    pub(crate) unsafe fn unlock_after_fork(&self) {
+        // SAFETY: caller's contract.
+        unsafe { self.core.force_unlock() }
+    }
+
     /// Adds `delta` (wrapping) to the bytes requested by live blocks.
     pub(crate) fn add_requested(&self, delta: usize) {
         let mut core = self.core.lock();

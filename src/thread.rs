@@ -424,6 +424,22 @@ static SLAB: Mutex<SpinLock, Slab> = Mutex::const_new(
     },
 );
 
+/// Takes the slab lock and keeps it (fork handlers).
+pub(crate) fn lock_slab_for_fork() {
+    core::mem::forget(SLAB.lock());
+}
+
+/// Releases the slab lock taken by `lock_slab_for_fork`.
+///
+/// # Safety
+///
+/// `lock_slab_for_fork` took it, on this thread or in the parent of this
+/// single-threaded child.
+pub(crate) unsafe fn unlock_slab_after_fork() {
+    // SAFETY: caller's contract.
+    unsafe { SLAB.force_unlock() }
+}
+
 /// Bytes mapped per slab.
 const SLAB_BYTES: usize = 64 * 1024;
 
