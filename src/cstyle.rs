@@ -211,6 +211,7 @@ impl<S: PageSource, R: RawMutex> crate::raw::RawHeap<S, R> {
         let Some(block) = self.alloc_block(size, ALIGNMENT) else {
             return core::ptr::null_mut();
         };
+        crate::valgrind::malloclike(block.ptr.as_ptr(), size, block.zeroed);
         if zeroed && !block.zeroed {
             // SAFETY: the block holds at least `size` bytes.
             unsafe { block.ptr.as_ptr().write_bytes(0, size) };
@@ -240,13 +241,26 @@ impl<S: PageSource, R: RawMutex> crate::raw::RawHeap<S, R> {
         // size (caller).
         unsafe {
             let old_size = Self::block_usable_size(header, old);
+            // As in `PrivateHeap::realloc_inner`: shrinks told first,
+            // growths after.
+            let shrink = size < old_size;
+            if shrink {
+                crate::valgrind::resized(old.as_ptr(), old_size, size);
+            }
             if let Some(usable) = self.resize_in_place(header, old, old_size, size) {
+                if !shrink {
+                    crate::valgrind::resized(old.as_ptr(), old_size, size);
+                }
                 self.add_requested(usable - size);
                 return old.as_ptr();
+            }
+            if shrink {
+                crate::valgrind::resized(old.as_ptr(), size, old_size);
             }
             let new = self.malloc(size);
             if !new.is_null() {
                 core::ptr::copy_nonoverlapping(old.as_ptr(), new, old_size.min(size));
+                crate::valgrind::freelike(old.as_ptr());
                 self.free_block(header, old, old_size);
             }
             new
@@ -262,6 +276,7 @@ impl<S: PageSource, R: RawMutex> crate::raw::RawHeap<S, R> {
     pub unsafe fn free(&self, p: *mut u8) {
         if let Some(p) = NonNull::new(p) {
             let (header, p) = self.find_own_block(p, "RawHeap::free");
+            crate::valgrind::freelike(p.as_ptr());
             // SAFETY: a live size-less block, counted with its usable size.
             unsafe {
                 let size = Self::block_usable_size(header, p);

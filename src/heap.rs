@@ -264,10 +264,15 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// known to read zero.
     #[inline(always)]
     pub(crate) fn alloc_inner(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
-        match self.try_alloc(size, align) {
+        let found = match self.try_alloc(size, align) {
             Some(found) => Some(found),
             None => self.alloc_after_trim(size, align),
+        };
+        #[cfg(feature = "valgrind")]
+        if let Some((p, zeroed)) = found {
+            crate::valgrind::malloclike(p.as_ptr(), size, zeroed);
         }
+        found
     }
 
     /// The allocation fast path, top to bottom: size class; the calling
@@ -481,6 +486,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         ptr: NonNull<u8>,
         size: usize,
     ) {
+        crate::valgrind::freelike(ptr.as_ptr());
         // SAFETY: `header` is the chunk holding `ptr`, and `ptr` is a live
         // block of this heap (caller), so its pool is live and owned by
         // `owner` for as long as the block is ([ref:thread-heaps]).
@@ -622,9 +628,21 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ) -> Option<NonNull<u8>> {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::realloc");
         if ptr.as_ptr().addr() & (new_align - 1) == 0 {
+            // Valgrind: a shrink is told first (layer 1 then writes the freed tail); a
+            // growth after (layer 1 first reads the neighbour it takes).
+            let shrink = new_size < old_size;
+            if shrink {
+                crate::valgrind::resized(ptr.as_ptr(), old_size, new_size);
+            }
             // SAFETY: `header` is the chunk of live block `ptr` (caller).
             if unsafe { self.resize_in_place(header, ptr, old_size, new_size) } {
+                if !shrink {
+                    crate::valgrind::resized(ptr.as_ptr(), old_size, new_size);
+                }
                 return Some(ptr);
+            }
+            if shrink {
+                crate::valgrind::resized(ptr.as_ptr(), new_size, old_size);
             }
         }
         let (new, _) = self.alloc_inner(new_size, new_align)?;

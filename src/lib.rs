@@ -98,6 +98,8 @@ mod stats;
 mod cstyle;
 // fork() in multi-threaded programs: atfork handlers over registered heaps.
 mod fork;
+// Valgrind client requests (feature `valgrind`).
+mod valgrind;
 // CPython's memory interface: PyMem_* / PyObject_*, domains, hooks.
 pub mod pymem;
 // Debug hooks for the PyMem interface (PYMALLOC=debug).

@@ -118,7 +118,10 @@ unsafe fn next_phys(b: *mut Block) -> *mut Block {
 #[inline]
 unsafe fn links(b: *mut Block) -> *mut FreeLinks {
     // SAFETY: free blocks are at least MIN_BLOCK bytes, so the links fit.
-    unsafe { b.byte_add(HEADER).cast() }
+    let links: *mut FreeLinks = unsafe { b.byte_add(HEADER).cast() };
+    // The links live in a freed payload: accessible to the heap only.
+    crate::valgrind::defined(links.cast(), size_of::<FreeLinks>());
+    links
 }
 
 /// Header of the block whose payload starts at `payload`.
@@ -322,6 +325,8 @@ impl Tlsf {
             let total = size_of_block(b);
             let next = next_phys(b);
             let rest: *mut Block = b.byte_add(at);
+            // The new header may lie in a freed payload.
+            crate::valgrind::defined(rest.cast(), HEADER);
             rest.write(Block {
                 prev_phys: b,
                 size_flags: total - at,

@@ -137,6 +137,7 @@ impl UsedPools {
                 )
             } else {
                 let block = (*pool).freeblock;
+                crate::valgrind::defined(block, size_of::<usize>());
                 (*pool).freeblock = block.cast::<*mut u8>().read();
                 (block, false)
             };
@@ -167,7 +168,9 @@ impl UsedPools {
             debug_assert!(class < NB_SMALL_SIZE_CLASSES);
             let count = (*pool).ref_count.load(Relaxed);
             let was_full = count == (*pool).capacity;
+            crate::valgrind::defined(ptr.as_ptr(), size_of::<usize>());
             ptr.as_ptr().cast::<*mut u8>().write((*pool).freeblock);
+            crate::valgrind::noaccess(ptr.as_ptr(), size_of::<usize>());
             (*pool).freeblock = ptr.as_ptr();
             (*pool).ref_count.store(count - 1, Relaxed);
             if was_full {
@@ -279,7 +282,10 @@ impl UsedPools {
                         );
                         assert_eq!((b.addr() - pool.base.addr()) % block_size(class), 0);
                         free += 1;
-                        b = b.cast::<*mut u8>().read();
+                        crate::valgrind::defined(b, size_of::<usize>());
+                        let next = b.cast::<*mut u8>().read();
+                        crate::valgrind::noaccess(b, size_of::<usize>());
+                        b = next;
                     }
                     assert_eq!(count + free + (pool.capacity - pool.bump), pool.capacity);
                     prev = p;

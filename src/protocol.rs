@@ -52,13 +52,18 @@ pub(crate) trait Linked {
 
 impl Linked for u8 {
     unsafe fn set_next(this: *mut Self, next: *mut Self) {
+        crate::valgrind::defined(this, size_of::<usize>());
         // SAFETY: a freed block is at least a word long (caller).
-        unsafe { this.cast::<*mut u8>().write(next) }
+        unsafe { this.cast::<*mut u8>().write(next) };
+        crate::valgrind::noaccess(this, size_of::<usize>());
     }
 
     unsafe fn next(this: *mut Self) -> *mut Self {
+        crate::valgrind::defined(this, size_of::<usize>());
         // SAFETY: as above.
-        unsafe { this.cast::<*mut u8>().read() }
+        let next = unsafe { this.cast::<*mut u8>().read() };
+        crate::valgrind::noaccess(this, size_of::<usize>());
+        next
     }
 }
 

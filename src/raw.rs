@@ -268,8 +268,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// Allocates a block for `layout` (any size, any power-of-two alignment).
     /// `None` when the OS refuses memory or the size overflows.
     pub fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
-        self.alloc_block(layout.size(), layout.align())
-            .map(|b| b.ptr)
+        let b = self.alloc_block(layout.size(), layout.align())?;
+        crate::valgrind::malloclike(b.ptr.as_ptr(), layout.size(), b.zeroed);
+        Some(b.ptr)
     }
 
     /// Frees a block.
@@ -280,6 +281,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// `layout`, and is not used afterwards.
     pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         let (header, ptr) = self.find_own_block(ptr, "RawHeap::deallocate");
+        crate::valgrind::freelike(ptr.as_ptr());
         // SAFETY: the block is live and ours (caller).
         unsafe { self.free_block(header, ptr, layout.size()) }
     }

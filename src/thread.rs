@@ -166,6 +166,7 @@ impl ThreadHeap {
         unsafe {
             let head = *(*th).medium.get_unchecked(bin);
             let block = NonNull::new(head)?;
+            crate::valgrind::defined(head, 2 * size_of::<usize>());
             let usable = head.cast::<usize>().add(1).read();
             *(*th).medium.get_unchecked_mut(bin) = head.cast::<*mut u8>().read();
             bump(&(*th).medium_requested, size);
@@ -201,8 +202,10 @@ impl ThreadHeap {
                 return false;
             }
             let p = ptr.as_ptr();
+            crate::valgrind::defined(p, 2 * size_of::<usize>());
             p.cast::<*mut u8>().write(*(*th).medium.get_unchecked(bin));
             p.cast::<usize>().add(1).write(usable);
+            crate::valgrind::noaccess(p, 2 * size_of::<usize>());
             *(*th).medium.get_unchecked_mut(bin) = p;
             bump(&(*th).medium_requested, size.wrapping_neg());
             (*th).medium_bytes.store(cached + usable, Relaxed);
@@ -224,6 +227,7 @@ impl ThreadHeap {
             for bin in 0..MEDIUM_BINS {
                 let mut p = core::mem::replace(&mut (*th).medium[bin], null_mut());
                 while let Some(block) = NonNull::new(p) {
+                    crate::valgrind::defined(p, 2 * size_of::<usize>());
                     p = p.cast::<*mut u8>().read();
                     free(block);
                 }
