@@ -6,7 +6,7 @@
 //! ([`pymem`], with debug hooks in [`pymem_debug`]).
 //!
 //! ```text
-//!     Object-specific allocators        (layer 3, planned)
+//!     ObjectPool<T>: object-specific allocators (layer 3)
 //!     PyMem_* / PyObject_* (Rust and C), debug hooks
 //!   +----------------------------------------------------+
 //!   |  PrivateHeap: GlobalAlloc + Allocator, routes by   |
@@ -100,6 +100,8 @@ mod cstyle;
 mod fork;
 // Valgrind client requests (feature `valgrind`).
 mod valgrind;
+// Layer 3: object-specific allocators (typed pools with reuse policies).
+pub mod objects;
 // CPython's memory interface: PyMem_* / PyObject_*, domains, hooks.
 pub mod pymem;
 // Debug hooks for the PyMem interface (PYMALLOC=debug).
@@ -107,6 +109,7 @@ pub mod pymem_debug;
 
 pub use heap::PrivateHeap;
 pub use lock::SpinLock;
+pub use objects::{Obj, ObjectPolicy, ObjectPool, ObjectStats};
 pub use os::{OsPages, PageSource};
 pub use pool::SmallStats;
 pub use pymem::*;
