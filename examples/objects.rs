@@ -52,9 +52,10 @@ fn main() {
         );
     }
     println!(
-        "heap after the trees: {} bytes in use",
+        "slabs kept for the next tree: {} bytes in use",
         heap.stats().bytes_in_use
     );
+    println!("trim gave back {} bytes", nodes.trim());
 
     // Session keys: wiped when freed.
     let keys = ObjectPool::<[u8; 32]>::with_policy(
