@@ -77,7 +77,9 @@ fn main() {
             ..Default::default()
         },
     );
-    let burst: Vec<_> = (0..100u64).map(|i| Box::new_in([i; 8], &messages)).collect();
+    let burst: Vec<_> = (0..100u64)
+        .map(|i| Box::new_in([i; 8], &messages))
+        .collect();
     drop(burst);
     println!("messages after a burst of 100: {:?}", messages.stats());
     println!("\n{}", heap.stats());

@@ -30,7 +30,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32};
 ///   were never touched and read zero;
 /// * between heap operations, the arena is on the heap's usable-arenas list
 ///   iff `0 < nfreepools < USABLE_POOLS_PER_ARENA` ([ref:usable-arenas]);
-///   an arena with every pool empty is the spare or already given back.
+///   an arena with every pool empty is a spare or already given back.
 #[repr(C)]
 pub(crate) struct ArenaHeader {
     pub(crate) chunk: ChunkHeader,

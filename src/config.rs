@@ -40,6 +40,11 @@ pub const MEDIUM_MAX: usize = 1024 * 1024;
 /// (`madvise(MADV_DONTNEED)`): long enough that churn at a steady size reuses
 /// pools without a system call, short enough that RSS follows frees.
 pub const PURGE_DELAY: core::time::Duration = core::time::Duration::from_millis(10);
+/// Wholly empty arenas kept mapped for reuse (their pages are still purged
+/// after `PURGE_DELAY`): a structure of a few MiB that is built and dropped
+/// again and again reuses its arenas instead of mapping and faulting them
+/// in every time. Beyond this, empty arenas are unmapped at once.
+pub const SPARE_ARENAS: usize = 4;
 /// Largest alignment the medium allocator serves; larger alignments are
 /// served by a direct, suitably aligned mapping.
 pub const MEDIUM_MAX_ALIGN: usize = 64 * 1024;

@@ -38,8 +38,9 @@
 //!
 //! let heap = PrivateHeap::new();
 //! let pool = ObjectPool::<[u64; 3]>::with_policy(&heap, ObjectPolicy { slab: Some(64), ..Default::default() });
-//! let a = Box::new_in([1, 2, 3], &pool);
-//! let b = Box::new_in([4, 5, 6], &pool);
+//! // The pool serves `[u64; 3]` only: a `[i32; 3]` would go to the heap.
+//! let a = Box::new_in([1u64, 2, 3], &pool);
+//! let b = Box::new_in([4u64, 5, 6], &pool);
 //! assert_eq!(a[2] + b[0], 7);
 //! assert_eq!(pool.stats().live, 2);
 //! ```
@@ -96,7 +97,11 @@ pub struct ObjectStats {
 /// A typed allocator for `T` on a [`PrivateHeap`], with its own reuse
 /// policy. Implements [`Allocator`] (for `&ObjectPool`): layouts of `T` are
 /// served by the pool, any other layout by the heap directly, so a
-/// collection may use it for mixed layouts too.
+/// collection may use it for mixed layouts too. (So `Box::new_in(x, &pool)`
+/// takes the pool's path only if `x`'s type has `T`'s layout: mind integer
+/// literals' default type; [`ObjectPool::alloc`] takes a `T` and cannot
+/// miss.) [`ObjectStats::fresh`] and [`ObjectStats::reused`] show which
+/// path was taken.
 ///
 /// Its memory handling lives in an untyped core, and the pool's type
 /// mentions `T` only through `PhantomData<fn() -> T>`, so `T` may borrow

@@ -34,7 +34,8 @@
 //! empty arenas drain and can be returned. As in CPython, `last_with[n]`
 //! points at the last arena on the list with `nfreepools == n`, so keeping
 //! the order costs O(1) per transition. An arena whose pools are all empty
-//! leaves the list: it is kept as the one spare, or given back to layer 1.
+//! leaves the list: it is kept as a spare (up to `config::SPARE_ARENAS`),
+//! or given back to layer 1.
 //!
 //! # Returning memory
 //!
@@ -313,7 +314,11 @@ pub(crate) struct SmallCore {
     /// `last_with[n]`: last usable arena with `nfreepools == n`, or null.
     last_with: [*mut ArenaHeader; USABLE_POOLS_PER_ARENA + 1],
     /// An arena whose pools are all empty, kept to avoid remapping.
+    /// Arenas whose pools are all empty, kept to avoid remapping (linked
+    /// through `next`, at most `SPARE_ARENAS`); their pools' pages are
+    /// purged after the delay like any empty pool's.
     spare: *mut ArenaHeader,
+    spares: usize,
     /// Empty pools not yet purged, oldest first (doubly linked through
     /// `purge_next`/`purge_prev`). A pool is on it iff its `emptied_at` is
     /// `Some`.
@@ -354,6 +359,7 @@ impl SmallCore {
             usable: null_mut(),
             last_with: [null_mut(); USABLE_POOLS_PER_ARENA + 1],
             spare: null_mut(),
+            spares: 0,
             purge_head: null_mut(),
             purge_tail: null_mut(),
             counters: Counters {
@@ -580,7 +586,7 @@ impl SmallCore {
     }
 
     /// Gives back everything layer 2 holds but does not use: every class's
-    /// cached empty pool, the pages of every empty pool, the spare arena.
+    /// cached empty pool, the pages of every empty pool, the spare arenas.
     /// Sums the medium-cache counters of every thread heap: (requested
     /// delta, usable bytes held, blocks held).
     pub(crate) fn medium_cache_totals(&self) -> (usize, usize, usize) {
@@ -616,9 +622,14 @@ impl SmallCore {
             // SAFETY: the head is a live queued pool.
             unsafe { self.purge_pool(raw, self.purge_head) };
         }
-        let spare = core::mem::replace(&mut self.spare, null_mut());
-        if !spare.is_null() {
-            self.release_arena(raw, spare);
+        while !self.spare.is_null() {
+            let arena = self.spare;
+            // SAFETY: spare arenas are live, linked through `next`.
+            self.spare = unsafe { (*arena).next };
+            self.spares -= 1;
+            // SAFETY: as above; it leaves the spare list first.
+            unsafe { (*arena).next = null_mut() };
+            self.release_arena(raw, arena);
         }
     }
 
@@ -696,7 +707,14 @@ impl SmallCore {
         raw: &RawHeap<S, R>,
     ) -> Option<*mut ArenaHeader> {
         if !self.spare.is_null() {
-            return Some(core::mem::replace(&mut self.spare, null_mut()));
+            let arena = self.spare;
+            // SAFETY: spare arenas are live, linked through `next`.
+            unsafe {
+                self.spare = (*arena).next;
+                (*arena).next = null_mut();
+            }
+            self.spares -= 1;
+            return Some(arena);
         }
         let base = raw.map_arena()?;
         self.counters.arenas_allocated += 1;
@@ -801,8 +819,11 @@ impl SmallCore {
         raw: &RawHeap<S, R>,
         arena: *mut ArenaHeader,
     ) {
-        if self.spare.is_null() {
+        if self.spares < crate::config::SPARE_ARENAS {
+            // SAFETY: `arena` is live and on no list.
+            unsafe { (*arena).next = self.spare };
             self.spare = arena;
+            self.spares += 1;
             return;
         }
         self.release_arena(raw, arena);
