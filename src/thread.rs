@@ -486,6 +486,8 @@ const NO_KEY: usize = usize::MAX;
 
 /// The calling thread's thread heaps, keyed by heap key (`NO_KEY`: empty).
 struct Local {
+    /// Set while `lookup` runs (see there).
+    busy: Cell<bool>,
     keys: [Cell<usize>; CACHE],
     heaps: [Cell<*mut ThreadHeap>; CACHE],
     tokens: [Cell<u64>; CACHE],
@@ -524,6 +526,7 @@ thread_local! {
     static EXIT: ExitGuard = const { ExitGuard };
     static LOCAL: Local = const {
         Local {
+            busy: Cell::new(false),
             keys: [const { Cell::new(NO_KEY) }; CACHE],
             heaps: [const { Cell::new(null_mut()) }; CACHE],
             tokens: [const { Cell::new(0) }; CACHE],
@@ -552,6 +555,22 @@ pub(crate) fn lookup(
     claim: impl FnOnce() -> Option<(*mut ThreadHeap, u64)>,
 ) -> *mut ThreadHeap {
     debug_assert_ne!(key, 0);
+    // Re-entrancy: registering the guard's destructor, or claiming, may
+    // call the C library's malloc, which may be this heap (an `LD_PRELOAD`
+    // build): a nested call finds `busy` set and takes the shared path.
+    let entered = LOCAL.try_with(|l| !l.busy.replace(true)).unwrap_or(false);
+    if !entered {
+        return null_mut();
+    }
+    let th = lookup_entered(key, claim);
+    let _ = LOCAL.try_with(|l| l.busy.set(false));
+    th
+}
+
+fn lookup_entered(
+    key: usize,
+    claim: impl FnOnce() -> Option<(*mut ThreadHeap, u64)>,
+) -> *mut ThreadHeap {
     // Touching the guard registers its destructor; once it has run (thread
     // exit), the thread gets no thread heap again.
     if EXIT.try_with(|_| ()).is_err() {
