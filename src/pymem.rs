@@ -150,6 +150,13 @@ unsafe extern "C" fn heap_free(_: *mut c_void, p: *mut c_void) {
 }
 
 /// The allocator a domain starts with.
+///
+/// ```
+/// use pymalloc::pymem::default_allocator;
+/// use pymalloc::PyMemAllocatorDomain;
+/// let a = default_allocator(PyMemAllocatorDomain::Mem);
+/// assert!(a.ctx.is_null());
+/// ```
 pub fn default_allocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
     match domain {
         PyMemAllocatorDomain::Raw => PyMemAllocatorEx {
@@ -344,6 +351,13 @@ pub fn PyMem_SetAllocator(domain: PyMemAllocatorDomain, allocator: &PyMemAllocat
 }
 
 /// The allocator installed for `domain`.
+///
+/// ```
+/// use pymalloc::{PyMem_GetAllocator, PyMemAllocatorDomain};
+/// let raw = PyMem_GetAllocator(PyMemAllocatorDomain::Raw);
+/// // SAFETY: the raw domain's allocator, per its contract.
+/// unsafe { (raw.free)(raw.ctx, (raw.malloc)(raw.ctx, 1)) };
+/// ```
 pub fn PyMem_GetAllocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
     installed(domain)
 }
@@ -352,6 +366,14 @@ pub fn PyMem_GetAllocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
 /// [`crate::pymem_debug`]); does nothing if they are installed already.
 /// Call it before allocating through the interface: a block allocated
 /// before is reported as foreign when freed after.
+///
+/// ```no_run
+/// // At the start of main, before any PyMem allocation:
+/// pymalloc::PyMem_SetupDebugHooks();
+/// let p = pymalloc::PyMem_Malloc(10);
+/// // SAFETY: a live Mem block, freed once.
+/// unsafe { pymalloc::PyMem_Free(p) }; // checked: guards, domain, double free
+/// ```
 pub fn PyMem_SetupDebugHooks() {
     crate::pymem_debug::install();
 }
@@ -476,6 +498,12 @@ macro_rules! domain_functions {
 
         #[doc = concat!("Frees a ", $what, "-domain block; null is a no-op.")]
         ///
+        /// ```
+        #[doc = concat!("let p = pymalloc::", stringify!($malloc), "(64);")]
+        /// // SAFETY: a live block of this domain, freed once; null is a no-op.
+        #[doc = concat!("unsafe { pymalloc::", stringify!($free), "(p); pymalloc::", stringify!($free), "(core::ptr::null_mut()) };")]
+        /// ```
+        ///
         /// # Safety
         ///
         #[doc = concat!("`p` is null or a live block of the ", $what, " domain, not used afterwards.")]
@@ -581,6 +609,12 @@ pub unsafe fn PyMem_Resize<T>(p: *mut T, n: usize) -> *mut T {
 
 /// Frees a block from [`PyMem_New`] or [`PyMem_Resize`]; null is a no-op.
 ///
+/// ```
+/// let p = pymalloc::PyMem_New::<u16>(8);
+/// // SAFETY: a live Mem block, freed once.
+/// unsafe { pymalloc::PyMem_Del(p) };
+/// ```
+///
 /// # Safety
 ///
 /// As [`PyMem_Free`].
@@ -605,6 +639,16 @@ pub fn PyMem_MALLOC(n: usize) -> *mut c_void {
 
 /// [`PyMem_Realloc`] without hooks.
 ///
+/// ```
+/// let p = pymalloc::PyMem_MALLOC(8);
+/// // SAFETY: blocks of the macro set, resized and freed by it.
+/// unsafe {
+///     let q = pymalloc::PyMem_REALLOC(p, 4096);
+///     assert!(!q.is_null());
+///     pymalloc::PyMem_FREE(q);
+/// }
+/// ```
+///
 /// # Safety
 ///
 /// `p` is null or a live block of the macro set; after a non-null result it
@@ -617,6 +661,11 @@ pub unsafe fn PyMem_REALLOC(p: *mut c_void, n: usize) -> *mut c_void {
 
 /// [`PyMem_Free`] without hooks.
 ///
+/// ```
+/// // SAFETY: null is a no-op.
+/// unsafe { pymalloc::PyMem_FREE(core::ptr::null_mut()) };
+/// ```
+///
 /// # Safety
 ///
 /// `p` is null or a live block of the macro set, not used afterwards.
@@ -627,6 +676,13 @@ pub unsafe fn PyMem_FREE(p: *mut c_void) {
 }
 
 /// [`PyMem_New`] without hooks.
+///
+/// ```
+/// let p = pymalloc::PyMem_NEW::<u32>(4);
+/// assert!(pymalloc::PyMem_NEW::<u32>(usize::MAX).is_null());
+/// // SAFETY: a live block of the macro set.
+/// unsafe { pymalloc::PyMem_DEL(p) };
+/// ```
 #[inline(always)]
 pub fn PyMem_NEW<T>(n: usize) -> *mut T {
     match n.checked_mul(size_of::<T>()) {
@@ -636,6 +692,16 @@ pub fn PyMem_NEW<T>(n: usize) -> *mut T {
 }
 
 /// [`PyMem_Resize`] without hooks.
+///
+/// ```
+/// let p = pymalloc::PyMem_NEW::<u8>(1);
+/// // SAFETY: blocks of the macro set; the failed resize keeps `p`.
+/// unsafe {
+///     assert!(pymalloc::PyMem_RESIZE(p, usize::MAX).is_null());
+///     let q = pymalloc::PyMem_RESIZE(p, 100);
+///     pymalloc::PyMem_DEL(q);
+/// }
+/// ```
 ///
 /// # Safety
 ///
@@ -652,6 +718,12 @@ pub unsafe fn PyMem_RESIZE<T>(p: *mut T, n: usize) -> *mut T {
 }
 
 /// [`PyMem_Del`] without hooks.
+///
+/// ```
+/// let p = pymalloc::PyMem_NEW::<u64>(2);
+/// // SAFETY: a live block of the macro set, freed once.
+/// unsafe { pymalloc::PyMem_DEL(p) };
+/// ```
 ///
 /// # Safety
 ///
