@@ -358,21 +358,21 @@ impl ThreadHeap {
     /// the returned token; `None` if the OS refuses memory.
     pub(crate) fn new_owned() -> Option<(*mut ThreadHeap, u64)> {
         let th = SLAB.lock().take()?;
-        // SAFETY: a slab slot nobody else uses (taken off the free list, or
-        // fresh); the token is 0, so stale releases do not touch it.
+        // SAFETY: a slab slot no heap uses (taken off the free list, or
+        // fresh and zeroed). Every field but `token` is written plainly;
+        // `token` is only ever written atomically, because a stale cache
+        // entry of a dropped heap may still try to release it (its CAS
+        // fails: the slot's token is 0, or new).
         unsafe {
-            th.write(ThreadHeap {
-                used: UsedPools::new(),
-                requested: AtomicUsize::new(0),
-                token: Claim::new(),
-                next: null_mut(),
-                free_next: null_mut(),
-                medium: [null_mut(); MEDIUM_BINS],
-                medium_requested: AtomicUsize::new(0),
-                medium_bytes: AtomicUsize::new(0),
-                medium_blocks: AtomicUsize::new(0),
-                inbox: Padded(Inbox::new()),
-            });
+            (&raw mut (*th).used).write(UsedPools::new());
+            (&raw mut (*th).requested).write(AtomicUsize::new(0));
+            (&raw mut (*th).next).write(null_mut());
+            (&raw mut (*th).free_next).write(null_mut());
+            (&raw mut (*th).medium).write([null_mut(); MEDIUM_BINS]);
+            (&raw mut (*th).medium_requested).write(AtomicUsize::new(0));
+            (&raw mut (*th).medium_bytes).write(AtomicUsize::new(0));
+            (&raw mut (*th).medium_blocks).write(AtomicUsize::new(0));
+            (&raw mut (*th).inbox).write(Padded(Inbox::new()));
             Some((th, Self::adopt(th)))
         }
     }
