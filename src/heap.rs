@@ -227,13 +227,15 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 
     /// Checks every invariant of both layers (see [`RawHeap::validate`] and
     /// the pool and arena lists); panics with a description on the first
-    /// violation. O(pools + medium blocks); for tests, not for the global
-    /// allocator's hot paths.
+    /// violation. Safe to call while other threads use the heap: their own
+    /// pools are skipped (they may be changing); the shared state, the
+    /// calling thread's pools and those of exited threads are checked.
+    /// O(pools + medium blocks); for tests, not for hot paths.
     pub fn validate(&self) {
         let own = self.thread_heap();
         let mut small = self.small.lock();
         self.collect_threads(&mut small, own, false);
-        small.validate();
+        small.validate(own);
         self.raw.validate();
     }
 

@@ -894,18 +894,22 @@ impl SmallCore {
         }
     }
 
-    /// Checks every invariant of layer 2 (O(pools)); panics on a violation.
-    /// For tests.
-    /// Checks every invariant of layer 2 (O(pools)); panics on a violation.
-    /// For tests: no other thread may use the heap meanwhile.
-    pub(crate) fn validate(&self) {
+    /// Checks every invariant of layer 2 (O(pools)) that can be checked
+    /// while other threads run: the shared state, the calling thread's own
+    /// thread heap `own` (may be null) and every orphan (which no thread
+    /// may adopt while we hold the lock). Other live threads' pools are
+    /// theirs to change, so they are skipped. Panics on a violation.
+    pub(crate) fn validate(&self, own: *mut ThreadHeap) {
         // SAFETY: every pointer reached is a live arena, pool or thread heap
-        // of this heap, and nothing else runs (caller).
+        // of this heap; we hold the lock (shared state, orphans) or own the
+        // thread heap.
         unsafe {
             self.used.validate(null_mut());
             let mut th = self.threads;
             while !th.is_null() {
-                (*th).used.validate(th);
+                if th == own || ThreadHeap::is_orphan(th) {
+                    (*th).used.validate(th);
+                }
                 th = (*th).next;
             }
             let mut q = self.purge_head;
