@@ -17,6 +17,7 @@ use crate::os::PageSource;
 use parking_lot::lock_api::{Mutex, RawMutex};
 
 /// A heap whose locks the fork handlers take and release.
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
 pub(crate) trait ForkLocks: Sync {
     /// Takes every lock of the heap (in the heap's lock order).
     fn lock_for_fork(&self);

@@ -699,6 +699,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// Takes both locks, in the heap's order, and keeps them (fork
     /// handlers).
+    #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
     pub(crate) fn lock_all_for_fork(&self) {
         core::mem::forget(self.small.lock());
         self.raw.lock_for_fork();
@@ -710,6 +711,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ///
     /// The locks were taken by `lock_all_for_fork` on this thread (or in
     /// the parent of this single-threaded child).
+    #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
     pub(crate) unsafe fn unlock_all_after_fork(&self) {
         // SAFETY: caller's contract.
         unsafe {

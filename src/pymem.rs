@@ -379,6 +379,7 @@ pub fn PyMem_SetupDebugHooks() {
 }
 
 /// Takes the writer lock and keeps it (fork handlers).
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
 pub(crate) fn lock_for_fork() {
     core::mem::forget(WRITER.lock());
 }
@@ -389,6 +390,7 @@ pub(crate) fn lock_for_fork() {
 ///
 /// `lock_for_fork` took it, on this thread or in the parent of this
 /// single-threaded child.
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
 pub(crate) unsafe fn unlock_after_fork() {
     // SAFETY: caller's contract.
     unsafe { WRITER.force_unlock() }

@@ -104,6 +104,7 @@ struct LiveHead(*mut u8);
 unsafe impl Send for LiveHead {}
 
 /// Takes the live-list lock and keeps it (fork handlers).
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
 pub(crate) fn lock_for_fork() {
     core::mem::forget(LIVE.lock());
 }
@@ -114,6 +115,7 @@ pub(crate) fn lock_for_fork() {
 ///
 /// `lock_for_fork` took it, on this thread or in the parent of this
 /// single-threaded child.
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
 pub(crate) unsafe fn unlock_after_fork() {
     // SAFETY: caller's contract.
     unsafe { LIVE.force_unlock() }

@@ -362,6 +362,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     }
 
     /// Takes the lock and keeps it (fork handlers).
+    #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
     pub(crate) fn lock_for_fork(&self) {
         core::mem::forget(self.core.lock());
     }
@@ -372,6 +373,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     ///
     /// `lock_for_fork` took it, on this thread or in the parent of this
     /// single-threaded child.
+    #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
     pub(crate) unsafe fn unlock_after_fork(&self) {
         // SAFETY: caller's contract.
         unsafe { self.core.force_unlock() }

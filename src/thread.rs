@@ -429,6 +429,7 @@ static SLAB: Mutex<SpinLock, Slab> = Mutex::const_new(
 );
 
 /// Takes the slab lock and keeps it (fork handlers).
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
 pub(crate) fn lock_slab_for_fork() {
     core::mem::forget(SLAB.lock());
 }
@@ -439,6 +440,7 @@ pub(crate) fn lock_slab_for_fork() {
 ///
 /// `lock_slab_for_fork` took it, on this thread or in the parent of this
 /// single-threaded child.
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
 pub(crate) unsafe fn unlock_slab_after_fork() {
     // SAFETY: caller's contract.
     unsafe { SLAB.force_unlock() }
