@@ -9,7 +9,6 @@
 //! (a `malloc(10)` counts 16 bytes requested), so that `free`, which knows
 //! only the usable size, takes back exactly what `malloc` counted.
 
-use crate::arena::pool_of;
 use crate::chunk::ChunkKind;
 use crate::config::ALIGNMENT;
 use crate::heap::PrivateHeap;
@@ -159,16 +158,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             let (header, p) = self.raw().find_own_block(p, "PrivateHeap::free");
             // SAFETY: a live size-less block in chunk `header`, counted with
             // its usable size.
-            unsafe {
-                let size = match (*header.as_ptr()).kind {
-                    ChunkKind::Arena => block_size(crate::arena::class_of_pool(pool_of(
-                        header.as_ptr().cast(),
-                        p.as_ptr(),
-                    ))),
-                    _ => crate::raw::RawHeap::<S, R>::block_usable_size(header, p),
-                };
-                self.free_found(header, p, size);
-            }
+            unsafe { self.free_found(header, p, Self::block_usable(header, p)) }
         }
     }
 
@@ -181,8 +171,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     unsafe fn count_whole_block(&self, p: NonNull<u8>, size: usize) {
         let (header, p) = self.raw().find_own_block(p, "PrivateHeap::malloc");
         // SAFETY: `p` is live in chunk `header` (caller).
-        let usable = unsafe { self.usable_size(p) };
-        let extra = usable - size;
+        let extra = unsafe { Self::block_usable(header, p) } - size;
         if extra == 0 {
             return;
         }

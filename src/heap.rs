@@ -251,6 +251,19 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::usable_size");
         // SAFETY: `header` is the live chunk holding `ptr` (map invariant),
         // and `ptr` is a live block in it (caller).
+        unsafe { Self::block_usable(header, ptr) }
+    }
+
+    /// Usable bytes of live block `ptr` once its chunk is known.
+    ///
+    /// # Safety
+    ///
+    /// `header` is the chunk (from the arena map) of live block `ptr`.
+    pub(crate) unsafe fn block_usable(
+        header: NonNull<crate::chunk::ChunkHeader>,
+        ptr: NonNull<u8>,
+    ) -> usize {
+        // SAFETY: caller's contract.
         unsafe {
             match (*header.as_ptr()).kind {
                 ChunkKind::Arena => block_size(SmallCore::class_of_block(
@@ -292,11 +305,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         if let Some(class) = class_of(size, align) {
             if let Some(th) = thread::cached(self.key.load(Relaxed)) {
                 // SAFETY: the calling thread owns `th`.
-                unsafe {
-                    if let Some(block) = (*th).used.pop(class) {
-                        ThreadHeap::add_requested(th, size);
-                        return Some((block.ptr, block.zeroed));
-                    }
+                if let Some(found) = unsafe { Self::pop_own(th, class, size) } {
+                    return Some(found);
                 }
                 return self.alloc_small_slow(th, class, size);
             }
@@ -344,13 +354,53 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             return self.alloc_shared(class, size);
         }
         // SAFETY: the calling thread owns `th`.
-        unsafe {
-            if let Some(block) = (*th).used.pop(class) {
-                ThreadHeap::add_requested(th, size);
-                return Some((block.ptr, block.zeroed));
-            }
+        if let Some(found) = unsafe { Self::pop_own(th, class, size) } {
+            return Some(found);
         }
         self.alloc_refill(th, class, size)
+    }
+
+    /// A block of `class` for `size` bytes from thread heap `th`'s used
+    /// pools, counted; `None` if it has none of `class`.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th`.
+    #[inline(always)]
+    unsafe fn pop_own(
+        th: *mut ThreadHeap,
+        class: SizeClass,
+        size: usize,
+    ) -> Option<(NonNull<u8>, bool)> {
+        // SAFETY: caller's contract.
+        unsafe {
+            let block = (*th).used.pop(class)?;
+            ThreadHeap::add_requested(th, size);
+            Some((block.ptr, block.zeroed))
+        }
+    }
+
+    /// Returns block `ptr` to `pool`, which thread heap `th` owns, counted.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th`, which owns `pool`; `ptr` is a live block
+    /// of `pool` requested with `size` bytes, not used afterwards.
+    #[inline(always)]
+    unsafe fn push_own(
+        &self,
+        th: *mut ThreadHeap,
+        pool: *mut PoolHeader,
+        ptr: NonNull<u8>,
+        size: usize,
+    ) {
+        // SAFETY: caller's contract.
+        unsafe {
+            ThreadHeap::add_requested(th, size.wrapping_neg());
+            if (*th).used.push(pool, ptr) == Freed::Emptied {
+                self.release_pool(pool);
+            }
+        }
     }
 
     /// The calling thread's thread heap of this heap; null when the thread
@@ -500,11 +550,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             if let Some(th) = thread::cached(self.key.load(Relaxed))
                 && (*pool).owner.load(Relaxed) == th
             {
-                ThreadHeap::add_requested(th, size.wrapping_neg());
-                if (*th).used.push(pool, ptr) == Freed::Emptied {
-                    self.release_pool(pool);
-                }
-                return;
+                return self.push_own(th, pool, ptr, size);
             }
             self.free_small_slow(pool, ptr, size);
         }
@@ -554,11 +600,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         unsafe {
             let owner = (*pool).owner.load(Relaxed);
             if !th.is_null() && owner == th {
-                ThreadHeap::add_requested(th, size.wrapping_neg());
-                if (*th).used.push(pool, ptr) == Freed::Emptied {
-                    self.release_pool(pool);
-                }
-                return;
+                return self.push_own(th, pool, ptr, size);
             }
             self.free_foreign(owner, th, pool, ptr, size);
         }
