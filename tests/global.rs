@@ -12,6 +12,14 @@ static HEAP: PrivateHeap = PrivateHeap::new();
 
 const THREADS: usize = 64;
 
+/// The tests run one at a time: one compares the heap's counters before
+/// and after, which another test's live blocks would move.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn rounds() -> usize {
     if cfg!(miri) { 20 } else { 32_000 / THREADS }
 }
@@ -23,6 +31,7 @@ fn checksum(v: &[u64]) -> u64 {
 
 #[test]
 fn std_collections_on_64_threads_with_cross_thread_frees() {
+    let _serial = serial();
     let before = HEAP.stats();
     let (tx, rx) = mpsc::channel::<(Vec<u64>, String, u64)>();
     let consumer = std::thread::spawn(move || {
@@ -87,6 +96,7 @@ fn std_collections_on_64_threads_with_cross_thread_frees() {
 
 #[test]
 fn short_threads_exit_while_others_allocate() {
+    let _serial = serial();
     let waves = if cfg!(miri) { 2 } else { 50 };
     for _ in 0..waves {
         let handles: Vec<_> = (0..THREADS)
@@ -109,6 +119,7 @@ fn short_threads_exit_while_others_allocate() {
 
 #[test]
 fn large_and_aligned_blocks_through_the_global_allocator() {
+    let _serial = serial();
     use std::alloc::{GlobalAlloc, Layout};
     for (size, align) in [
         (1, 1),
