@@ -457,7 +457,8 @@ impl<T: core::fmt::Debug, S: PageSource, R: RawMutex> core::fmt::Debug for Obj<'
 // and go back to it, any other layout is served and freed by the heap
 // (decided by the layout alone, so `deallocate` routes each block to where
 // it came from); blocks stay valid while the pool lives (the `&` borrow);
-// grow/shrink keep contents and leave the old block valid on failure.
+// grow/shrink are the trait's (allocate, copy, deallocate), which moves a
+// block between the pool and the heap when its layout changes class.
 unsafe impl<T, S: PageSource + Sync, R: RawMutex + Sync> Allocator for &ObjectPool<'_, T, S, R> {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         if ObjectPool::<T, S, R>::serves(layout) {
@@ -476,52 +477,6 @@ unsafe impl<T, S: PageSource + Sync, R: RawMutex + Sync> Allocator for &ObjectPo
             unsafe { self.core.heap.deallocate(ptr, layout) };
         }
     }
-
-    unsafe fn grow(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: as `deallocate`, after copying into the new block.
-        unsafe { move_block(*self, ptr, old, new) }
-    }
-
-    unsafe fn shrink(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: as `grow`.
-        unsafe { move_block(*self, ptr, old, new) }
-    }
-}
-
-/// Resizes by moving between the pool and the heap as layouts require
-/// (heap to heap stays in place when the heap can).
-///
-/// # Safety
-///
-/// `ptr` is a live block of `a` allocated with `old`.
-unsafe fn move_block<A: Allocator>(
-    a: A,
-    ptr: NonNull<u8>,
-    old: Layout,
-    new: Layout,
-) -> Result<NonNull<[u8]>, AllocError> {
-    let p = a.allocate(new)?;
-    // SAFETY: distinct live blocks; the smaller size is copied; the old
-    // block is freed once, after.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            ptr.as_ptr(),
-            p.cast::<u8>().as_ptr(),
-            old.size().min(new.size()),
-        );
-        a.deallocate(ptr, old);
-    }
-    Ok(p)
 }
 
 impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
