@@ -342,12 +342,7 @@ fn env_requests_debug() -> bool {
 /// PyMem_SetAllocator(PyMemAllocatorDomain::Mem, &inner); // restore
 /// ```
 pub fn PyMem_SetAllocator(domain: PyMemAllocatorDomain, allocator: &PyMemAllocatorEx) {
-    if MODE.load(Acquire) == UNINIT {
-        initialise();
-    }
-    let _guard = WRITER.lock();
-    SLOTS[domain as usize].write(allocator);
-    MODE.store(HOOKED, Release);
+    with_writer(|| set_slot(domain, allocator));
 }
 
 /// The allocator installed for `domain`.
