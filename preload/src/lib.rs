@@ -20,8 +20,6 @@
 //!   includes a second copy of this library loaded with `dlopen` (its own
 //!   heap): memory must be freed by the copy that allocated it.
 
-#![allow(clippy::missing_safety_doc)] // the C functions' contracts are C's
-
 use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -79,6 +77,10 @@ pub extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
 }
 
 /// glibc's `free`: null does nothing.
+///
+/// # Safety
+///
+/// `p` is null or a live block from this library, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     // SAFETY: C's contract: `p` is null or a live block from this library.
@@ -86,6 +88,10 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 }
 
 /// glibc's `cfree` (obsolete alias of `free`).
+///
+/// # Safety
+///
+/// As `free`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cfree(p: *mut c_void) {
     // SAFETY: as `free`.
@@ -94,6 +100,11 @@ pub unsafe extern "C" fn cfree(p: *mut c_void) {
 
 /// glibc's `realloc`: null `p` allocates; size 0 frees `p` and returns
 /// null; failure returns null with ENOMEM and leaves `p` valid.
+///
+/// # Safety
+///
+/// `p` is null or a live block from this library; after a non-null result
+/// (or a size of 0) it is not used again.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     if size == 0 && !p.is_null() {
@@ -107,6 +118,10 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
 
 /// glibc's `reallocarray`: `realloc(p, nmemb * size)`, failing with ENOMEM
 /// on overflow (and leaving `p` valid).
+///
+/// # Safety
+///
+/// As `realloc`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn reallocarray(p: *mut c_void, nmemb: usize, size: usize) -> *mut c_void {
     match nmemb.checked_mul(size) {
@@ -121,6 +136,10 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, nmemb: usize, size: usize)
 
 /// glibc's `posix_memalign`: `align` a power of two and a multiple of
 /// `sizeof(void *)`, else EINVAL; ENOMEM on exhaustion; errno untouched.
+///
+/// # Safety
+///
+/// `out` is valid for writing one pointer.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
     if !align.is_power_of_two() || align % size_of::<usize>() != 0 {
@@ -183,6 +202,10 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
 }
 
 /// glibc's `malloc_usable_size`: 0 for null.
+///
+/// # Safety
+///
+/// `p` is null or a live block from this library.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     match core::ptr::NonNull::new(p.cast::<u8>()) {
@@ -207,12 +230,20 @@ mod aliases {
         calloc(n, size)
     }
     /// `free`.
+    ///
+    /// # Safety
+    ///
+    /// As `free`.
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __libc_free(p: *mut c_void) {
         // SAFETY: as `free`.
         unsafe { free(p) }
     }
     /// `realloc`.
+    ///
+    /// # Safety
+    ///
+    /// As `realloc`.
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void {
         // SAFETY: as `realloc`.
