@@ -11,6 +11,9 @@
 #
 #   preload/run-tests.sh          # the CI selection
 #   preload/run-tests.sh --long   # more of CPython's test suite
+#   preload/run-tests.sh --peers  # also run the C test under Debian's
+#                                 # mimalloc and jemalloc, listing what
+#                                 # they get wrong (reported, not asserted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v sqlite3 >/dev/null || apt-get install -y sqlite3 >/dev/null
@@ -24,6 +27,13 @@ cc $flags preload/tests/fork_threads.c -o "$out/fork_threads"
 cc $flags preload/tests/foreign_free.c -o "$out/foreign_free"
 
 LD_PRELOAD="$lib" "$out/test_malloc"
+if [ "${1:-}" = --peers ]; then
+    for peer in /usr/lib/x86_64-linux-gnu/libmimalloc.so.2 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2; do
+        [ -e "$peer" ] || { echo "$peer missing (apt-get install libmimalloc2.0 libjemalloc2)"; continue; }
+        echo "== the same test under $peer:"
+        LD_PRELOAD="$peer" timeout 60 "$out/test_malloc" 2>&1 | grep misaligned | head -5 || true
+    done
+fi
 LD_PRELOAD="$lib" timeout 120 "$out/fork_threads"
 if LD_PRELOAD="$lib" "$out/foreign_free" 2> "$out/foreign.txt"; then
     echo "a foreign pointer given to free() was not detected" >&2; exit 1
