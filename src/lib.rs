@@ -72,49 +72,34 @@ pub mod os;
 pub mod lock;
 // Fatal error reports that do not allocate.
 mod fatal;
-// Chunk headers, shared by every chunk layer 1 maps.
-mod chunk;
-// The arena map: address -> chunk, in O(1).
-mod map;
-// Layer 1 internals: the TLSF medium allocator.
-mod medium;
-// Layer 1: the raw heap.
+// Valgrind client requests (feature `valgrind`).
+mod valgrind;
+// Layer 1: the raw heap (chunks, the arena map, medium and huge blocks).
 mod raw;
-// Layer 2 geometry: arenas and pool headers.
-mod arena;
-// Layer 2: size classes.
-mod size_class;
-// Layer 2: pools, their state machine, usable arenas.
-mod pool;
-// Layer 2: per-thread ownership of pools, remote frees, adoption.
+// Layer 2: arenas and pools of small blocks.
+mod small;
+// Layer 2, per thread: thread heaps, remote frees, adoption, medium cache.
 mod thread;
-// The lock-free protocols of thread heaps, checked with loom.
-mod protocol;
-// The whole heap: GlobalAlloc and Allocator.
+// The whole heap: GlobalAlloc, Allocator, the C-style interface, fork.
 mod heap;
 // Statistics, printed like sys._debugmallocstats().
 mod stats;
-// The C-style, size-less interface: malloc, calloc, realloc, free.
-mod cstyle;
-// fork() in multi-threaded programs: atfork handlers over registered heaps.
-mod fork;
-// Valgrind client requests (feature `valgrind`).
-mod valgrind;
 // Layer 3: object-specific allocators (typed pools with reuse policies).
 pub mod objects;
-// CPython's memory interface: PyMem_* / PyObject_*, domains, hooks.
+// CPython's memory interface: PyMem_* / PyObject_*, domains, hooks, debug
+// hooks.
 pub mod pymem;
-// Debug hooks for the PyMem interface (PYMALLOC=debug).
-pub mod pymem_debug;
 
 pub use heap::PrivateHeap;
 pub use lock::SpinLock;
 pub use objects::{Obj, ObjectPolicy, ObjectPool, ObjectStats};
 pub use os::{OsPages, PageSource};
-pub use pool::SmallStats;
+/// The debug hooks' module under its former path.
+pub use pymem::debug as pymem_debug;
+pub use pymem::debug::{PyMem_DebugCheckAll, debug_hooks_installed};
 pub use pymem::*;
-pub use pymem_debug::{PyMem_DebugCheckAll, debug_hooks_installed};
 pub use raw::{RawHeap, RawStats};
+pub use small::SmallStats;
 pub use stats::Stats;
 
 /// The README's examples, compiled and run as doctests.

@@ -2,9 +2,9 @@
 //! CPython's `sys._debugmallocstats()`.
 
 use crate::config::{NB_SMALL_SIZE_CLASSES, POOL_SIZE};
-use crate::pool::SmallStats;
 use crate::raw::RawStats;
-use crate::size_class::{block_size, blocks_per_pool};
+use crate::small::pool::SmallStats;
+use crate::small::size_class::{block_size, blocks_per_pool};
 use core::fmt;
 
 /// A snapshot of a heap's counters, from [`crate::PrivateHeap::stats`].
@@ -48,7 +48,7 @@ impl Stats {
     /// Bytes of metadata: each arena's header pool, each medium block's
     /// 16-byte header.
     pub fn bytes_headers(&self) -> usize {
-        self.raw.arena_chunks * POOL_SIZE + self.raw.medium_blocks * crate::medium::HEADER
+        self.raw.arena_chunks * POOL_SIZE + self.raw.medium_blocks * crate::raw::medium::HEADER
     }
 }
 

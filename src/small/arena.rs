@@ -16,9 +16,9 @@
 //! | pool 0: ArenaHeader, PoolHeader[64] | pool 1 | pool 2 | ... | pool 63 |
 //! ```
 
-use crate::chunk::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkKind};
 use crate::config::{ARENA_SIZE, POOL_SHIFT, POOL_SIZE, POOLS_PER_ARENA, USABLE_POOLS_PER_ARENA};
-use crate::size_class::SizeClass;
+use crate::raw::chunk::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkKind};
+use crate::small::size_class::SizeClass;
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::{AtomicPtr, AtomicU32};
 
@@ -56,7 +56,7 @@ pub(crate) struct ArenaHeader {
 ///   `ref_count`, `next` and `prev`;
 /// * a pool is *used* (on its owner's `usedpools[class]`) iff
 ///   `0 < ref_count < capacity`, or `ref_count == 0` and it is its class's
-///   cached empty pool (see [`crate::pool`]); *full* (on no list) iff
+///   cached empty pool (see [`crate::small::pool`]); *full* (on no list) iff
 ///   `ref_count == capacity`; *empty* (on its arena's `freepools`, or never
 ///   carved, owner null) otherwise;
 /// * `zeroed_tail` implies the never-used blocks `bump..capacity` read zero.

@@ -46,14 +46,14 @@
 //! background thread. A pool taken for reuse, or an arena given back, leaves
 //! the queue first. `trim` purges the whole queue at once.
 
-use crate::arena::{
-    ArenaHeader, PoolHeader, arena_of_pool, init_arena, pool_data, pool_header, pool_of,
-};
-use crate::chunk::ChunkHeader;
 use crate::config::{NB_SMALL_SIZE_CLASSES, USABLE_POOLS_PER_ARENA};
 use crate::os::PageSource;
 use crate::raw::RawHeap;
-use crate::size_class::{SizeClass, block_size, blocks_per_pool};
+use crate::raw::chunk::ChunkHeader;
+use crate::small::arena::{
+    ArenaHeader, PoolHeader, arena_of_pool, init_arena, pool_data, pool_header, pool_of,
+};
+use crate::small::size_class::{SizeClass, block_size, blocks_per_pool};
 use crate::thread::ThreadHeap;
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::Ordering::Relaxed;
@@ -428,7 +428,7 @@ impl SmallCore {
     #[inline]
     pub(crate) unsafe fn class_of_block(arena: *mut ArenaHeader, ptr: *const u8) -> SizeClass {
         // SAFETY: caller's contract.
-        unsafe { crate::arena::class_of_pool(pool_of(arena, ptr)) }
+        unsafe { crate::small::arena::class_of_pool(pool_of(arena, ptr)) }
     }
 
     // ----- pool transitions -----

@@ -46,9 +46,12 @@
 //! [`PyMem_SetupDebugHooks`], or the environment variable `PYMALLOC=debug`
 //! (read once, without allocating, at the first `PyMem_*`/`PyObject_*`
 //! call), wraps every domain as CPython's `PYTHONMALLOC=debug` does; see
-//! [`crate::pymem_debug`].
+//! [`crate::pymem::debug`].
 
 #![allow(non_snake_case)]
+
+// Debug hooks (PYMALLOC=debug).
+pub mod debug;
 
 use crate::heap::PrivateHeap;
 use crate::lock::SpinLock;
@@ -358,7 +361,7 @@ pub fn PyMem_GetAllocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
 }
 
 /// Installs the debug hooks on every domain (see
-/// [`crate::pymem_debug`]); does nothing if they are installed already.
+/// [`crate::pymem::debug`]); does nothing if they are installed already.
 /// Call it before allocating through the interface: a block allocated
 /// before is reported as foreign when freed after.
 ///
@@ -370,7 +373,7 @@ pub fn PyMem_GetAllocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
 /// unsafe { pymalloc::PyMem_Free(p) }; // checked: guards, domain, double free
 /// ```
 pub fn PyMem_SetupDebugHooks() {
-    crate::pymem_debug::install();
+    crate::pymem::debug::install();
 }
 
 /// Takes the writer lock and keeps it (fork handlers).

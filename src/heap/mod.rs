@@ -2,14 +2,19 @@
 //! (pools) or layer 1 (medium and huge blocks), and implements
 //! `GlobalAlloc` and `allocator_api2::alloc::Allocator`.
 
-use crate::arena::{PoolHeader, pool_of};
-use crate::chunk::ChunkKind;
+// The C-style, size-less interface: malloc, calloc, realloc, free.
+mod cstyle;
+// fork() in multi-threaded programs: atfork handlers over registered heaps.
+pub(crate) mod fork;
+
 use crate::config::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
 use crate::lock::SpinLock;
 use crate::os::{OsPages, PageSource};
-use crate::pool::{Freed, SmallCore};
 use crate::raw::RawHeap;
-use crate::size_class::{SizeClass, block_size, class_of};
+use crate::raw::chunk::ChunkKind;
+use crate::small::arena::{PoolHeader, pool_of};
+use crate::small::pool::{Freed, SmallCore};
+use crate::small::size_class::{SizeClass, block_size, class_of};
 use crate::stats::Stats;
 use crate::thread::{self, ThreadHeap};
 use allocator_api2::alloc::{AllocError, Allocator};
@@ -260,7 +265,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ///
     /// `header` is the chunk (from the arena map) of live block `ptr`.
     pub(crate) unsafe fn block_usable(
-        header: NonNull<crate::chunk::ChunkHeader>,
+        header: NonNull<crate::raw::chunk::ChunkHeader>,
         ptr: NonNull<u8>,
     ) -> usize {
         // SAFETY: caller's contract.
@@ -534,7 +539,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[inline(always)]
     pub(crate) unsafe fn free_found(
         &self,
-        header: NonNull<crate::chunk::ChunkHeader>,
+        header: NonNull<crate::raw::chunk::ChunkHeader>,
         ptr: NonNull<u8>,
         size: usize,
     ) {
@@ -567,7 +572,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[inline(never)]
     unsafe fn free_large(
         &self,
-        header: NonNull<crate::chunk::ChunkHeader>,
+        header: NonNull<crate::raw::chunk::ChunkHeader>,
         ptr: NonNull<u8>,
         size: usize,
     ) {
@@ -578,7 +583,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 && self.raw.limit() == usize::MAX
                 && let th = self.thread_heap()
                 && !th.is_null()
-                && ThreadHeap::medium_push(th, ptr, crate::medium::usable_size(ptr), size)
+                && ThreadHeap::medium_push(th, ptr, crate::raw::medium::usable_size(ptr), size)
             {
                 return;
             }
@@ -711,7 +716,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// was requested with `old_size` bytes.
     unsafe fn resize_in_place(
         &self,
-        header: NonNull<crate::chunk::ChunkHeader>,
+        header: NonNull<crate::raw::chunk::ChunkHeader>,
         ptr: NonNull<u8>,
         old_size: usize,
         new_size: usize,

@@ -324,8 +324,10 @@ unsafe fn check_block(c: &DebugCtx, p: *mut u8, what: &str) -> *mut u8 {
     if c.inner_is_default.load(Relaxed) {
         let foreign = p.addr() % 16 != 0
             || p.addr() < HEADER
-            || crate::map::ARENA_MAP.lookup(p.addr() - HEADER).is_none()
-            || crate::map::ARENA_MAP.lookup(p.addr()).is_none();
+            || crate::raw::map::ARENA_MAP
+                .lookup(p.addr() - HEADER)
+                .is_none()
+            || crate::raw::map::ARENA_MAP.lookup(p.addr()).is_none();
         if foreign {
             let mut m = Message::new();
             m.push(b"Debug memory block at address p=");

@@ -30,8 +30,8 @@
 //!   bit `sl` of `sl_bitmap[fl]` (and bit `fl` of `fl_bitmap`) is set iff
 //!   that list is non-empty.
 
-use crate::chunk::CHUNK_HEADER_SIZE;
 use crate::config::{ALIGNMENT, MEDIUM_CHUNK_SIZE};
+use crate::raw::chunk::CHUNK_HEADER_SIZE;
 use core::ptr::{NonNull, null_mut};
 
 const SL_BITS: u32 = 4;

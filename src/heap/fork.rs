@@ -94,7 +94,7 @@ extern "C" fn prepare() {
     }
     crate::thread::lock_slab_for_fork();
     crate::pymem::lock_for_fork();
-    crate::pymem_debug::lock_for_fork();
+    crate::pymem::debug::lock_for_fork();
 }
 
 #[cfg(all(unix, not(miri)))]
@@ -112,7 +112,7 @@ fn release() {
     // SAFETY: `prepare` took exactly these locks, on this thread (or on the
     // thread the child was forked from).
     unsafe {
-        crate::pymem_debug::unlock_after_fork();
+        crate::pymem::debug::unlock_after_fork();
         crate::pymem::unlock_after_fork();
         crate::thread::unlock_slab_after_fork();
         let r = &*REGISTRY.data_ptr();

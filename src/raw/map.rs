@@ -14,9 +14,9 @@
 //! a live chunk of ours, then checks the address lies inside that chunk's
 //! mapping; an address from another allocator yields `None`.
 
-use crate::chunk::ChunkHeader;
 use crate::config::CHUNK_SHIFT;
 use crate::os::{OsPages, PageSource};
+use crate::raw::chunk::ChunkHeader;
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::{AtomicPtr, Ordering};
 

@@ -41,12 +41,15 @@
 //!
 //! [`PrivateHeap`]: crate::PrivateHeap
 
-use crate::arena::{ArenaHeader, PoolHeader, pool_of};
+// The lock-free protocols of thread heaps, checked with loom.
+pub(crate) mod protocol;
+
 use crate::config::ARENA_SIZE;
 use crate::lock::SpinLock;
 use crate::os::{OsPages, PageSource, page_size};
-use crate::pool::{Freed, UsedPools};
-use crate::protocol::{Claim, Inbox, Linked};
+use crate::small::arena::{ArenaHeader, PoolHeader, pool_of};
+use crate::small::pool::{Freed, UsedPools};
+use crate::thread::protocol::{Claim, Inbox, Linked};
 use core::cell::Cell;
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::Ordering::Relaxed;

@@ -9,11 +9,11 @@
 //! (a `malloc(10)` counts 16 bytes requested), so that `free`, which knows
 //! only the usable size, takes back exactly what `malloc` counted.
 
-use crate::chunk::ChunkKind;
 use crate::config::ALIGNMENT;
 use crate::heap::PrivateHeap;
 use crate::os::PageSource;
-use crate::size_class::{block_size, class_of};
+use crate::raw::chunk::ChunkKind;
+use crate::small::size_class::{block_size, class_of};
 use crate::thread::ThreadHeap;
 use core::alloc::Layout;
 use core::ptr::NonNull;

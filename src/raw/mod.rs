@@ -2,7 +2,7 @@
 //! the pools, hands arena chunks to layer 2, and keeps the byte accounting.
 //!
 //! * **Medium** requests (up to `MEDIUM_MAX` bytes, alignment up to
-//!   `MEDIUM_MAX_ALIGN`) come from a TLSF allocator ([`crate::medium`]) over
+//!   `MEDIUM_MAX_ALIGN`) come from a TLSF allocator ([`crate::raw::medium`]) over
 //!   `MEDIUM_CHUNK_SIZE` chunks, so they cost no system call. One wholly free
 //!   medium chunk is kept; further ones are unmapped.
 //! * **Huge** requests get a mapping of their own, unmapped on free. The
@@ -13,17 +13,24 @@
 //! Every chunk is registered in the arena map and linked on the heap's chunk
 //! list, so that dropping the heap unmaps everything.
 
-use crate::chunk::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkKind};
+// The header every chunk starts with.
+pub(crate) mod chunk;
+// The arena map: address -> chunk, in O(1).
+pub(crate) mod map;
+// The TLSF allocator of medium blocks.
+pub(crate) mod medium;
+
 use crate::config::{
     ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN,
 };
 use crate::lock::SpinLock;
-use crate::map::ARENA_MAP;
-use crate::medium::{self, Tlsf};
 use crate::os::{OsPages, PageSource, checked_align_up, page_size};
+use crate::raw::chunk::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkKind};
+use crate::raw::map::ARENA_MAP;
 use core::alloc::Layout;
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::{AtomicUsize, Ordering};
+use medium::Tlsf;
 use parking_lot::lock_api::{Mutex, RawMutex};
 
 /// Counters of layer 1.
