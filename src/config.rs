@@ -49,12 +49,27 @@ pub const SPARE_ARENAS: usize = 4;
 /// served by a direct, suitably aligned mapping.
 pub const MEDIUM_MAX_ALIGN: usize = 64 * 1024;
 
+/// Largest request the per-thread medium cache serves (the cache keeps
+/// freed medium blocks for reuse by the thread that freed them, with no
+/// lock).
+pub const MEDIUM_CACHE_MAX: usize = 128 * 1024;
+/// Most usable bytes one thread keeps in its medium cache, per heap: enough
+/// for steady churn (a few 64 KiB buffers, hundreds of 1 KiB ones), small
+/// enough that what it pins (a medium chunk at most, per thread) is minor.
+pub const MEDIUM_CACHE_BYTES: usize = 256 * 1024;
+/// Bins of the medium cache per doubling of size: a cached request is
+/// rounded up by at most `1 / MEDIUM_CACHE_BIN_STEPS` (12.5%).
+pub const MEDIUM_CACHE_BIN_STEPS: u32 = 8;
+
 const _: () = assert!(ALIGNMENT.is_power_of_two() && ALIGNMENT >= 2 * size_of::<usize>());
-const _: () = assert!(SMALL_REQUEST_THRESHOLD % ALIGNMENT == 0);
+const _: () = assert!(SMALL_REQUEST_THRESHOLD.is_multiple_of(ALIGNMENT));
 const _: () = assert!(NB_SMALL_SIZE_CLASSES <= 64);
 const _: () = assert!(POOL_SIZE.is_power_of_two() && ARENA_SIZE.is_power_of_two());
-const _: () = assert!(ARENA_SIZE % POOL_SIZE == 0 && POOLS_PER_ARENA >= 2);
+const _: () = assert!(ARENA_SIZE.is_multiple_of(POOL_SIZE) && POOLS_PER_ARENA >= 2);
 const _: () = assert!(POOL_SIZE >= SMALL_REQUEST_THRESHOLD * 2);
-const _: () = assert!(MEDIUM_CHUNK_SIZE % CHUNK_SIZE == 0);
+const _: () = assert!(MEDIUM_CHUNK_SIZE.is_multiple_of(CHUNK_SIZE));
 const _: () = assert!(MEDIUM_MAX + MEDIUM_MAX_ALIGN < MEDIUM_CHUNK_SIZE / 2);
 const _: () = assert!(MEDIUM_MAX_ALIGN.is_power_of_two() && MEDIUM_MAX_ALIGN <= CHUNK_SIZE);
+const _: () = assert!(SMALL_REQUEST_THRESHOLD.is_power_of_two());
+const _: () = assert!(MEDIUM_CACHE_MAX.is_power_of_two() && MEDIUM_CACHE_MAX <= MEDIUM_MAX);
+const _: () = assert!(MEDIUM_CACHE_BIN_STEPS.is_power_of_two());

@@ -99,7 +99,7 @@ pub use pymem::debug as pymem_debug;
 pub use pymem::debug::{PyMem_DebugCheckAll, debug_hooks_installed};
 pub use pymem::*;
 pub use raw::{RawHeap, RawStats};
-pub use small::SmallStats;
+pub use small::{Arena, ArenaInfo, Pool, PoolInfo, PoolState, SmallStats};
 pub use stats::Stats;
 
 /// The README's examples, compiled and run as doctests.

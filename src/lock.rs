@@ -85,6 +85,29 @@ unsafe impl lock_api::RawMutex for SpinLock {
     }
 }
 
+/// Holds `lock` across `fork()` (the fork handlers, `src/heap/fork.rs`):
+/// taken before the fork, so no other thread is inside what it guards when
+/// the child is made, and released in both processes by
+/// [`release_after_fork`].
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
+pub(crate) fn hold_for_fork<R: lock_api::RawMutex, T: ?Sized>(lock: &lock_api::Mutex<R, T>) {
+    core::mem::forget(lock.lock());
+}
+
+/// Releases a lock taken by [`hold_for_fork`].
+///
+/// # Safety
+///
+/// `hold_for_fork(lock)` took it, on this thread or in the parent of this
+/// single-threaded child, and it was not released since.
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
+pub(crate) unsafe fn release_after_fork<R: lock_api::RawMutex, T: ?Sized>(
+    lock: &lock_api::Mutex<R, T>,
+) {
+    // SAFETY: caller's contract: the lock is held, by no guard.
+    unsafe { lock.force_unlock() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

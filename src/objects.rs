@@ -256,7 +256,7 @@ impl<S: PageSource, R: RawMutex> PoolCore<'_, S, R> {
             Some(n) => self.carve(n)?,
             None => {
                 self.heap
-                    .alloc_inner(self.slot, self.align)
+                    .alloc_sized(self.slot, self.align)
                     .ok_or(AllocError)?
                     .0
             }
@@ -277,7 +277,7 @@ impl<S: PageSource, R: RawMutex> PoolCore<'_, S, R> {
             return Ok(unsafe { NonNull::new_unchecked(p) });
         }
         let bytes = self.slab_bytes(n).ok_or(AllocError)?;
-        let (slab, _) = self.heap.alloc_inner(bytes, self.align).ok_or(AllocError)?;
+        let (slab, _) = self.heap.alloc_sized(bytes, self.align).ok_or(AllocError)?;
         let slab = slab.as_ptr();
         // SAFETY: a fresh block of `bytes` bytes; its first slot links the
         // slabs.
@@ -310,8 +310,8 @@ impl<S: PageSource, R: RawMutex> PoolCore<'_, S, R> {
             }
         }
         if self.policy.slab.is_none() && self.stats.get().free >= self.policy.max_free {
-            // SAFETY: a heap block of `slot` bytes from `alloc_inner`.
-            unsafe { self.heap.free_inner(NonNull::new_unchecked(p), self.slot) };
+            // SAFETY: a heap block of `slot` bytes from `alloc_sized`.
+            unsafe { self.heap.free_sized(NonNull::new_unchecked(p), self.slot) };
             self.update(|s| {
                 s.live -= 1;
                 s.released += 1;
@@ -337,7 +337,7 @@ impl<S: PageSource, R: RawMutex> PoolCore<'_, S, R> {
                     // bytes, linked through their first word.
                     unsafe {
                         p = p.cast::<*mut u8>().read();
-                        self.heap.free_inner(block, self.slot);
+                        self.heap.free_sized(block, self.slot);
                     }
                     given += self.slot;
                 }
@@ -359,7 +359,7 @@ impl<S: PageSource, R: RawMutex> PoolCore<'_, S, R> {
             // their first slot, with no live object (caller).
             unsafe {
                 slab = slab.cast::<*mut u8>().read();
-                self.heap.free_inner(block, bytes);
+                self.heap.free_sized(block, bytes);
             }
             given += bytes;
         }

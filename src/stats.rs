@@ -3,7 +3,7 @@
 
 use crate::config::{NB_SMALL_SIZE_CLASSES, POOL_SIZE};
 use crate::raw::RawStats;
-use crate::small::pool::SmallStats;
+use crate::small::SmallStats;
 use crate::small::size_class::{block_size, blocks_per_pool};
 use core::fmt;
 

@@ -60,7 +60,10 @@ fn every_domain_keeps_the_cpython_contract() {
             };
             for &n in sizes {
                 let p = malloc(n).cast::<u8>();
-                assert!(!p.is_null() && p as usize % 16 == 0, "{name} {n}");
+                assert!(
+                    !p.is_null() && (p as usize).is_multiple_of(16),
+                    "{name} {n}"
+                );
                 p.write_bytes(0x5a, n);
                 // Grow keeps contents.
                 let q = realloc(p.cast(), 2 * n + 1).cast::<u8>();
@@ -115,7 +118,7 @@ fn typed_forms_never_give_a_short_block() {
     // SAFETY: each pointer is live until freed once.
     unsafe {
         let p = PyMem_New::<u64>(100);
-        assert!(!p.is_null() && p as usize % 8 == 0);
+        assert!(!p.is_null() && (p as usize).is_multiple_of(8));
         for i in 0..100 {
             p.add(i).write(i as u64);
         }

@@ -87,7 +87,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         if Layout::from_size_align(size, align).is_err() {
             return core::ptr::null_mut();
         }
-        let Some((p, fresh)) = self.alloc_inner(size, align) else {
+        let Some((p, fresh)) = self.alloc_sized(size, align) else {
             return core::ptr::null_mut();
         };
         if zeroed && !fresh {
@@ -136,7 +136,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // usable size (caller).
         unsafe {
             let old_size = self.usable_size(old);
-            match self.realloc_inner(old, old_size, size, ALIGNMENT) {
+            match self.realloc_sized(old, old_size, size, ALIGNMENT) {
                 Some(new) => {
                     self.count_whole_block(new, size);
                     new.as_ptr()
@@ -158,7 +158,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             let (header, p) = self.raw().find_own_block(p, "PrivateHeap::free");
             // SAFETY: a live size-less block in chunk `header`, counted with
             // its usable size.
-            unsafe { self.free_found(header, p, Self::block_usable(header, p)) }
+            unsafe { self.free_in_chunk(header, p, Self::block_usable(header, p)) }
         }
     }
 
@@ -255,7 +255,7 @@ impl<S: PageSource, R: RawMutex> crate::raw::RawHeap<S, R> {
         // size (caller).
         unsafe {
             let old_size = Self::block_usable_size(header, old);
-            // As in `PrivateHeap::realloc_inner`: shrinks told first,
+            // As in `PrivateHeap::realloc_sized`: shrinks told first,
             // growths after.
             let shrink = size < old_size;
             if shrink {

@@ -12,7 +12,7 @@
 //! registers itself.
 
 use crate::heap::PrivateHeap;
-use crate::lock::SpinLock;
+use crate::lock::{SpinLock, hold_for_fork, release_after_fork};
 use crate::os::PageSource;
 use parking_lot::lock_api::{Mutex, RawMutex};
 
@@ -92,9 +92,9 @@ extern "C" fn prepare() {
     for heap in r.heaps[..r.len].iter().flatten() {
         heap.lock_for_fork();
     }
-    crate::thread::lock_slab_for_fork();
-    crate::pymem::lock_for_fork();
-    crate::pymem::debug::lock_for_fork();
+    hold_for_fork(crate::thread::slab_lock());
+    hold_for_fork(crate::pymem::writer_lock());
+    hold_for_fork(crate::pymem::debug::live_lock());
 }
 
 #[cfg(all(unix, not(miri)))]
@@ -112,9 +112,9 @@ fn release() {
     // SAFETY: `prepare` took exactly these locks, on this thread (or on the
     // thread the child was forked from).
     unsafe {
-        crate::pymem::debug::unlock_after_fork();
-        crate::pymem::unlock_after_fork();
-        crate::thread::unlock_slab_after_fork();
+        release_after_fork(crate::pymem::debug::live_lock());
+        release_after_fork(crate::pymem::writer_lock());
+        release_after_fork(crate::thread::slab_lock());
         let r = &*REGISTRY.data_ptr();
         for heap in r.heaps[..r.len].iter().flatten().rev() {
             heap.unlock_after_fork();
@@ -125,12 +125,17 @@ fn release() {
 
 impl<S: PageSource + Sync, R: RawMutex + Sync> ForkLocks for PrivateHeap<S, R> {
     fn lock_for_fork(&self) {
-        self.lock_all_for_fork();
+        // In the heap's lock order: small before raw.
+        hold_for_fork(&self.small);
+        hold_for_fork(self.raw.fork_lock());
     }
 
     unsafe fn unlock_after_fork(&self) {
-        // SAFETY: caller's contract.
-        unsafe { self.unlock_all_after_fork() }
+        // SAFETY: caller's contract: `lock_for_fork` took both.
+        unsafe {
+            release_after_fork(self.raw.fork_lock());
+            release_after_fork(&self.small);
+        }
     }
 }
 

@@ -12,11 +12,15 @@ use crate::lock::SpinLock;
 use crate::os::{OsPages, PageSource};
 use crate::raw::RawHeap;
 use crate::raw::chunk::ChunkKind;
-use crate::small::arena::{PoolHeader, pool_of};
-use crate::small::pool::{Freed, SmallCore};
+use crate::small::arena::Arena;
+use crate::small::pool::{Pool, PoolChain, PoolOwner, SmallBlock};
 use crate::small::size_class::{SizeClass, block_size, class_of};
+use crate::small::used::Freed;
+use crate::small::{ArenaInfo, SmallHeap};
 use crate::stats::Stats;
-use crate::thread::{self, ThreadHeap};
+use crate::thread::local;
+use crate::thread::medium_cache::{MediumCache, medium_bin};
+use crate::thread::{Registry, ThreadHeap};
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{NonNull, null_mut};
@@ -64,13 +68,22 @@ use parking_lot::lock_api::{Mutex, RawMutex};
 pub struct PrivateHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     /// Layer 1.
     raw: RawHeap<S, R>,
-    /// Layer 2's shared state, under its own lock so small and medium
-    /// requests do not contend. Lock order: `small` before `raw`.
-    small: Mutex<R, SmallCore>,
+    /// Layer 2's shared state and the thread heaps, under their own lock
+    /// so small and medium requests do not contend. Lock order: `small`
+    /// before `raw`.
+    small: Mutex<R, Shared>,
     /// This heap's key in threads' caches of thread heaps: 0 until a thread
     /// first needs one, then unique in the process (a value, so the heap
     /// may move).
     key: AtomicUsize,
+}
+
+/// What the heap's small-object lock guards: layer 2's shared state and
+/// the registry of thread heaps (adopting an orphan needs the lock that
+/// also guards the orphan's pools).
+struct Shared {
+    small: SmallHeap,
+    threads: Registry,
 }
 
 /// Source of heap keys; 0 means "not assigned yet".
@@ -133,7 +146,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     pub const fn with_source_and_limit(source: S, limit: usize) -> Self {
         Self {
             raw: RawHeap::with_source_and_limit(source, limit),
-            small: Mutex::const_new(R::INIT, SmallCore::new()),
+            small: Mutex::const_new(
+                R::INIT,
+                Shared {
+                    small: SmallHeap::new(),
+                    threads: Registry::new(),
+                },
+            ),
             key: AtomicUsize::new(0),
         }
     }
@@ -166,39 +185,27 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// ```
     pub fn trim(&self) {
         let own = self.thread_heap();
-        let mut small = self.small.lock();
-        self.collect_threads(&mut small, own, true);
-        small.trim(&self.raw);
+        let mut shared = self.small.lock();
+        self.collect_threads(&mut shared, own, true);
+        shared.small.trim(&self.raw);
         self.raw.trim();
     }
 
     /// Collects the inboxes of the calling thread's thread heap `own` (if
     /// not null) and of every orphan; with `release_cached`, also gives
     /// back their cached empty pools.
-    fn collect_threads(&self, small: &mut SmallCore, own: *mut ThreadHeap, release_cached: bool) {
-        let mut th = small.threads;
-        while !th.is_null() {
-            // SAFETY: thread heaps on the list are live. `own` is ours, and
-            // an orphan is touched by no thread while we hold the lock (only
-            // lock holders adopt).
-            unsafe {
-                if th == own || ThreadHeap::is_orphan(th) {
-                    let mut chain = ThreadHeap::collect(th);
-                    if release_cached {
-                        (*th).used.take_empty(|pool| {
-                            (*pool).next = chain;
-                            chain = pool;
-                        });
-                        ThreadHeap::take_medium(th, |block| {
-                            let (header, block) = self.raw.find_own_block(block, "trim");
-                            self.raw.free_block(header, block, 0);
-                        });
-                    }
-                    small.release_chain(&self.raw, chain);
-                }
-                th = (*th).next;
-            }
-        }
+    fn collect_threads(&self, shared: &mut Shared, own: *mut ThreadHeap, release_cached: bool) {
+        let mut chain = PoolChain::new();
+        shared
+            .threads
+            .collect_idle(own, release_cached, &mut chain, |block| {
+                let (header, block) = self.raw.find_own_block(block, "trim");
+                // SAFETY: a live medium block of this heap, out of its
+                // cache; its requested bytes left the counters when cached.
+                unsafe { self.raw.free_block(header, block, 0) };
+            });
+        // SAFETY: the chain holds empty pools that left their owners.
+        unsafe { shared.small.release_chain(&self.raw, chain) };
     }
 
     /// The heap's layer 1, which the raw domain uses directly.
@@ -211,9 +218,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     pub fn stats(&self) -> Stats {
         let own = self.thread_heap();
         let (small, (cache_requested, cache_bytes, cache_blocks)) = {
-            let mut small = self.small.lock();
-            self.collect_threads(&mut small, own, false);
-            (small.snapshot(&self.raw), small.medium_cache_totals())
+            let mut shared = self.small.lock();
+            self.collect_threads(&mut shared, own, false);
+            let mut small = shared.small.snapshot(&self.raw);
+            let (requested, thread_heaps) = shared.threads.requested();
+            small.bytes_requested = small.bytes_requested.wrapping_add(requested);
+            small.thread_heaps = thread_heaps;
+            (small, shared.threads.medium_totals())
         };
         let mut raw = self.raw.stats();
         // Blocks in threads' medium caches are neither requested nor in use.
@@ -238,10 +249,54 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// O(pools + medium blocks); for tests, not for hot paths.
     pub fn validate(&self) {
         let own = self.thread_heap();
-        let mut small = self.small.lock();
-        self.collect_threads(&mut small, own, false);
-        small.validate(own);
+        let mut shared = self.small.lock();
+        self.collect_threads(&mut shared, own, false);
+        shared.small.validate();
+        shared.threads.validate(own);
         self.raw.validate();
+    }
+
+    /// Calls `f` with a copy of each arena of the heap and its pools (size
+    /// class, state, blocks in use), in address order: a map of layer 2 for
+    /// finding fragmentation. Each copy is taken under the small-object
+    /// lock, without allocating; `f` runs outside the lock, so it may
+    /// allocate, even from this heap. Pools of other running threads are
+    /// read as they are at that moment. O(arenas²) in all; for tools, not
+    /// for hot paths.
+    ///
+    /// ```
+    /// use allocator_api2::boxed::Box;
+    /// let heap = pymalloc::PrivateHeap::new();
+    /// let blocks: Vec<_> = (0..1000).map(|i| Box::new_in(i as u64, &heap)).collect();
+    /// let mut used = 0;
+    /// heap.for_each_arena(|arena| {
+    ///     for pool in &arena.pools {
+    ///         if pool.block_size == 16 {
+    ///             used += pool.blocks_in_use;
+    ///         }
+    ///     }
+    /// });
+    /// assert_eq!(used, 1000);
+    /// # drop(blocks);
+    /// ```
+    pub fn for_each_arena(&self, mut f: impl FnMut(&ArenaInfo)) {
+        let mut after = None;
+        loop {
+            let Some(info) = self.small.lock().small.arena_after(&self.raw, after) else {
+                return;
+            };
+            after = Some(info.address);
+            f(&info);
+        }
+    }
+
+    /// Every arena of the heap, copied as [`for_each_arena`] does.
+    ///
+    /// [`for_each_arena`]: Self::for_each_arena
+    pub fn arenas(&self) -> Vec<ArenaInfo> {
+        let mut out = Vec::new();
+        self.for_each_arena(|a| out.push(a.clone()));
+        out
     }
 
     /// Usable bytes of a live block: at least the size it was allocated or
@@ -271,10 +326,10 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // SAFETY: caller's contract.
         unsafe {
             match (*header.as_ptr()).kind {
-                ChunkKind::Arena => block_size(SmallCore::class_of_block(
+                ChunkKind::Arena => block_size(Pool::class(Arena::pool_of(
                     header.as_ptr().cast(),
                     ptr.as_ptr(),
-                )),
+                ))),
                 _ => RawHeap::<S, R>::block_usable_size(header, ptr),
             }
         }
@@ -283,7 +338,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// Allocates `size` bytes at `align`; also tells whether the block is
     /// known to read zero.
     #[inline(always)]
-    pub(crate) fn alloc_inner(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+    pub(crate) fn alloc_sized(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
         let found = match self.try_alloc(size, align) {
             Some(found) => Some(found),
             None => self.alloc_after_trim(size, align),
@@ -308,9 +363,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[inline(always)]
     fn try_alloc(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
         if let Some(class) = class_of(size, align) {
-            if let Some(th) = thread::cached(self.key.load(Relaxed)) {
+            if let Some(th) = local::cached(self.key.load(Relaxed)) {
                 // SAFETY: the calling thread owns `th`.
-                if let Some(found) = unsafe { Self::pop_own(th, class, size) } {
+                if let Some(found) = unsafe { Self::alloc_local(th, class, size) } {
                     return Some(found);
                 }
                 return self.alloc_small_slow(th, class, size);
@@ -318,7 +373,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             return self.alloc_small_slow(null_mut(), class, size);
         }
         if align <= ALIGNMENT
-            && let Some((bin, bound)) = thread::medium_bin(size)
+            && let Some((bin, bound)) = medium_bin(size)
         {
             return self.alloc_medium(bin, bound, size);
         }
@@ -329,9 +384,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// without a lock; otherwise a block of the bin's size from layer 1.
     #[inline]
     fn alloc_medium(&self, bin: usize, bound: usize, size: usize) -> Option<(NonNull<u8>, bool)> {
-        if let Some(th) = thread::cached(self.key.load(Relaxed)) {
+        if let Some(th) = local::cached(self.key.load(Relaxed)) {
             // SAFETY: the calling thread owns `th`; `bin` is `size`'s.
-            if let Some(block) = unsafe { ThreadHeap::medium_pop(th, bin, size) } {
+            if let Some(block) = unsafe { MediumCache::pop(ThreadHeap::medium(th), bin, size) } {
                 return Some((block, false));
             }
         }
@@ -359,7 +414,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             return self.alloc_shared(class, size);
         }
         // SAFETY: the calling thread owns `th`.
-        if let Some(found) = unsafe { Self::pop_own(th, class, size) } {
+        if let Some(found) = unsafe { Self::alloc_local(th, class, size) } {
             return Some(found);
         }
         self.alloc_refill(th, class, size)
@@ -372,17 +427,14 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ///
     /// The calling thread owns `th`.
     #[inline(always)]
-    unsafe fn pop_own(
+    unsafe fn alloc_local(
         th: *mut ThreadHeap,
         class: SizeClass,
         size: usize,
     ) -> Option<(NonNull<u8>, bool)> {
         // SAFETY: caller's contract.
-        unsafe {
-            let block = (*th).used.pop(class)?;
-            ThreadHeap::add_requested(th, size);
-            Some((block.ptr, block.zeroed))
-        }
+        let block = unsafe { ThreadHeap::alloc_local(th, class, size) }?;
+        Some((block.ptr, block.zeroed))
     }
 
     /// Returns block `ptr` to `pool`, which thread heap `th` owns, counted.
@@ -392,19 +444,16 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// The calling thread owns `th`, which owns `pool`; `ptr` is a live block
     /// of `pool` requested with `size` bytes, not used afterwards.
     #[inline(always)]
-    unsafe fn push_own(
+    unsafe fn free_local(
         &self,
         th: *mut ThreadHeap,
-        pool: *mut PoolHeader,
+        pool: *mut Pool,
         ptr: NonNull<u8>,
         size: usize,
     ) {
         // SAFETY: caller's contract.
-        unsafe {
-            ThreadHeap::add_requested(th, size.wrapping_neg());
-            if (*th).used.push(pool, ptr) == Freed::Emptied {
-                self.release_pool(pool);
-            }
+        if unsafe { ThreadHeap::free_local(th, pool, ptr, size) } == Freed::Emptied {
+            self.release_pool(pool);
         }
     }
 
@@ -412,7 +461,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// cannot have one (its thread-locals are gone, or no memory).
     #[inline(always)]
     pub(crate) fn thread_heap(&self) -> *mut ThreadHeap {
-        match thread::cached(self.key.load(Relaxed)) {
+        match local::cached(self.key.load(Relaxed)) {
             Some(th) => th,
             None => self.thread_heap_slow(),
         }
@@ -429,29 +478,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 Err(won) => won,
             };
         }
-        thread::lookup(key, || self.claim())
-    }
-
-    /// A thread heap for the calling thread: an orphan adopted, or a new
-    /// one.
-    fn claim(&self) -> Option<(*mut ThreadHeap, u64)> {
-        let mut small = self.small.lock();
-        let mut th = small.threads;
-        while !th.is_null() {
-            // SAFETY: thread heaps on the list are live; we hold the lock,
-            // which adoption requires.
-            unsafe {
-                if ThreadHeap::is_orphan(th) {
-                    return Some((th, ThreadHeap::adopt(th)));
-                }
-                th = (*th).next;
-            }
-        }
-        let (th, token) = ThreadHeap::new_owned()?;
-        // SAFETY: a fresh thread heap, ours.
-        unsafe { (*th).next = small.threads };
-        small.threads = th;
-        Some((th, token))
+        local::lookup(key, || self.small.lock().threads.claim())
     }
 
     /// The calling thread has no used pool of `class`: collect blocks other
@@ -467,24 +494,21 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // `th` is linked on its lists before use.
         unsafe {
             let emptied = ThreadHeap::collect(th);
-            let block = match (*th).used.pop(class) {
-                Some(block) => {
-                    if !emptied.is_null() {
-                        self.small.lock().release_chain(&self.raw, emptied);
-                    }
-                    block
+            if let Some(block) = ThreadHeap::alloc_local(th, class, size) {
+                if !emptied.is_empty() {
+                    self.small.lock().small.release_chain(&self.raw, emptied);
                 }
-                None => {
-                    let pool = {
-                        let mut small = self.small.lock();
-                        small.release_chain(&self.raw, emptied);
-                        small.take_pool(&self.raw, class, th)?
-                    };
-                    (*th).used.link(pool, class);
-                    (*th).used.pop(class)?
-                }
+                return Some((block.ptr, block.zeroed));
+            }
+            let pool = {
+                let mut shared = self.small.lock();
+                shared.small.release_chain(&self.raw, emptied);
+                shared
+                    .small
+                    .take_pool(&self.raw, class, ThreadHeap::owner_id(th))?
             };
-            ThreadHeap::add_requested(th, size);
+            ThreadHeap::link_pool(th, pool, class);
+            let block: SmallBlock = ThreadHeap::alloc_local(th, class, size)?;
             Some((block.ptr, block.zeroed))
         }
     }
@@ -493,7 +517,11 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[cold]
     #[inline(never)]
     fn alloc_shared(&self, class: SizeClass, size: usize) -> Option<(NonNull<u8>, bool)> {
-        let block = self.small.lock().alloc(&self.raw, class, size)?;
+        let block = self
+            .small
+            .lock()
+            .small
+            .alloc_shared(&self.raw, class, size)?;
         Some((block.ptr, block.zeroed))
     }
 
@@ -524,20 +552,20 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// pool goes to that thread's inbox (one CAS); medium blocks go to the
     /// calling thread's medium cache. Cost: see `try_alloc`.
     #[inline(always)]
-    pub(crate) unsafe fn free_inner(&self, ptr: NonNull<u8>, size: usize) {
+    pub(crate) unsafe fn free_sized(&self, ptr: NonNull<u8>, size: usize) {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
         // SAFETY: as the caller's, with `header` the chunk of `ptr`.
-        unsafe { self.free_found(header, ptr, size) }
+        unsafe { self.free_in_chunk(header, ptr, size) }
     }
 
-    /// [`Self::free_inner`] once the block's chunk is known.
+    /// [`Self::free_sized`] once the block's chunk is known.
     ///
     /// # Safety
     ///
-    /// As `free_inner`; `header` is the chunk of `ptr` (from the arena map)
+    /// As `free_sized`; `header` is the chunk of `ptr` (from the arena map)
     /// and `ptr` carries the chunk's provenance.
     #[inline(always)]
-    pub(crate) unsafe fn free_found(
+    pub(crate) unsafe fn free_in_chunk(
         &self,
         header: NonNull<crate::raw::chunk::ChunkHeader>,
         ptr: NonNull<u8>,
@@ -551,11 +579,11 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             if (*header.as_ptr()).kind != ChunkKind::Arena {
                 return self.free_large(header, ptr, size);
             }
-            let pool = pool_of(header.as_ptr().cast(), ptr.as_ptr());
-            if let Some(th) = thread::cached(self.key.load(Relaxed))
-                && (*pool).owner.load(Relaxed) == th
+            let pool = Arena::pool_of(header.as_ptr().cast(), ptr.as_ptr());
+            if let Some(th) = local::cached(self.key.load(Relaxed))
+                && Pool::owner(pool) == ThreadHeap::owner_id(th)
             {
-                return self.push_own(th, pool, ptr, size);
+                return self.free_local(th, pool, ptr, size);
             }
             self.free_small_slow(pool, ptr, size);
         }
@@ -583,7 +611,12 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 && self.raw.limit() == usize::MAX
                 && let th = self.thread_heap()
                 && !th.is_null()
-                && ThreadHeap::medium_push(th, ptr, crate::raw::medium::usable_size(ptr), size)
+                && MediumCache::push(
+                    ThreadHeap::medium(th),
+                    ptr,
+                    crate::raw::medium::usable_size(ptr),
+                    size,
+                )
             {
                 return;
             }
@@ -599,15 +632,15 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// `ptr` is a live block of `pool` of this heap, requested with `size`
     /// bytes, not used afterwards.
     #[inline(never)]
-    unsafe fn free_small_slow(&self, pool: *mut PoolHeader, ptr: NonNull<u8>, size: usize) {
+    unsafe fn free_small_slow(&self, pool: *mut Pool, ptr: NonNull<u8>, size: usize) {
         let th = self.thread_heap();
         // SAFETY: the pool of a live block keeps its owner (caller).
         unsafe {
-            let owner = (*pool).owner.load(Relaxed);
-            if !th.is_null() && owner == th {
-                return self.push_own(th, pool, ptr, size);
+            let owner = Pool::owner(pool);
+            if !th.is_null() && owner == ThreadHeap::owner_id(th) {
+                return self.free_local(th, pool, ptr, size);
             }
-            self.free_foreign(owner, th, pool, ptr, size);
+            self.free_remote(owner, th, pool, ptr, size);
         }
     }
 
@@ -618,19 +651,19 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ///
     /// `ptr` is a live block of `pool`, owned by `owner`, requested with
     /// `size` bytes; `th` is the calling thread's thread heap or null.
-    unsafe fn free_foreign(
+    unsafe fn free_remote(
         &self,
-        owner: *mut ThreadHeap,
+        owner: *mut PoolOwner,
         th: *mut ThreadHeap,
-        pool: *mut PoolHeader,
+        pool: *mut Pool,
         ptr: NonNull<u8>,
         size: usize,
     ) {
         if owner.is_null() {
-            let mut small = self.small.lock();
+            let mut shared = self.small.lock();
             // SAFETY: a shared pool: the lock makes us its owner.
-            unsafe { small.free_shared(&self.raw, pool, ptr) };
-            small.add_requested(size.wrapping_neg());
+            unsafe { shared.small.free_shared(&self.raw, pool, ptr) };
+            shared.small.add_requested(size.wrapping_neg());
             return;
         }
         // SAFETY: `owner` owns the block's pool (caller).
@@ -643,7 +676,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[inline]
     pub(crate) fn account(&self, th: *mut ThreadHeap, delta: usize) {
         if th.is_null() {
-            self.small.lock().add_requested(delta);
+            self.small.lock().small.add_requested(delta);
         } else {
             // SAFETY: `th` is the calling thread's own.
             unsafe { ThreadHeap::add_requested(th, delta) };
@@ -653,9 +686,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// Gives a thread's pool that became empty back to its arena.
     #[cold]
     #[inline(never)]
-    fn release_pool(&self, pool: *mut PoolHeader) {
+    fn release_pool(&self, pool: *mut Pool) {
         // SAFETY: the pool left its owner's lists, empty.
-        unsafe { self.small.lock().release_pool(&self.raw, pool) };
+        unsafe { self.small.lock().small.release_pool(&self.raw, pool) };
     }
 
     /// Moves or resizes a live block from `old_size` bytes to `new_size`
@@ -668,7 +701,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// `ptr` is a live, non-zero-sized block of this heap requested with
     /// `old_size` bytes; `new_size` is non-zero, `new_align` a power of two.
     /// On success the old pointer must not be used again.
-    pub(crate) unsafe fn realloc_inner(
+    pub(crate) unsafe fn realloc_sized(
         &self,
         ptr: NonNull<u8>,
         old_size: usize,
@@ -694,12 +727,12 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 crate::valgrind::resized(ptr.as_ptr(), new_size, old_size);
             }
         }
-        let (new, _) = self.alloc_inner(new_size, new_align)?;
+        let (new, _) = self.alloc_sized(new_size, new_align)?;
         // SAFETY: both blocks are live, distinct, and hold at least
         // `min(old_size, new_size)` bytes; the old one is freed once.
         unsafe {
             core::ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old_size.min(new_size));
-            self.free_inner(ptr, old_size);
+            self.free_sized(ptr, old_size);
         }
         Some(new)
     }
@@ -724,10 +757,10 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // SAFETY: `header` is the live chunk of live block `ptr` (caller).
         unsafe {
             if (*header.as_ptr()).kind == ChunkKind::Arena {
-                let size = block_size(SmallCore::class_of_block(
+                let size = block_size(Pool::class(Arena::pool_of(
                     header.as_ptr().cast(),
                     ptr.as_ptr(),
-                ));
+                )));
                 if new_size > size || (new_size < old_size && 4 * new_size <= 3 * size) {
                     return false;
                 }
@@ -743,46 +776,11 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     }
 }
 
-impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
-    /// Takes both locks, in the heap's order, and keeps them (fork
-    /// handlers).
-    #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-    pub(crate) fn lock_all_for_fork(&self) {
-        core::mem::forget(self.small.lock());
-        self.raw.lock_for_fork();
-    }
-
-    /// Releases what `lock_all_for_fork` took.
-    ///
-    /// # Safety
-    ///
-    /// The locks were taken by `lock_all_for_fork` on this thread (or in
-    /// the parent of this single-threaded child).
-    #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-    pub(crate) unsafe fn unlock_all_after_fork(&self) {
-        // SAFETY: caller's contract.
-        unsafe {
-            self.raw.unlock_after_fork();
-            self.small.force_unlock();
-        }
-    }
-}
-
 impl<S: PageSource, R: RawMutex> Drop for PrivateHeap<S, R> {
     fn drop(&mut self) {
         // The arenas go with `raw`; the thread heaps go back to the slab
         // (threads' caches may still name them, harmlessly).
-        let small = self.small.get_mut();
-        let mut th = core::mem::replace(&mut small.threads, null_mut());
-        while !th.is_null() {
-            // SAFETY: no thread uses a heap being dropped; `next` is read
-            // before the slot is recycled.
-            unsafe {
-                let next = (*th).next;
-                ThreadHeap::recycle(th);
-                th = next;
-            }
-        }
+        self.small.get_mut().threads.recycle_all();
     }
 }
 
@@ -794,13 +792,13 @@ impl<S: PageSource, R: RawMutex> Drop for PrivateHeap<S, R> {
 unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHeap<S, R> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.alloc_inner(layout.size(), layout.align())
+        self.alloc_sized(layout.size(), layout.align())
             .map_or(null_mut(), |(p, _)| p.as_ptr())
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match self.alloc_inner(layout.size(), layout.align()) {
+        match self.alloc_sized(layout.size(), layout.align()) {
             Some((p, zeroed)) => {
                 if !zeroed {
                     // SAFETY: the block holds at least `layout.size()` bytes.
@@ -816,7 +814,7 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHea
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `ptr` is a live block of this heap allocated with `layout`
         // (GlobalAlloc::dealloc contract), hence non-null.
-        unsafe { self.free_inner(NonNull::new_unchecked(ptr), layout.size()) }
+        unsafe { self.free_sized(NonNull::new_unchecked(ptr), layout.size()) }
     }
 
     #[inline]
@@ -825,7 +823,7 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHea
         // is non-zero and valid with `layout.align()` (GlobalAlloc::realloc
         // contract).
         unsafe {
-            self.realloc_inner(
+            self.realloc_sized(
                 NonNull::new_unchecked(ptr),
                 layout.size(),
                 new_size,
@@ -848,7 +846,7 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
             return Ok(NonNull::slice_from_raw_parts(dangling(layout.align()), 0));
         }
         let (p, _) = self
-            .alloc_inner(layout.size(), layout.align())
+            .alloc_sized(layout.size(), layout.align())
             .ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
@@ -868,7 +866,7 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         if layout.size() != 0 {
             // SAFETY: a non-zero-sized block of this heap (Allocator contract).
-            unsafe { self.free_inner(ptr, layout.size()) }
+            unsafe { self.free_sized(ptr, layout.size()) }
         }
     }
 
@@ -882,7 +880,7 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
             return self.allocate(new);
         }
         // SAFETY: `ptr` is a live block allocated with `old` (contract).
-        let p = unsafe { self.realloc_inner(ptr, old.size(), new.size(), new.align()) }
+        let p = unsafe { self.realloc_sized(ptr, old.size(), new.size(), new.align()) }
             .ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, new.size()))
     }
@@ -921,7 +919,7 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
         }
         // SAFETY: `ptr` is a live, non-zero-sized block with `old` (contract,
         // and `old.size() >= new.size() > 0`).
-        let p = unsafe { self.realloc_inner(ptr, old.size(), new.size(), new.align()) }
+        let p = unsafe { self.realloc_sized(ptr, old.size(), new.size(), new.align()) }
             .ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, new.size()))
     }

@@ -29,7 +29,7 @@
 
 use crate::fatal::Message;
 use crate::lock::SpinLock;
-use crate::pymem::{PyMemAllocatorDomain, PyMemAllocatorEx};
+use crate::pymem::allocator::{PyMemAllocatorDomain, PyMemAllocatorEx, default_allocator};
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::ptr::null_mut;
@@ -52,7 +52,7 @@ const LEAD_PAD: usize = 15;
 pub(crate) const HEADER: usize = 64;
 /// Guard bytes after the caller's data.
 pub(crate) const TAIL: usize = 16;
-const _: () = assert!(OFF_API + 1 + LEAD_PAD == HEADER && HEADER % 16 == 0);
+const _: () = assert!(OFF_API + 1 + LEAD_PAD == HEADER && HEADER.is_multiple_of(16));
 
 /// One domain's debug state: its API letter and the allocator it wraps.
 /// `inner` is written once, under the PyMem writer lock, before the hooks
@@ -103,58 +103,34 @@ struct LiveHead(*mut u8);
 // SAFETY: the list is only touched under `LIVE`'s lock.
 unsafe impl Send for LiveHead {}
 
-/// Takes the live-list lock and keeps it (fork handlers).
+/// The live-list lock, for the fork handlers.
 #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) fn lock_for_fork() {
-    core::mem::forget(LIVE.lock());
+pub(crate) fn live_lock() -> &'static Mutex<SpinLock, impl Sized> {
+    &LIVE
 }
 
-/// Releases the lock taken by `lock_for_fork`.
-///
-/// # Safety
-///
-/// `lock_for_fork` took it, on this thread or in the parent of this
-/// single-threaded child.
-#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) unsafe fn unlock_after_fork() {
-    // SAFETY: caller's contract.
-    unsafe { LIVE.force_unlock() }
+/// The debug allocator of `domain`, wrapping `inner` (the domain's
+/// current allocator). The caller installs it under the PyMem writer lock,
+/// at most once per domain, then calls `mark_installed`.
+pub(crate) fn wrap(domain: PyMemAllocatorDomain, inner: PyMemAllocatorEx) -> PyMemAllocatorEx {
+    let c = &CTX[domain as usize];
+    let default = default_allocator(domain);
+    // SAFETY: not yet published (the caller installs the result after).
+    unsafe { *c.inner.get() = Some(inner) };
+    c.inner_is_default
+        .store(core::ptr::fn_addr_eq(inner.malloc, default.malloc), Relaxed);
+    PyMemAllocatorEx {
+        ctx: (c as *const DebugCtx).cast_mut().cast(),
+        malloc: debug_malloc,
+        calloc: debug_calloc,
+        realloc: debug_realloc,
+        free: debug_free,
+    }
 }
 
-/// Wraps every domain's current allocator with the debug hooks, once.
-pub(crate) fn install() {
-    crate::pymem::with_writer(|| {
-        if INSTALLED.load(Acquire) {
-            return;
-        }
-        for (i, domain) in [
-            PyMemAllocatorDomain::Raw,
-            PyMemAllocatorDomain::Mem,
-            PyMemAllocatorDomain::Obj,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let inner = crate::pymem::slot(domain);
-            let default = crate::pymem::default_allocator(domain);
-            // SAFETY: not yet published (the hooks are installed below).
-            unsafe { *CTX[i].inner.get() = Some(inner) };
-            CTX[i]
-                .inner_is_default
-                .store(core::ptr::fn_addr_eq(inner.malloc, default.malloc), Relaxed);
-            crate::pymem::set_slot(
-                domain,
-                &PyMemAllocatorEx {
-                    ctx: (&CTX[i] as *const DebugCtx).cast_mut().cast(),
-                    malloc: debug_malloc,
-                    calloc: debug_calloc,
-                    realloc: debug_realloc,
-                    free: debug_free,
-                },
-            );
-        }
-        INSTALLED.store(true, Release);
-    });
+/// Records that the hooks are installed on every domain.
+pub(crate) fn mark_installed() {
+    INSTALLED.store(true, Release);
 }
 
 /// Whether the debug hooks are installed.
@@ -322,7 +298,7 @@ unsafe fn unlink(base: *mut u8) {
 /// allocator is pymalloc's).
 unsafe fn check_block(c: &DebugCtx, p: *mut u8, what: &str) -> *mut u8 {
     if c.inner_is_default.load(Relaxed) {
-        let foreign = p.addr() % 16 != 0
+        let foreign = !p.addr().is_multiple_of(16)
             || p.addr() < HEADER
             || crate::raw::map::ARENA_MAP
                 .lookup(p.addr() - HEADER)

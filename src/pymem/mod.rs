@@ -53,269 +53,22 @@
 // Debug hooks (PYMALLOC=debug).
 pub mod debug;
 
-use crate::heap::PrivateHeap;
-use crate::lock::SpinLock;
+// Domains, the allocator type, the default allocators.
+mod allocator;
+// The installed allocators and their set-up.
+mod slots;
+
+pub use allocator::{
+    CallocFn, FreeFn, HEAP, MallocFn, PyMemAllocatorDomain, PyMemAllocatorEx, ReallocFn,
+    default_allocator,
+};
+use allocator::{
+    heap_calloc, heap_free, heap_malloc, heap_realloc, raw_calloc, raw_free, raw_malloc,
+    raw_realloc,
+};
 use core::ffi::c_void;
 use core::ptr::null_mut;
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, fence};
-use parking_lot::lock_api::Mutex;
-
-/// The heap behind the default allocators of every domain.
-pub static HEAP: PrivateHeap = PrivateHeap::new();
-
-/// The three allocator domains of CPython's memory interface.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PyMemAllocatorDomain {
-    /// `PyMem_RawMalloc` …: thread-safe, for memory not tied to objects.
-    Raw = 0,
-    /// `PyMem_Malloc` …: general-purpose buffers.
-    Mem = 1,
-    /// `PyObject_Malloc` …: objects.
-    Obj = 2,
-}
-
-/// `PyMemAllocatorEx::malloc`.
-pub type MallocFn = unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void;
-/// `PyMemAllocatorEx::calloc`.
-pub type CallocFn = unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_void;
-/// `PyMemAllocatorEx::realloc`.
-pub type ReallocFn = unsafe extern "C" fn(*mut c_void, *mut c_void, usize) -> *mut c_void;
-/// `PyMemAllocatorEx::free`.
-pub type FreeFn = unsafe extern "C" fn(*mut c_void, *mut c_void);
-
-/// An allocator for one domain: a context passed to four functions, as
-/// CPython's `PyMemAllocatorEx`.
-///
-/// ```
-/// use core::ffi::c_void;
-/// use pymalloc::{PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_GetAllocator};
-///
-/// let default: PyMemAllocatorEx = PyMem_GetAllocator(PyMemAllocatorDomain::Raw);
-/// // SAFETY: the default raw allocator, called per its contract.
-/// unsafe {
-///     let p = (default.malloc)(default.ctx, 10);
-///     assert!(!p.is_null());
-///     (default.free)(default.ctx, p);
-/// }
-/// ```
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct PyMemAllocatorEx {
-    /// Passed as the first argument of every function.
-    pub ctx: *mut c_void,
-    /// `malloc(ctx, size)`.
-    pub malloc: MallocFn,
-    /// `calloc(ctx, nelem, elsize)`.
-    pub calloc: CallocFn,
-    /// `realloc(ctx, ptr, new_size)`.
-    pub realloc: ReallocFn,
-    /// `free(ctx, ptr)`.
-    pub free: FreeFn,
-}
-
-// SAFETY: the context is an opaque value the allocator's functions are
-// responsible for; the interface shares allocators between threads.
-unsafe impl Send for PyMemAllocatorEx {}
-// SAFETY: as above.
-unsafe impl Sync for PyMemAllocatorEx {}
-
-// ----- default allocators -----
-
-unsafe extern "C" fn raw_malloc(_: *mut c_void, n: usize) -> *mut c_void {
-    HEAP.raw().malloc(n).cast()
-}
-unsafe extern "C" fn raw_calloc(_: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
-    HEAP.raw().calloc(nelem, elsize).cast()
-}
-unsafe extern "C" fn raw_realloc(_: *mut c_void, p: *mut c_void, n: usize) -> *mut c_void {
-    // SAFETY: the caller passes a block of this domain (allocator contract).
-    unsafe { HEAP.raw().resize(p.cast(), n).cast() }
-}
-unsafe extern "C" fn raw_free(_: *mut c_void, p: *mut c_void) {
-    // SAFETY: as above.
-    unsafe { HEAP.raw().free(p.cast()) }
-}
-unsafe extern "C" fn heap_malloc(_: *mut c_void, n: usize) -> *mut c_void {
-    HEAP.malloc(n).cast()
-}
-unsafe extern "C" fn heap_calloc(_: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
-    HEAP.calloc(nelem, elsize).cast()
-}
-unsafe extern "C" fn heap_realloc(_: *mut c_void, p: *mut c_void, n: usize) -> *mut c_void {
-    // SAFETY: as above.
-    unsafe { HEAP.resize(p.cast(), n).cast() }
-}
-unsafe extern "C" fn heap_free(_: *mut c_void, p: *mut c_void) {
-    // SAFETY: as above.
-    unsafe { HEAP.free(p.cast()) }
-}
-
-/// The allocator a domain starts with.
-///
-/// ```
-/// use pymalloc::pymem::default_allocator;
-/// use pymalloc::PyMemAllocatorDomain;
-/// let a = default_allocator(PyMemAllocatorDomain::Mem);
-/// assert!(a.ctx.is_null());
-/// ```
-pub fn default_allocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
-    match domain {
-        PyMemAllocatorDomain::Raw => PyMemAllocatorEx {
-            ctx: null_mut(),
-            malloc: raw_malloc,
-            calloc: raw_calloc,
-            realloc: raw_realloc,
-            free: raw_free,
-        },
-        PyMemAllocatorDomain::Mem | PyMemAllocatorDomain::Obj => PyMemAllocatorEx {
-            ctx: null_mut(),
-            malloc: heap_malloc,
-            calloc: heap_calloc,
-            realloc: heap_realloc,
-            free: heap_free,
-        },
-    }
-}
-
-// ----- installed allocators -----
-
-/// One domain's installed allocator, readable without a lock: a sequence
-/// lock over five words. Invariant: `seq` is odd exactly while a writer
-/// (holding `WRITER`) is changing the words.
-struct Slot {
-    seq: AtomicUsize,
-    ctx: AtomicPtr<c_void>,
-    malloc: AtomicPtr<()>,
-    calloc: AtomicPtr<()>,
-    realloc: AtomicPtr<()>,
-    free: AtomicPtr<()>,
-}
-
-impl Slot {
-    const fn new() -> Self {
-        Self {
-            seq: AtomicUsize::new(0),
-            ctx: AtomicPtr::new(null_mut()),
-            malloc: AtomicPtr::new(null_mut()),
-            calloc: AtomicPtr::new(null_mut()),
-            realloc: AtomicPtr::new(null_mut()),
-            free: AtomicPtr::new(null_mut()),
-        }
-    }
-
-    fn read(&self) -> PyMemAllocatorEx {
-        loop {
-            let before = self.seq.load(Acquire);
-            if before % 2 == 1 {
-                core::hint::spin_loop();
-                continue;
-            }
-            let words = (
-                self.ctx.load(Relaxed),
-                self.malloc.load(Relaxed),
-                self.calloc.load(Relaxed),
-                self.realloc.load(Relaxed),
-                self.free.load(Relaxed),
-            );
-            fence(Acquire);
-            if self.seq.load(Relaxed) == before {
-                // SAFETY: a stable read (no writer meanwhile) of words that
-                // a writer stored from function pointers of these exact
-                // types (`write`).
-                return unsafe {
-                    PyMemAllocatorEx {
-                        ctx: words.0,
-                        malloc: core::mem::transmute::<*mut (), MallocFn>(words.1),
-                        calloc: core::mem::transmute::<*mut (), CallocFn>(words.2),
-                        realloc: core::mem::transmute::<*mut (), ReallocFn>(words.3),
-                        free: core::mem::transmute::<*mut (), FreeFn>(words.4),
-                    }
-                };
-            }
-        }
-    }
-
-    /// Stores `a`. The caller holds `WRITER`.
-    fn write(&self, a: &PyMemAllocatorEx) {
-        let seq = self.seq.load(Relaxed);
-        self.seq.store(seq + 1, Relaxed);
-        fence(Release);
-        self.ctx.store(a.ctx, Relaxed);
-        self.malloc.store(a.malloc as *mut (), Relaxed);
-        self.calloc.store(a.calloc as *mut (), Relaxed);
-        self.realloc.store(a.realloc as *mut (), Relaxed);
-        self.free.store(a.free as *mut (), Relaxed);
-        self.seq.store(seq + 2, Release);
-    }
-}
-
-static SLOTS: [Slot; 3] = [Slot::new(), Slot::new(), Slot::new()];
-/// Serialises writers of `SLOTS` and `MODE`.
-static WRITER: Mutex<SpinLock, ()> =
-    Mutex::const_new(<SpinLock as parking_lot::lock_api::RawMutex>::INIT, ());
-
-/// `MODE`: not yet initialised (the environment is read at the first call).
-const UNINIT: u8 = 0;
-/// Every domain has its default allocator: calls go straight to it.
-const DEFAULT: u8 = 1;
-/// Some domain has an installed allocator: calls read `SLOTS`.
-const HOOKED: u8 = 2;
-static MODE: AtomicU8 = AtomicU8::new(UNINIT);
-
-/// The allocator `domain` uses now, after reading `PYMALLOC` once.
-#[cold]
-#[inline(never)]
-fn installed(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
-    if MODE.load(Acquire) == UNINIT {
-        initialise();
-    }
-    if MODE.load(Acquire) == DEFAULT {
-        return default_allocator(domain);
-    }
-    SLOTS[domain as usize].read()
-}
-
-/// Fills the slots with the defaults and applies `PYMALLOC=debug`.
-#[cold]
-fn initialise() {
-    let guard = WRITER.lock();
-    if MODE.load(Acquire) != UNINIT {
-        return;
-    }
-    for domain in [
-        PyMemAllocatorDomain::Raw,
-        PyMemAllocatorDomain::Mem,
-        PyMemAllocatorDomain::Obj,
-    ] {
-        SLOTS[domain as usize].write(&default_allocator(domain));
-    }
-    MODE.store(DEFAULT, Release);
-    drop(guard);
-    HEAP.enable_fork();
-    if env_requests_debug() {
-        PyMem_SetupDebugHooks();
-    }
-}
-
-/// Whether the environment variable `PYMALLOC` is `debug`, read without
-/// allocating.
-fn env_requests_debug() -> bool {
-    #[cfg(all(unix, not(miri)))]
-    {
-        // SAFETY: a NUL-terminated name; getenv returns null or a
-        // NUL-terminated string that we only read, at once.
-        unsafe {
-            let v = libc::getenv(c"PYMALLOC".as_ptr());
-            !v.is_null() && core::ffi::CStr::from_ptr(v).to_bytes() == b"debug"
-        }
-    }
-    #[cfg(not(all(unix, not(miri))))]
-    {
-        false
-    }
-}
+pub(crate) use slots::writer_lock;
 
 /// Installs `allocator` for `domain`. Safe to call from any thread at any
 /// time; see the module documentation for when blocks may cross a swap.
@@ -345,7 +98,7 @@ fn env_requests_debug() -> bool {
 /// PyMem_SetAllocator(PyMemAllocatorDomain::Mem, &inner); // restore
 /// ```
 pub fn PyMem_SetAllocator(domain: PyMemAllocatorDomain, allocator: &PyMemAllocatorEx) {
-    with_writer(|| set_slot(domain, allocator));
+    slots::with_writer(|| slots::set_slot(domain, allocator));
 }
 
 /// The allocator installed for `domain`.
@@ -357,7 +110,7 @@ pub fn PyMem_SetAllocator(domain: PyMemAllocatorDomain, allocator: &PyMemAllocat
 /// unsafe { (raw.free)(raw.ctx, (raw.malloc)(raw.ctx, 1)) };
 /// ```
 pub fn PyMem_GetAllocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
-    installed(domain)
+    slots::installed(domain)
 }
 
 /// Installs the debug hooks on every domain (see
@@ -373,46 +126,7 @@ pub fn PyMem_GetAllocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
 /// unsafe { pymalloc::PyMem_Free(p) }; // checked: guards, domain, double free
 /// ```
 pub fn PyMem_SetupDebugHooks() {
-    crate::pymem::debug::install();
-}
-
-/// Takes the writer lock and keeps it (fork handlers).
-#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) fn lock_for_fork() {
-    core::mem::forget(WRITER.lock());
-}
-
-/// Releases the lock taken by `lock_for_fork`.
-///
-/// # Safety
-///
-/// `lock_for_fork` took it, on this thread or in the parent of this
-/// single-threaded child.
-#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) unsafe fn unlock_after_fork() {
-    // SAFETY: caller's contract.
-    unsafe { WRITER.force_unlock() }
-}
-
-/// `WRITER`, for the debug hooks' installation.
-pub(crate) fn with_writer<T>(f: impl FnOnce() -> T) -> T {
-    if MODE.load(Acquire) == UNINIT {
-        initialise();
-    }
-    let _guard = WRITER.lock();
-    let out = f();
-    MODE.store(HOOKED, Release);
-    out
-}
-
-/// Reads a slot (the caller holds `WRITER` or tolerates a stale value).
-pub(crate) fn slot(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
-    SLOTS[domain as usize].read()
-}
-
-/// Writes a slot; the caller holds `WRITER` (through `with_writer`).
-pub(crate) fn set_slot(domain: PyMemAllocatorDomain, a: &PyMemAllocatorEx) {
-    SLOTS[domain as usize].write(a);
+    slots::install_debug_hooks();
 }
 
 // ----- the function set -----
@@ -433,11 +147,11 @@ macro_rules! domain_functions {
         /// ```
         #[inline]
         pub fn $malloc(n: usize) -> *mut c_void {
-            if MODE.load(Relaxed) == DEFAULT {
+            if slots::all_default() {
                 // SAFETY: the default allocator takes any size.
                 return unsafe { $dflt_malloc(null_mut(), n) };
             }
-            let a = installed($domain);
+            let a = slots::installed($domain);
             // SAFETY: an installed allocator is called per its contract.
             unsafe { (a.malloc)(a.ctx, n) }
         }
@@ -455,11 +169,11 @@ macro_rules! domain_functions {
         /// ```
         #[inline]
         pub fn $calloc(nelem: usize, elsize: usize) -> *mut c_void {
-            if MODE.load(Relaxed) == DEFAULT {
+            if slots::all_default() {
                 // SAFETY: the default allocator takes any sizes.
                 return unsafe { $dflt_calloc(null_mut(), nelem, elsize) };
             }
-            let a = installed($domain);
+            let a = slots::installed($domain);
             // SAFETY: an installed allocator is called per its contract.
             unsafe { (a.calloc)(a.ctx, nelem, elsize) }
         }
@@ -487,11 +201,11 @@ macro_rules! domain_functions {
         /// result it must not be used again.
         #[inline]
         pub unsafe fn $realloc(p: *mut c_void, n: usize) -> *mut c_void {
-            if MODE.load(Relaxed) == DEFAULT {
+            if slots::all_default() {
                 // SAFETY: caller's contract.
                 return unsafe { $dflt_realloc(null_mut(), p, n) };
             }
-            let a = installed($domain);
+            let a = slots::installed($domain);
             // SAFETY: caller's contract.
             unsafe { (a.realloc)(a.ctx, p, n) }
         }
@@ -509,11 +223,11 @@ macro_rules! domain_functions {
         #[doc = concat!("`p` is null or a live block of the ", $what, " domain, not used afterwards.")]
         #[inline]
         pub unsafe fn $free(p: *mut c_void) {
-            if MODE.load(Relaxed) == DEFAULT {
+            if slots::all_default() {
                 // SAFETY: caller's contract.
                 return unsafe { $dflt_free(null_mut(), p) };
             }
-            let a = installed($domain);
+            let a = slots::installed($domain);
             // SAFETY: caller's contract.
             unsafe { (a.free)(a.ctx, p) }
         }

@@ -22,7 +22,7 @@ pub(crate) enum ChunkKind {
 /// the block alignment so that what follows stays aligned.
 pub(crate) const CHUNK_HEADER_SIZE: usize = 64;
 const _: () = assert!(size_of::<ChunkHeader>() <= CHUNK_HEADER_SIZE);
-const _: () = assert!(CHUNK_HEADER_SIZE % crate::config::ALIGNMENT == 0);
+const _: () = assert!(CHUNK_HEADER_SIZE.is_multiple_of(crate::config::ALIGNMENT));
 
 /// The header at the base of every chunk.
 ///

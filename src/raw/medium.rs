@@ -52,7 +52,7 @@ const SIZE_MASK: usize = !(ALIGNMENT - 1);
 /// Size of the single free block of an empty chunk.
 pub(crate) const CHUNK_BLOCK: usize = MEDIUM_CHUNK_SIZE - CHUNK_HEADER_SIZE - HEADER;
 
-const _: () = assert!(size_of::<Block>() <= HEADER && HEADER % ALIGNMENT == 0);
+const _: () = assert!(size_of::<Block>() <= HEADER && HEADER.is_multiple_of(ALIGNMENT));
 const _: () = assert!(CHUNK_BLOCK < 1 << (FL_COUNT as u32 + LINEAR_SHIFT - 1 + 1));
 
 /// A block header. Free blocks continue with [`FreeLinks`].
@@ -503,7 +503,7 @@ impl Tlsf {
                 assert_eq!((*b).prev_phys, prev, "prev_phys broken at {:#x}", b.addr());
                 let size = size_of_block(b);
                 assert!(
-                    size >= MIN_BLOCK && size % ALIGNMENT == 0,
+                    size >= MIN_BLOCK && size.is_multiple_of(ALIGNMENT),
                     "bad block size {size}"
                 );
                 assert!(b.addr() + size <= end, "block overruns its chunk");

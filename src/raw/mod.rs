@@ -231,7 +231,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     #[inline]
     fn purge_spare_chunk(&self, core: &mut RawCore) {
         core.ops = core.ops.wrapping_add(1);
-        if core.spare_since.is_some() && core.ops % PURGE_CHECK_INTERVAL == 0 {
+        if core.spare_since.is_some() && core.ops.is_multiple_of(PURGE_CHECK_INTERVAL) {
             self.purge_spare_chunk_slow(core);
         }
     }
@@ -368,22 +368,10 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         Some(RawBlock { ptr, zeroed: false })
     }
 
-    /// Takes the lock and keeps it (fork handlers).
+    /// Layer 1's lock, for the fork handlers.
     #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-    pub(crate) fn lock_for_fork(&self) {
-        core::mem::forget(self.core.lock());
-    }
-
-    /// Releases the lock taken by `lock_for_fork`.
-    ///
-    /// # Safety
-    ///
-    /// `lock_for_fork` took it, on this thread or in the parent of this
-    /// single-threaded child.
-    #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-    pub(crate) unsafe fn unlock_after_fork(&self) {
-        // SAFETY: caller's contract.
-        unsafe { self.core.force_unlock() }
+    pub(crate) fn fork_lock(&self) -> &Mutex<R, RawCore> {
+        &self.core
     }
 
     /// Adds `delta` (wrapping) to the bytes requested by live blocks.

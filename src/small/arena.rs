@@ -1,10 +1,11 @@
-//! Layer 2 geometry: arenas and the pool headers they hold.
+//! [`Arena`]: one `ARENA_SIZE` chunk carved into pools, and the pool moves
+//! in and out of it.
 //!
 //! # Arena layout [tag:arena-layout]
 //!
 //! An arena is an `ARENA_SIZE` chunk, `ARENA_SIZE`-aligned, cut into
 //! `POOLS_PER_ARENA` pools of `POOL_SIZE` bytes. Pool 0 holds metadata: the
-//! [`ArenaHeader`] at the base, then one [`PoolHeader`] per pool. Pools
+//! [`Arena`] header at the base, then one [`Pool`] header per pool. Pools
 //! `1..POOLS_PER_ARENA` hold blocks only. Keeping headers out of the pools
 //! means a pool's blocks start on a `POOL_SIZE` boundary
 //! ([tag:pool-data-aligned]), so blocks of a class whose size is a multiple
@@ -13,16 +14,30 @@
 //! `(addr - arena) >> POOL_SHIFT`.
 //!
 //! ```text
-//! | pool 0: ArenaHeader, PoolHeader[64] | pool 1 | pool 2 | ... | pool 63 |
+//! | pool 0: Arena, Pool[64] | pool 1 | pool 2 | ... | pool 63 |
 //! ```
 
 use crate::config::{ARENA_SIZE, POOL_SHIFT, POOL_SIZE, POOLS_PER_ARENA, USABLE_POOLS_PER_ARENA};
 use crate::raw::chunk::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkKind};
-use crate::small::size_class::SizeClass;
+use crate::small::pool::Pool;
 use core::ptr::{NonNull, null_mut};
-use core::sync::atomic::{AtomicPtr, AtomicU32};
 
-/// Header of an arena, at its base.
+/// Layer 2: one arena, an `ARENA_SIZE` (1 MiB) chunk taken from layer 1
+/// ([`RawHeap`](crate::RawHeap)) and carved into `POOL_SIZE` [`Pool`]s.
+/// The `Arena` value is the arena's header, at its base, followed by the
+/// headers of its pools ([ref:arena-layout]).
+///
+/// An arena owns its pools while they are empty: a list of pools that were
+/// used before (`freepools`) and the never-used ones past `ncarved`. It
+/// gives a pool out on the `empty -> used` transition
+/// (`Arena::take_pool`) and gets it back on `used -> empty`
+/// (`Arena::return_pool`); the heap keeps its arenas ordered by how many
+/// pools they have free, so new pools come from the fullest arena and
+/// nearly empty arenas drain and go back to the OS (`src/small/arenas.rs`).
+///
+/// Arenas are never created by users: a heap's arenas are shown, copied
+/// under the heap's lock, by [`PrivateHeap::arenas`](crate::PrivateHeap::arenas)
+/// as [`ArenaInfo`](crate::ArenaInfo) values.
 ///
 /// Invariants:
 /// * `nfreepools == (pools on freepools) + (USABLE_POOLS_PER_ARENA - ncarved)`;
@@ -30,132 +45,220 @@ use core::sync::atomic::{AtomicPtr, AtomicU32};
 ///   were never touched and read zero;
 /// * between heap operations, the arena is on the heap's usable-arenas list
 ///   iff `0 < nfreepools < USABLE_POOLS_PER_ARENA` ([ref:usable-arenas]);
-///   an arena with every pool empty is a spare or already given back.
+///   an arena with every pool empty is a spare or already given back;
+/// * every field but the chunk header is touched only under the heap's
+///   small-object lock.
 #[repr(C)]
-pub(crate) struct ArenaHeader {
-    pub(crate) chunk: ChunkHeader,
-    pub(crate) nfreepools: usize,
-    pub(crate) ncarved: usize,
+pub struct Arena {
+    pub(super) chunk: ChunkHeader,
+    pub(super) nfreepools: usize,
+    pub(super) ncarved: usize,
     /// Empty pools that were used before, singly linked through `next`.
-    pub(crate) freepools: *mut PoolHeader,
-    /// Neighbours on the usable-arenas list.
-    pub(crate) next: *mut ArenaHeader,
-    pub(crate) prev: *mut ArenaHeader,
-}
-
-/// Header of a pool, kept in its arena's pool 0.
-///
-/// Invariants:
-/// * `0 <= ref_count <= capacity`, and
-///   `ref_count + len(freeblock list) + (capacity - bump) == capacity`
-///   (blocks freed by other threads and not yet collected by the owner
-///   count as allocated);
-/// * a pool with a live block has one owner for as long as it has one:
-///   `owner` is a thread heap ([`crate::thread`]) or null for the heap's
-///   shared, locked lists; only the owner touches `freeblock`, `bump`,
-///   `ref_count`, `next` and `prev`;
-/// * a pool is *used* (on its owner's `usedpools[class]`) iff
-///   `0 < ref_count < capacity`, or `ref_count == 0` and it is its class's
-///   cached empty pool (see [`crate::small::pool`]); *full* (on no list) iff
-///   `ref_count == capacity`; *empty* (on its arena's `freepools`, or never
-///   carved, owner null) otherwise;
-/// * `zeroed_tail` implies the never-used blocks `bump..capacity` read zero.
-#[repr(C)]
-pub(crate) struct PoolHeader {
-    /// Head of the list of freed blocks, linked through their first word.
-    pub(crate) freeblock: *mut u8,
-    pub(crate) next: *mut PoolHeader,
-    pub(crate) prev: *mut PoolHeader,
-    /// First byte of the pool's blocks.
-    pub(crate) base: *mut u8,
-    /// Written by the owner only (a load and a store, no read-modify-write);
-    /// atomic so that `stats()` may read it from any thread.
-    pub(crate) ref_count: AtomicU32,
-    pub(crate) capacity: u32,
-    /// Index of the first never-used block.
-    pub(crate) bump: u32,
-    pub(crate) class: u8,
-    pub(crate) zeroed_tail: bool,
-    /// The thread heap that owns the pool, or null (see the invariants).
-    /// Set under the small-object lock when the pool leaves or rejoins its
-    /// arena; read by any thread freeing one of its blocks.
-    pub(crate) owner: AtomicPtr<crate::thread::ThreadHeap>,
-    /// Neighbours on the heap's purge queue of empty, not yet purged pools.
-    pub(crate) purge_next: *mut PoolHeader,
-    pub(crate) purge_prev: *mut PoolHeader,
-    /// When the pool became empty, iff it is on the purge queue.
-    pub(crate) emptied_at: Option<std::time::Instant>,
+    pub(super) freepools: *mut Pool,
+    /// Neighbours on the usable-arenas list, or the next spare.
+    pub(super) next: *mut Arena,
+    pub(super) prev: *mut Arena,
 }
 
 const POOL_HEADERS_OFFSET: usize = CHUNK_HEADER_SIZE * 4;
-const _: () = assert!(size_of::<ArenaHeader>() <= POOL_HEADERS_OFFSET);
-const _: () = assert!(POOL_HEADERS_OFFSET + POOLS_PER_ARENA * size_of::<PoolHeader>() <= POOL_SIZE);
+const _: () = assert!(size_of::<Arena>() <= POOL_HEADERS_OFFSET);
+const _: () = assert!(POOL_HEADERS_OFFSET + POOLS_PER_ARENA * size_of::<Pool>() <= POOL_SIZE);
 const _: () = assert!(crate::config::NB_SMALL_SIZE_CLASSES <= u8::MAX as usize);
 
-/// Writes a fresh arena header into a newly mapped arena chunk. The chunk
-/// header must already be written by layer 1.
-///
-/// # Safety
-///
-/// `base` is a live, zero-filled arena chunk of `ARENA_SIZE` bytes that
-/// nothing else uses.
-pub(crate) unsafe fn init_arena(base: NonNull<u8>) -> *mut ArenaHeader {
-    let arena = base.as_ptr().cast::<ArenaHeader>();
-    // SAFETY: the header fits in pool 0 of a live chunk (caller).
-    unsafe {
-        debug_assert!((*arena).chunk.kind == ChunkKind::Arena);
-        (*arena).nfreepools = USABLE_POOLS_PER_ARENA;
-        (*arena).ncarved = 0;
-        (*arena).freepools = null_mut();
-        (*arena).next = null_mut();
-        (*arena).prev = null_mut();
+impl Arena {
+    /// Bytes per arena.
+    pub const SIZE: usize = ARENA_SIZE;
+    /// Pools per arena that serve blocks (the first pool's room holds the
+    /// headers).
+    pub const POOLS: usize = USABLE_POOLS_PER_ARENA;
+
+    /// Writes a fresh arena header into a newly mapped arena chunk (all
+    /// pools empty, none carved). The chunk header must already be written
+    /// by layer 1.
+    ///
+    /// # Safety
+    ///
+    /// `base` is a live, zero-filled arena chunk of `ARENA_SIZE` bytes that
+    /// nothing else uses.
+    pub(crate) unsafe fn init(base: NonNull<u8>) -> *mut Arena {
+        let arena = base.as_ptr().cast::<Arena>();
+        // SAFETY: the header fits in pool 0 of a live chunk (caller).
+        unsafe {
+            debug_assert!((*arena).chunk.kind == ChunkKind::Arena);
+            (*arena).nfreepools = USABLE_POOLS_PER_ARENA;
+            (*arena).ncarved = 0;
+            (*arena).freepools = null_mut();
+            (*arena).next = null_mut();
+            (*arena).prev = null_mut();
+        }
+        arena
     }
-    arena
+
+    /// The arena holding pool header `pool`.
+    #[inline]
+    pub(crate) fn of_pool(pool: *mut Pool) -> *mut Arena {
+        pool.map_addr(|a| a & !(ARENA_SIZE - 1)).cast()
+    }
+
+    /// The arena a small block lies in, by masking its address (the block
+    /// must carry its arena chunk's provenance for the result to be used).
+    #[inline]
+    pub(crate) fn of_block(ptr: *const u8) -> *mut Arena {
+        ptr.cast_mut().map_addr(|a| a & !(ARENA_SIZE - 1)).cast()
+    }
+
+    /// Index of the pool containing `addr` within `arena`.
+    #[inline]
+    fn pool_index(arena: *const Arena, addr: usize) -> usize {
+        (addr - arena.addr()) >> POOL_SHIFT
+    }
+
+    /// The header of pool `index` (`1..POOLS_PER_ARENA`) of `arena`.
+    #[inline]
+    pub(crate) fn pool(arena: *mut Arena, index: usize) -> *mut Pool {
+        debug_assert!(index > 0 && index < POOLS_PER_ARENA);
+        arena
+            .wrapping_byte_add(POOL_HEADERS_OFFSET)
+            .cast::<Pool>()
+            .wrapping_add(index)
+    }
+
+    /// First byte of pool `index`'s blocks.
+    #[inline]
+    fn pool_data(arena: *mut Arena, index: usize) -> *mut u8 {
+        arena.cast::<u8>().wrapping_add(index * POOL_SIZE)
+    }
+
+    /// The header of the pool holding small block `ptr` of `arena`.
+    #[inline]
+    pub(crate) fn pool_of(arena: *mut Arena, ptr: *const u8) -> *mut Pool {
+        Self::pool(arena, Self::pool_index(arena, ptr.addr()))
+    }
+
+    /// Pools of `arena` that are empty (free or never carved).
+    ///
+    /// # Safety
+    ///
+    /// `arena` is live; the caller holds the small-object lock.
+    pub(crate) unsafe fn free_pools(arena: *const Arena) -> usize {
+        // SAFETY: caller's contract.
+        unsafe { (*arena).nfreepools }
+    }
+
+    /// Pools of `arena` carved so far: `1..=carved` may have headers.
+    ///
+    /// # Safety
+    ///
+    /// As for `free_pools`.
+    pub(crate) unsafe fn carved(arena: *const Arena) -> usize {
+        // SAFETY: caller's contract.
+        unsafe { (*arena).ncarved }
+    }
+
+    /// empty -> used, the arena's half: takes one empty pool, a used one
+    /// from `freepools` before carving a fresh one. Returns its header
+    /// (not yet initialised for a class), where its blocks start, and
+    /// whether they read zero.
+    ///
+    /// # Safety
+    ///
+    /// `arena` is live with `nfreepools > 0`; the caller holds the
+    /// small-object lock, and takes the pool off the purge queue.
+    pub(super) unsafe fn take_pool(arena: *mut Arena) -> (*mut Pool, *mut u8, bool) {
+        // SAFETY: caller's contract; the header of a pool on `freepools`
+        // is live and its `next` links the rest.
+        unsafe {
+            debug_assert!((*arena).nfreepools > 0);
+            (*arena).nfreepools -= 1;
+            if (*arena).freepools.is_null() {
+                let index = (*arena).ncarved + 1;
+                (*arena).ncarved = index;
+                (
+                    Self::pool(arena, index),
+                    Self::pool_data(arena, index),
+                    true,
+                )
+            } else {
+                let pool = (*arena).freepools;
+                (*arena).freepools = (*pool).next;
+                (pool, (*pool).base, (*pool).zeroed_tail)
+            }
+        }
+    }
+
+    /// used -> empty, the arena's half: `pool` goes back on `freepools`.
+    ///
+    /// # Safety
+    ///
+    /// `pool` is an empty pool of live `arena`, on no list; the caller
+    /// holds the small-object lock.
+    pub(super) unsafe fn return_pool(arena: *mut Arena, pool: *mut Pool) {
+        // SAFETY: caller's contract.
+        unsafe {
+            debug_assert_eq!(Self::of_pool(pool), arena);
+            (*pool).next = (*arena).freepools;
+            (*arena).freepools = pool;
+            (*arena).nfreepools += 1;
+        }
+    }
+
+    /// Calls `f` with every pool on `freepools`.
+    ///
+    /// # Safety
+    ///
+    /// `arena` is live; the caller holds the small-object lock.
+    pub(super) unsafe fn for_each_free_pool(arena: *mut Arena, mut f: impl FnMut(*mut Pool)) {
+        // SAFETY: caller's contract.
+        let mut pool = unsafe { (*arena).freepools };
+        while !pool.is_null() {
+            f(pool);
+            // SAFETY: pools on `freepools` are live, linked through `next`.
+            pool = unsafe { (*pool).next };
+        }
+    }
+
+    /// Checks `nfreepools` against the free and never-carved pools; panics
+    /// on a violation.
+    ///
+    /// # Safety
+    ///
+    /// As for `for_each_free_pool`.
+    pub(super) unsafe fn validate(arena: *mut Arena) {
+        let mut on_list = 0;
+        // SAFETY: caller's contract.
+        unsafe {
+            Self::for_each_free_pool(arena, |pool| {
+                assert_eq!(
+                    Pool::in_use(pool),
+                    0,
+                    "pool {pool:p} on free pools is not empty"
+                );
+                assert_eq!(
+                    Self::of_pool(pool),
+                    arena,
+                    "pool {pool:p} on another arena's list"
+                );
+                on_list += 1;
+                assert!(
+                    on_list <= USABLE_POOLS_PER_ARENA,
+                    "free pools of {arena:p} loop"
+                );
+            });
+            assert_eq!(
+                (*arena).nfreepools,
+                on_list + USABLE_POOLS_PER_ARENA - (*arena).ncarved,
+                "arena {arena:p}: nfreepools wrong"
+            );
+        }
+    }
 }
 
-/// The arena containing pool header `pool`.
-#[inline]
-pub(crate) fn arena_of_pool(pool: *mut PoolHeader) -> *mut ArenaHeader {
-    pool.map_addr(|a| a & !(ARENA_SIZE - 1)).cast()
-}
-
-/// Index of the pool containing `addr` within arena `arena`.
-#[inline]
-pub(crate) fn pool_index(arena: *const ArenaHeader, addr: usize) -> usize {
-    (addr - arena.addr()) >> POOL_SHIFT
-}
-
-/// The header of pool `index` of `arena`.
-#[inline]
-pub(crate) fn pool_header(arena: *mut ArenaHeader, index: usize) -> *mut PoolHeader {
-    debug_assert!(index > 0 && index < POOLS_PER_ARENA);
-    arena
-        .wrapping_byte_add(POOL_HEADERS_OFFSET)
-        .cast::<PoolHeader>()
-        .wrapping_add(index)
-}
-
-/// First byte of pool `index`'s blocks.
-#[inline]
-pub(crate) fn pool_data(arena: *mut ArenaHeader, index: usize) -> *mut u8 {
-    arena.cast::<u8>().wrapping_add(index * POOL_SIZE)
-}
-
-/// The header of the pool holding small block `ptr` of arena `arena`.
-#[inline]
-pub(crate) fn pool_of(arena: *mut ArenaHeader, ptr: *const u8) -> *mut PoolHeader {
-    pool_header(arena, pool_index(arena, ptr.addr()))
-}
-
-/// Size class of a pool.
-///
-/// # Safety
-///
-/// `pool` is the header of a pool in a live arena.
-#[inline]
-pub(crate) unsafe fn class_of_pool(pool: *mut PoolHeader) -> SizeClass {
-    // SAFETY: caller's contract.
-    unsafe { (*pool).class as SizeClass }
+impl core::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Arena")
+            .field("base", &format_args!("{:#x}", self.chunk.base_addr()))
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]
@@ -165,18 +268,19 @@ mod tests {
     #[test]
     fn addresses_map_to_their_pool() {
         // A fake arena base: only address arithmetic is exercised here.
-        let arena = core::ptr::without_provenance_mut::<ArenaHeader>(7 * ARENA_SIZE);
+        let arena = core::ptr::without_provenance_mut::<Arena>(7 * ARENA_SIZE);
         for index in 1..POOLS_PER_ARENA {
-            let data = pool_data(arena, index);
+            let data = Arena::pool_data(arena, index);
             assert_eq!(data.addr() % POOL_SIZE, 0);
             for offset in [0, 1, POOL_SIZE / 2, POOL_SIZE - 1] {
                 let p = data.wrapping_add(offset);
-                assert_eq!(pool_index(arena, p.addr()), index);
-                assert_eq!(pool_of(arena, p), pool_header(arena, index));
+                assert_eq!(Arena::pool_index(arena, p.addr()), index);
+                assert_eq!(Arena::pool_of(arena, p), Arena::pool(arena, index));
+                assert_eq!(Arena::of_block(p), arena);
             }
-            let h = pool_header(arena, index);
-            assert_eq!(arena_of_pool(h), arena);
-            assert!(h.addr() + size_of::<PoolHeader>() <= arena.addr() + POOL_SIZE);
+            let h = Arena::pool(arena, index);
+            assert_eq!(Arena::of_pool(h), arena);
+            assert!(h.addr() + size_of::<Pool>() <= arena.addr() + POOL_SIZE);
         }
     }
 }

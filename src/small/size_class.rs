@@ -71,7 +71,8 @@ mod tests {
         while align <= 2 * SMALL_REQUEST_THRESHOLD {
             for size in 0..=SMALL_REQUEST_THRESHOLD + 1 {
                 let expect = (1..=NB_SMALL_SIZE_CLASSES).map(|c| c - 1).find(|&c| {
-                    block_size(c) >= size.max(1) && block_size(c) % align.max(ALIGNMENT) == 0
+                    block_size(c) >= size.max(1)
+                        && block_size(c).is_multiple_of(align.max(ALIGNMENT))
                 });
                 assert_eq!(class_of(size, align), expect, "size {size} align {align}");
             }

@@ -4,7 +4,7 @@
 //!
 //! Each thread that allocates small blocks from a [`PrivateHeap`] gets a
 //! [`ThreadHeap`] of that heap: its own `usedpools` table. The pools on it
-//! belong to the thread (`PoolHeader::owner`), which allocates and frees
+//! belong to the thread (`Pool::owner`), which allocates and frees
 //! their blocks with plain loads and stores: no lock, no atomic
 //! read-modify-write. The heap's lock is taken only to move a pool between
 //! its arena and a thread (once per pool's worth of blocks).
@@ -39,22 +39,35 @@
 //!   (rust-lang/rust#144465: TLS machinery allocates through `System`) is
 //!   all that is assumed.
 //!
+//! * **Medium cache.** Each thread heap also keeps medium blocks its
+//!   thread freed, for the thread's own reuse without a lock
+//!   ([`medium_cache`]).
+//!
+//! | file | what it keeps |
+//! |---|---|
+//! | this file | [`ThreadHeap`], the [`Registry`] of a heap's thread heaps, the slab they live in |
+//! | `local.rs` | the thread-local cache of the calling thread's thread heaps, the exit guard |
+//! | `medium_cache.rs` | [`MediumCache`] |
+//! | `protocol.rs` | the lock-free inbox and claim protocols, checked with loom |
+//!
 //! [`PrivateHeap`]: crate::PrivateHeap
 
-// The lock-free protocols of thread heaps, checked with loom.
+pub(crate) mod local;
+pub(crate) mod medium_cache;
 pub(crate) mod protocol;
 
-use crate::config::ARENA_SIZE;
 use crate::lock::SpinLock;
 use crate::os::{OsPages, PageSource, page_size};
-use crate::small::arena::{ArenaHeader, PoolHeader, pool_of};
-use crate::small::pool::{Freed, UsedPools};
-use crate::thread::protocol::{Claim, Inbox, Linked};
-use core::cell::Cell;
+use crate::small::arena::Arena;
+use crate::small::pool::{Pool, PoolChain, PoolOwner, SmallBlock};
+use crate::small::size_class::SizeClass;
+use crate::small::used::{Freed, UsedPools};
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::Ordering::Relaxed;
 use core::sync::atomic::{AtomicU64, AtomicUsize};
+use medium_cache::{CacheCounters, MediumCache, bump};
 use parking_lot::lock_api::Mutex;
+use protocol::{Claim, Inbox, Linked};
 
 /// A value alone on its cache lines, so that remote threads writing it do
 /// not slow the owner's fast path (false sharing).
@@ -63,201 +76,113 @@ struct Padded<T>(T);
 
 /// One thread's share of a heap's layer 2.
 ///
+/// Its address is its pools' owner identity ([`PoolOwner`]): `used` is its
+/// first field, and `owner_id`/`from_owner` convert.
+///
 /// Invariants:
 /// * `used` and the pools on it are touched only by the owning thread (the
 ///   one whose cache holds `token`), or, while `token == 0` (orphan), by a
 ///   holder of the heap's small-object lock;
-/// * every pool whose `owner` is this thread heap is on `used`, or full;
+/// * every pool whose owner is this thread heap is on `used`, or full;
 /// * a block on `inbox` is a live-until-collected block of a pool owned by
 ///   this thread heap, linked through its first word.
 #[repr(C)]
 pub(crate) struct ThreadHeap {
-    pub(crate) used: UsedPools,
-    /// Bytes requested by blocks this owner allocated minus those it freed
-    /// (its own or others', wrapping): the sum over all owners is exact.
-    /// Written by the owner with a load and a store; read by `stats()`.
+    used: UsedPools,
+    /// Bytes requested by small blocks this owner allocated minus those it
+    /// freed (its own or others', wrapping): the sum over all owners is
+    /// exact. Written by the owner with a load and a store; read by
+    /// `stats()`.
     requested: AtomicUsize,
     /// The claim token of the owner; 0 for an orphan.
     token: Claim,
-    /// Next thread heap of the same heap (under the small-object lock).
-    pub(crate) next: *mut ThreadHeap,
+    /// Next thread heap of the same heap (its [`Registry`]).
+    next: *mut ThreadHeap,
     /// Next thread heap on the slab's free list.
     free_next: *mut ThreadHeap,
-    /// Medium blocks freed by this thread and kept for reuse (see
-    /// [`medium_bin`]): one LIFO list per bin, linked through the blocks'
-    /// first word; the second word holds the block's usable size.
-    medium: [*mut u8; MEDIUM_BINS],
-    /// Owner-written, `stats()`-read counters of the medium cache: requested
-    /// bytes freed into it minus those allocated from it (wrapping), usable
-    /// bytes and blocks it holds.
-    medium_requested: AtomicUsize,
-    medium_bytes: AtomicUsize,
-    medium_blocks: AtomicUsize,
+    medium: MediumCache,
     /// Blocks freed by other threads, not yet collected.
     inbox: Padded<Inbox<u8>>,
 }
 
-/// Largest request the per-thread medium cache serves.
-pub(crate) const MEDIUM_CACHE_MAX: usize = 128 * 1024;
-/// Most usable bytes one thread heap keeps in its medium cache: enough for
-/// steady churn (a few 64 KiB buffers, hundreds of 1 KiB ones), small
-/// enough that what it pins (a medium chunk at most, per thread) is minor.
-pub(crate) const MEDIUM_CACHE_BYTES: usize = 256 * 1024;
-/// Bins per doubling of size: a cached request is rounded up by at most
-/// 1/8 (12.5%).
-const BIN_STEPS: u32 = 8;
-const BIN_STEP_BITS: u32 = BIN_STEPS.trailing_zeros();
-/// First doubling of the medium bins: requests just above the small
-/// threshold.
-const BIN_BASE_LOG: u32 = crate::config::SMALL_REQUEST_THRESHOLD.trailing_zeros();
-const MEDIUM_BINS: usize =
-    ((MEDIUM_CACHE_MAX.trailing_zeros() - BIN_BASE_LOG) * BIN_STEPS) as usize;
-const _: () = assert!(crate::config::SMALL_REQUEST_THRESHOLD.is_power_of_two());
-const _: () =
-    assert!(MEDIUM_CACHE_MAX.is_power_of_two() && MEDIUM_CACHE_MAX <= crate::config::MEDIUM_MAX);
-
-/// The medium bin of a request of `size` bytes (above the small threshold,
-/// at most `MEDIUM_CACHE_MAX`) and the size to allocate for it: the bin's
-/// bound, so that every block in the bin can serve every request of it.
-#[inline]
-pub(crate) fn medium_bin(size: usize) -> Option<(usize, usize)> {
-    if size <= crate::config::SMALL_REQUEST_THRESHOLD || size > MEDIUM_CACHE_MAX {
-        return None;
-    }
-    let r = size - 1;
-    let log = usize::BITS - 1 - r.leading_zeros();
-    let step = (r >> (log - BIN_STEP_BITS)) & (BIN_STEPS as usize - 1);
-    let bin = ((log - BIN_BASE_LOG) * BIN_STEPS) as usize + step;
-    Some((bin, bin_bound(bin)))
-}
-
-/// The request size bin `bin` serves up to (its blocks hold at least this).
-#[inline]
-fn bin_bound(bin: usize) -> usize {
-    let log = BIN_BASE_LOG + (bin as u32 >> BIN_STEP_BITS);
-    (BIN_STEPS as usize + (bin & (BIN_STEPS as usize - 1)) + 1) << (log - BIN_STEP_BITS)
-}
-
-/// The bin a freed block of `usable` bytes joins: the largest whose bound
-/// it holds.
-#[inline]
-fn bin_of_usable(usable: usize) -> Option<usize> {
-    if usable < bin_bound(0) {
-        return None;
-    }
-    Some(match medium_bin(usable + 1) {
-        Some((bin, _)) => bin - 1,
-        None => MEDIUM_BINS - 1,
-    })
-}
-
 impl ThreadHeap {
-    /// A medium block for a request of `size` bytes in `bin`, from the
-    /// cache.
+    /// The owner identity of `th`'s pools.
+    #[inline(always)]
+    pub(crate) fn owner_id(th: *mut ThreadHeap) -> *mut PoolOwner {
+        th.cast()
+    }
+
+    /// The thread heap whose owner identity is `owner` (non-null).
+    #[inline(always)]
+    fn from_owner(owner: *mut PoolOwner) -> *mut ThreadHeap {
+        owner.cast()
+    }
+
+    /// A block of `class` for `size` bytes from `th`'s used pools, counted;
+    /// `None` if it has none of `class`.
     ///
     /// # Safety
     ///
-    /// The caller owns `th`; `bin` is `medium_bin(size)`'s.
-    #[inline]
-    pub(crate) unsafe fn medium_pop(
+    /// The calling thread owns `th`.
+    #[inline(always)]
+    pub(crate) unsafe fn alloc_local(
         th: *mut ThreadHeap,
-        bin: usize,
+        class: SizeClass,
         size: usize,
-    ) -> Option<NonNull<u8>> {
-        // SAFETY: the owner alone touches the bins; cached blocks are live
-        // medium blocks holding (next, usable) in their first two words.
+    ) -> Option<SmallBlock> {
+        // SAFETY: caller's contract: the table and the counter are ours.
         unsafe {
-            let head = *(*th).medium.get_unchecked(bin);
-            let block = NonNull::new(head)?;
-            crate::valgrind::defined(head, 2 * size_of::<usize>());
-            let usable = head.cast::<usize>().add(1).read();
-            *(*th).medium.get_unchecked_mut(bin) = head.cast::<*mut u8>().read();
-            bump(&(*th).medium_requested, size);
-            bump(&(*th).medium_bytes, usable.wrapping_neg());
-            bump(&(*th).medium_blocks, usize::MAX);
+            let block = (*th).used.alloc_block(class)?;
+            bump(&(*th).requested, size);
             Some(block)
         }
     }
 
-    /// Keeps freed medium block `ptr` (`usable` bytes, requested with
-    /// `size`) for reuse; `false` if it does not fit a bin or the cache is
-    /// full, and then the caller frees it.
+    /// Returns block `ptr` (requested with `size` bytes) to `pool`, which
+    /// `th` owns, counted.
     ///
     /// # Safety
     ///
-    /// The caller owns `th`; `ptr` is a live medium block of `th`'s heap
-    /// with `usable` usable bytes, not used afterwards if `true` is
-    /// returned.
-    #[inline]
-    pub(crate) unsafe fn medium_push(
+    /// The calling thread owns `th`, which owns `pool`; `ptr` is a live
+    /// block of `pool`, not used afterwards.
+    #[inline(always)]
+    pub(crate) unsafe fn free_local(
         th: *mut ThreadHeap,
+        pool: *mut Pool,
         ptr: NonNull<u8>,
-        usable: usize,
         size: usize,
-    ) -> bool {
-        let Some(bin) = bin_of_usable(usable) else {
-            return false;
-        };
-        // SAFETY: as for `medium_pop`; the block is ours to write.
+    ) -> Freed {
+        // SAFETY: caller's contract.
         unsafe {
-            let cached = (*th).medium_bytes.load(Relaxed);
-            if cached + usable > MEDIUM_CACHE_BYTES {
-                return false;
-            }
-            let p = ptr.as_ptr();
-            crate::valgrind::defined(p, 2 * size_of::<usize>());
-            p.cast::<*mut u8>().write(*(*th).medium.get_unchecked(bin));
-            p.cast::<usize>().add(1).write(usable);
-            crate::valgrind::noaccess(p, 2 * size_of::<usize>());
-            *(*th).medium.get_unchecked_mut(bin) = p;
-            bump(&(*th).medium_requested, size.wrapping_neg());
-            (*th).medium_bytes.store(cached + usable, Relaxed);
-            bump(&(*th).medium_blocks, 1);
+            bump(&(*th).requested, size.wrapping_neg());
+            (*th).used.free_block(pool, ptr)
         }
-        true
     }
 
-    /// Empties the medium cache, passing each block to `free` (which gives
-    /// it back to layer 1, as requested with 0 bytes: the requested bytes
-    /// left the counters when it was cached).
+    /// Puts `pool`, fresh from its arena for `th`, on `th`'s table.
     ///
     /// # Safety
     ///
-    /// The caller owns `th` (or holds the lock and `th` is an orphan).
-    pub(crate) unsafe fn take_medium(th: *mut ThreadHeap, mut free: impl FnMut(NonNull<u8>)) {
-        // SAFETY: as for `medium_pop`.
-        unsafe {
-            for bin in 0..MEDIUM_BINS {
-                let mut p = core::mem::replace(&mut (*th).medium[bin], null_mut());
-                while let Some(block) = NonNull::new(p) {
-                    crate::valgrind::defined(p, 2 * size_of::<usize>());
-                    p = p.cast::<*mut u8>().read();
-                    free(block);
-                }
-            }
-            (*th).medium_bytes.store(0, Relaxed);
-            (*th).medium_blocks.store(0, Relaxed);
-        }
+    /// The calling thread owns `th`; `pool` is a used pool of `class` owned
+    /// by `th` and on no list.
+    pub(crate) unsafe fn link_pool(th: *mut ThreadHeap, pool: *mut Pool, class: SizeClass) {
+        // SAFETY: caller's contract.
+        unsafe { (*th).used.link(pool, class) }
     }
 
-    /// The medium cache's counters: (requested delta, usable bytes held,
-    /// blocks held).
+    /// `th`'s medium cache.
     ///
     /// # Safety
     ///
     /// `th` is a thread heap from the slab.
-    pub(crate) unsafe fn medium_counters(th: *mut ThreadHeap) -> (usize, usize, usize) {
-        // SAFETY: slab memory is never unmapped.
-        unsafe {
-            (
-                (*th).medium_requested.load(Relaxed),
-                (*th).medium_bytes.load(Relaxed),
-                (*th).medium_blocks.load(Relaxed),
-            )
-        }
+    #[inline(always)]
+    pub(crate) unsafe fn medium(th: *mut ThreadHeap) -> *mut MediumCache {
+        // SAFETY: caller's contract; no reference is formed.
+        unsafe { &raw mut (*th).medium }
     }
 
-    /// Adds `delta` (wrapping) to the owner's requested bytes.
+    /// Adds `delta` (wrapping) to the owner's requested bytes of small
+    /// blocks.
     ///
     /// # Safety
     ///
@@ -277,55 +202,44 @@ impl ThreadHeap {
     /// The caller owns `th`.
     pub(crate) unsafe fn add_medium_requested(th: *mut ThreadHeap, delta: usize) {
         // SAFETY: as for `add_requested`.
-        unsafe { bump(&(*th).medium_requested, delta) }
-    }
-
-    /// The owner's requested bytes (wrapping), for `stats()`.
-    ///
-    /// # Safety
-    ///
-    /// `th` is a thread heap from the slab.
-    pub(crate) unsafe fn requested(th: *mut ThreadHeap) -> usize {
-        // SAFETY: slab memory is never unmapped.
-        unsafe { (*th).requested.load(Relaxed) }
+        unsafe { MediumCache::add_requested(Self::medium(th), delta) }
     }
 
     /// Pushes block `ptr`, freed by a thread that does not own its pool,
-    /// onto owner `th`'s inbox: one successful compare-and-swap.
+    /// onto the inbox of its pool's owner `owner`: one successful
+    /// compare-and-swap.
     ///
     /// # Safety
     ///
-    /// `ptr` is a live block of a pool owned by `th`, not used afterwards.
+    /// `owner` is a non-null owner identity made by `owner_id`; `ptr` is a
+    /// live block of a pool it owns, not used afterwards.
     #[inline]
-    pub(crate) unsafe fn push_remote(th: *mut ThreadHeap, ptr: NonNull<u8>) {
-        // SAFETY: `th` is live; the block is ours and is given up.
+    pub(crate) unsafe fn push_remote(owner: *mut PoolOwner, ptr: NonNull<u8>) {
+        let th = Self::from_owner(owner);
+        // SAFETY: `th` is live (slab memory); the block is given up.
         unsafe { (*th).inbox.0.push(ptr.as_ptr()) }
     }
 
     /// Frees locally every block on the inbox. Pools that become empty
-    /// leave `used` and are returned as a chain through `next`, for the
-    /// caller to release under the small-object lock.
+    /// leave `used` and are returned, for the caller to release under the
+    /// small-object lock.
     ///
     /// # Safety
     ///
     /// The caller owns `th` (or holds the lock and `th` is an orphan).
-    pub(crate) unsafe fn collect(th: *mut ThreadHeap) -> *mut PoolHeader {
+    pub(crate) unsafe fn collect(th: *mut ThreadHeap) -> PoolChain {
         // SAFETY: `th` is live.
         let mut block = unsafe { (*th).inbox.0.take_all() };
-        let mut emptied = null_mut::<PoolHeader>();
+        let mut emptied = PoolChain::new();
         while !block.is_null() {
             // SAFETY: inbox blocks are live blocks of pools owned by `th`
-            // (invariant); each carries its chunk's provenance, so its
-            // arena and pool header are reachable from it.
+            // (invariant); each carries its arena chunk's provenance, so its
+            // pool header is reachable from it.
             unsafe {
                 let next = <u8 as Linked>::next(block);
-                let arena = block
-                    .map_addr(|a| a & !(ARENA_SIZE - 1))
-                    .cast::<ArenaHeader>();
-                let pool = pool_of(arena, block);
-                if (*th).used.push(pool, NonNull::new_unchecked(block)) == Freed::Emptied {
-                    (*pool).next = emptied;
-                    emptied = pool;
+                let pool = Arena::pool_of(Arena::of_block(block), block);
+                if (*th).used.free_block(pool, NonNull::new_unchecked(block)) == Freed::Emptied {
+                    emptied.push(pool);
                 }
                 block = next;
             }
@@ -338,7 +252,7 @@ impl ThreadHeap {
     /// # Safety
     ///
     /// `th` is a thread heap from the slab.
-    pub(crate) unsafe fn is_orphan(th: *mut ThreadHeap) -> bool {
+    unsafe fn is_orphan(th: *mut ThreadHeap) -> bool {
         // SAFETY: slab memory is never unmapped. Acquire pairs with the
         // releasing thread's Release, so its last writes are visible.
         unsafe { (*th).token.is_orphan() }
@@ -349,7 +263,7 @@ impl ThreadHeap {
     /// # Safety
     ///
     /// `th` is an orphan of a heap whose small-object lock the caller holds.
-    pub(crate) unsafe fn adopt(th: *mut ThreadHeap) -> u64 {
+    unsafe fn adopt(th: *mut ThreadHeap) -> u64 {
         let token = NEXT_TOKEN.fetch_add(1, Relaxed);
         // SAFETY: `th` is live; claims happen under the lock, so no one else
         // adopts it meanwhile.
@@ -357,9 +271,20 @@ impl ThreadHeap {
         token
     }
 
+    /// Gives up ownership of `th` if the caller still owns it under `token`
+    /// (null `th`: nothing to do).
+    pub(crate) fn release(th: *mut ThreadHeap, token: u64) {
+        if !th.is_null() {
+            // SAFETY: slab memory is never unmapped. Release: whoever adopts
+            // `th` sees every write the owner made. Fails harmlessly if the
+            // heap was dropped and the slot recycled (token cleared or new).
+            let _ = unsafe { (*th).token.release(token) };
+        }
+    }
+
     /// A fresh thread heap from the slab, owned by the calling thread with
     /// the returned token; `None` if the OS refuses memory.
-    pub(crate) fn new_owned() -> Option<(*mut ThreadHeap, u64)> {
+    fn new_owned() -> Option<(*mut ThreadHeap, u64)> {
         let th = SLAB.lock().take()?;
         // SAFETY: a slab slot no heap uses (taken off the free list, or
         // fresh and zeroed). Every field but `token` is written plainly;
@@ -371,10 +296,7 @@ impl ThreadHeap {
             (&raw mut (*th).requested).write(AtomicUsize::new(0));
             (&raw mut (*th).next).write(null_mut());
             (&raw mut (*th).free_next).write(null_mut());
-            (&raw mut (*th).medium).write([null_mut(); MEDIUM_BINS]);
-            (&raw mut (*th).medium_requested).write(AtomicUsize::new(0));
-            (&raw mut (*th).medium_bytes).write(AtomicUsize::new(0));
-            (&raw mut (*th).medium_blocks).write(AtomicUsize::new(0));
+            (&raw mut (*th).medium).write(MediumCache::new());
             (&raw mut (*th).inbox).write(Padded(Inbox::new()));
             Some((th, Self::adopt(th)))
         }
@@ -387,23 +309,142 @@ impl ThreadHeap {
     /// `th`'s heap is being dropped (no thread uses it, its pools are gone);
     /// `th` is not used afterwards except by stale cache entries, whose
     /// releases fail because the token is cleared here.
-    pub(crate) unsafe fn recycle(th: *mut ThreadHeap) {
+    unsafe fn recycle(th: *mut ThreadHeap) {
         // SAFETY: `th` is a live slab slot (caller).
         unsafe {
             (*th).token.reset();
             (*th).used.clear();
-            (*th).medium = [null_mut(); MEDIUM_BINS];
+            MediumCache::forget(Self::medium(th));
             (*th).inbox.0.clear();
         }
         SLAB.lock().give_back(th);
     }
 }
 
-/// Adds `delta` (wrapping) to a counter only its owner writes: a load and
-/// a store, no read-modify-write.
-#[inline(always)]
-fn bump(counter: &AtomicUsize, delta: usize) {
-    counter.store(counter.load(Relaxed).wrapping_add(delta), Relaxed);
+/// Every thread heap of one heap, owned or orphaned, linked through
+/// `ThreadHeap::next`. Lives under the heap's small-object lock, which
+/// adoption requires: an orphan is touched only by lock holders.
+pub(crate) struct Registry {
+    head: *mut ThreadHeap,
+}
+
+// SAFETY: the pointers refer to slab memory, which any thread may use; the
+// registry is only reached through the heap's lock.
+unsafe impl Send for Registry {}
+
+impl Registry {
+    pub(crate) const fn new() -> Self {
+        Self { head: null_mut() }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = *mut ThreadHeap> + '_ {
+        core::iter::successors(NonNull::new(self.head), |th| {
+            // SAFETY: registered thread heaps live as long as the heap.
+            NonNull::new(unsafe { (*th.as_ptr()).next })
+        })
+        .map(NonNull::as_ptr)
+    }
+
+    /// A thread heap for the calling thread: an orphan adopted, or a new
+    /// one; `None` if the OS refuses memory. The caller holds the lock.
+    pub(crate) fn claim(&mut self) -> Option<(*mut ThreadHeap, u64)> {
+        for th in self.iter() {
+            // SAFETY: registered thread heaps are live; we hold the lock,
+            // which adoption requires.
+            unsafe {
+                if ThreadHeap::is_orphan(th) {
+                    return Some((th, ThreadHeap::adopt(th)));
+                }
+            }
+        }
+        let (th, token) = ThreadHeap::new_owned()?;
+        // SAFETY: a fresh thread heap, ours.
+        unsafe { (*th).next = self.head };
+        self.head = th;
+        Some((th, token))
+    }
+
+    /// Collects the inboxes of the calling thread's thread heap `own` (may
+    /// be null) and of every orphan: the pools that empty go on `chain`.
+    /// With `release_cached`, also moves their cached empty pools to
+    /// `chain` and passes their medium cache's blocks to `free_medium`.
+    /// Other live threads' thread heaps are theirs alone.
+    pub(crate) fn collect_idle(
+        &self,
+        own: *mut ThreadHeap,
+        release_cached: bool,
+        chain: &mut PoolChain,
+        mut free_medium: impl FnMut(NonNull<u8>),
+    ) {
+        for th in self.iter() {
+            // SAFETY: `own` is ours, and an orphan is touched by no thread
+            // while we hold the lock (only lock holders adopt). Pools that
+            // leave a table empty are on no list once on the chain.
+            unsafe {
+                if th != own && !ThreadHeap::is_orphan(th) {
+                    continue;
+                }
+                let mut emptied = ThreadHeap::collect(th);
+                while let Some(pool) = emptied.pop() {
+                    chain.push(pool);
+                }
+                if release_cached {
+                    (*th).used.take_empty(chain);
+                    MediumCache::drain(ThreadHeap::medium(th), &mut free_medium);
+                }
+            }
+        }
+    }
+
+    /// Bytes requested through every thread heap (wrapping), and how many
+    /// thread heaps there are. Read with relaxed loads: exact when no other
+    /// thread allocates meanwhile.
+    pub(crate) fn requested(&self) -> (usize, usize) {
+        self.iter().fold((0, 0), |(sum, n), th| {
+            // SAFETY: registered thread heaps are live; the counter is
+            // atomic.
+            let r = unsafe { (*th).requested.load(Relaxed) };
+            (sum.wrapping_add(r), n + 1)
+        })
+    }
+
+    /// The medium caches' counters, summed.
+    pub(crate) fn medium_totals(&self) -> CacheCounters {
+        self.iter().fold((0, 0, 0), |t, th| {
+            // SAFETY: registered thread heaps are live; counters are atomic.
+            let (r, b, n) = unsafe { MediumCache::counters(ThreadHeap::medium(th)) };
+            (t.0.wrapping_add(r), t.1 + b, t.2 + n)
+        })
+    }
+
+    /// Checks the used-pool tables of `own` (may be null) and of every
+    /// orphan; panics on a violation. Other live threads' tables may be
+    /// changing, so they are skipped.
+    pub(crate) fn validate(&self, own: *mut ThreadHeap) {
+        for th in self.iter() {
+            // SAFETY: as in `collect_idle`: these tables are quiescent.
+            unsafe {
+                if th == own || ThreadHeap::is_orphan(th) {
+                    (*th).used.validate(ThreadHeap::owner_id(th));
+                }
+            }
+        }
+    }
+
+    /// Returns every thread heap to the slab (the heap is being dropped;
+    /// threads' caches may still name them, harmlessly).
+    pub(crate) fn recycle_all(&mut self) {
+        let mut th = core::mem::replace(&mut self.head, null_mut());
+        while !th.is_null() {
+            // SAFETY: no thread uses a heap being dropped; `next` is read
+            // before the slot is recycled.
+            unsafe {
+                let next = (*th).next;
+                ThreadHeap::recycle(th);
+                th = next;
+            }
+        }
+    }
 }
 
 /// Source of claim tokens; 0 means "orphan", and tokens are never reused.
@@ -431,22 +472,10 @@ static SLAB: Mutex<SpinLock, Slab> = Mutex::const_new(
     },
 );
 
-/// Takes the slab lock and keeps it (fork handlers).
+/// The slab's lock, for the fork handlers.
 #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) fn lock_slab_for_fork() {
-    core::mem::forget(SLAB.lock());
-}
-
-/// Releases the slab lock taken by `lock_slab_for_fork`.
-///
-/// # Safety
-///
-/// `lock_slab_for_fork` took it, on this thread or in the parent of this
-/// single-threaded child.
-#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) unsafe fn unlock_slab_after_fork() {
-    // SAFETY: caller's contract.
-    unsafe { SLAB.force_unlock() }
+pub(crate) fn slab_lock() -> &'static Mutex<SpinLock, impl Sized> {
+    &SLAB
 }
 
 /// Bytes mapped per slab.
@@ -478,173 +507,4 @@ impl Slab {
     }
 }
 
-const _: () = assert!(SLAB_BYTES % core::mem::align_of::<ThreadHeap>() == 0);
-
-/// Thread heaps a thread keeps at once (for that many heaps). The first
-/// entry is the most recently used one; the fast path reads only it.
-const CACHE: usize = 4;
-
-/// Key of an empty cache entry: no heap has it (heap keys count up from 1),
-/// and a heap whose key is still 0 matches no entry either, so a matching
-/// key implies a thread heap and the fast path needs no null check.
-const NO_KEY: usize = usize::MAX;
-
-/// The calling thread's thread heaps, keyed by heap key (`NO_KEY`: empty).
-struct Local {
-    /// Set while `lookup` runs (see there).
-    busy: Cell<bool>,
-    keys: [Cell<usize>; CACHE],
-    heaps: [Cell<*mut ThreadHeap>; CACHE],
-    tokens: [Cell<u64>; CACHE],
-}
-
-/// Registered (by being touched) when the thread first claims a thread
-/// heap; dropped at thread exit, it orphans the thread's thread heaps and
-/// empties its cache. `LOCAL` itself has no destructor, so reading it costs
-/// no liveness check; after this guard is gone, `lookup` refuses to claim.
-struct ExitGuard;
-
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        // `LOCAL` needs no drop, so it stays readable during thread exit.
-        let _ = LOCAL.try_with(|l| {
-            for i in 0..CACHE {
-                release(l.heaps[i].get(), l.tokens[i].get());
-                l.keys[i].set(NO_KEY);
-                l.heaps[i].set(null_mut());
-            }
-        });
-    }
-}
-
-/// Gives up ownership of `th` if the caller still owns it under `token`.
-fn release(th: *mut ThreadHeap, token: u64) {
-    if !th.is_null() {
-        // SAFETY: slab memory is never unmapped. Release: whoever adopts
-        // `th` sees every write the owner made. Fails harmlessly if the heap
-        // was dropped and the slot recycled (token cleared or new).
-        let _ = unsafe { (*th).token.release(token) };
-    }
-}
-
-thread_local! {
-    static EXIT: ExitGuard = const { ExitGuard };
-    static LOCAL: Local = const {
-        Local {
-            busy: Cell::new(false),
-            keys: [const { Cell::new(NO_KEY) }; CACHE],
-            heaps: [const { Cell::new(null_mut()) }; CACHE],
-            tokens: [const { Cell::new(0) }; CACHE],
-        }
-    };
-}
-
-/// The calling thread's thread heap for heap `key` if it is the most
-/// recently used one (then never null).
-#[inline(always)]
-pub(crate) fn cached(key: usize) -> Option<*mut ThreadHeap> {
-    LOCAL
-        .try_with(|l| (l.keys[0].get() == key).then(|| l.heaps[0].get()))
-        .ok()
-        .flatten()
-}
-
-/// The calling thread's thread heap for heap `key` (non-zero): from the
-/// cache, moved to its front, or `claim`ed and cached (evicting, hence
-/// orphaning, the least recently used entry). Null when thread-locals are
-/// gone or `claim` fails.
-#[cold]
-#[inline(never)]
-pub(crate) fn lookup(
-    key: usize,
-    claim: impl FnOnce() -> Option<(*mut ThreadHeap, u64)>,
-) -> *mut ThreadHeap {
-    debug_assert_ne!(key, 0);
-    // Re-entrancy: registering the guard's destructor, or claiming, may
-    // call the C library's malloc, which may be this heap (an `LD_PRELOAD`
-    // build): a nested call finds `busy` set and takes the shared path.
-    let entered = LOCAL.try_with(|l| !l.busy.replace(true)).unwrap_or(false);
-    if !entered {
-        return null_mut();
-    }
-    let th = lookup_entered(key, claim);
-    let _ = LOCAL.try_with(|l| l.busy.set(false));
-    th
-}
-
-fn lookup_entered(
-    key: usize,
-    claim: impl FnOnce() -> Option<(*mut ThreadHeap, u64)>,
-) -> *mut ThreadHeap {
-    // Touching the guard registers its destructor; once it has run (thread
-    // exit), the thread gets no thread heap again.
-    if EXIT.try_with(|_| ()).is_err() {
-        return null_mut();
-    }
-    LOCAL
-        .try_with(|l| {
-            let found = (0..CACHE).find(|&i| l.keys[i].get() == key);
-            let (th, token, from) = match found {
-                Some(i) => (l.heaps[i].get(), l.tokens[i].get(), i),
-                None => {
-                    let Some((th, token)) = claim() else {
-                        return null_mut();
-                    };
-                    release(l.heaps[CACHE - 1].get(), l.tokens[CACHE - 1].get());
-                    (th, token, CACHE - 1)
-                }
-            };
-            for i in (0..from).rev() {
-                l.keys[i + 1].set(l.keys[i].get());
-                l.heaps[i + 1].set(l.heaps[i].get());
-                l.tokens[i + 1].set(l.tokens[i].get());
-            }
-            l.keys[0].set(key);
-            l.heaps[0].set(th);
-            l.tokens[0].set(token);
-            th
-        })
-        .unwrap_or(null_mut())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn medium_bins_serve_their_requests() {
-        let mut last = (0, 0);
-        // Every size natively; under Miri, every 61st and the bins' bounds.
-        let step = if cfg!(miri) { 61 } else { 1 };
-        let sizes = (crate::config::SMALL_REQUEST_THRESHOLD + 1..=MEDIUM_CACHE_MAX)
-            .filter(|s| s % step == 0 || medium_bin(*s).unwrap().1 == *s);
-        for size in sizes {
-            let (bin, bound) = medium_bin(size).unwrap();
-            assert!(bin < MEDIUM_BINS);
-            assert!(
-                bound >= size && bound - size <= size / BIN_STEPS as usize,
-                "{size}"
-            );
-            assert_eq!(bound, bin_bound(bin));
-            assert!(bin == last.0 || bin == last.0 + 1, "bins are contiguous");
-            assert!(
-                bin == 0 || size > bin_bound(bin - 1),
-                "{size} fits a smaller bin"
-            );
-            if bin == last.0 + 1 {
-                assert!(last.1 < size);
-            }
-            last = (bin, bound);
-            // A block allocated for the bin goes back to it, and any larger
-            // block to a bin whose requests it can serve.
-            assert_eq!(bin_of_usable(bound), Some(bin));
-            let b = bin_of_usable(bound + 17).unwrap();
-            assert!(bin_bound(b) <= bound + 17);
-        }
-        assert_eq!(last.0, MEDIUM_BINS - 1);
-        assert_eq!(medium_bin(crate::config::SMALL_REQUEST_THRESHOLD), None);
-        assert_eq!(medium_bin(MEDIUM_CACHE_MAX + 1), None);
-        assert_eq!(bin_of_usable(bin_bound(0) - 1), None);
-        assert_eq!(bin_of_usable(usize::MAX / 2), Some(MEDIUM_BINS - 1));
-    }
-}
+const _: () = assert!(SLAB_BYTES.is_multiple_of(core::mem::align_of::<ThreadHeap>()));

@@ -1,0 +1,203 @@
+//! The installed allocator of each domain: slots readable without a lock,
+//! the writer lock, and the one-time set-up that reads `PYMALLOC`.
+
+use crate::lock::SpinLock;
+use crate::pymem::allocator::{
+    CallocFn, FreeFn, HEAP, MallocFn, PyMemAllocatorDomain, PyMemAllocatorEx, ReallocFn,
+    default_allocator,
+};
+use crate::pymem::debug;
+use core::ffi::c_void;
+use core::ptr::null_mut;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, fence};
+use parking_lot::lock_api::Mutex;
+
+// ----- installed allocators -----
+
+/// One domain's installed allocator, readable without a lock: a sequence
+/// lock over five words. Invariant: `seq` is odd exactly while a writer
+/// (holding `WRITER`) is changing the words.
+struct Slot {
+    seq: AtomicUsize,
+    ctx: AtomicPtr<c_void>,
+    malloc: AtomicPtr<()>,
+    calloc: AtomicPtr<()>,
+    realloc: AtomicPtr<()>,
+    free: AtomicPtr<()>,
+}
+
+impl Slot {
+    const fn new() -> Self {
+        Self {
+            seq: AtomicUsize::new(0),
+            ctx: AtomicPtr::new(null_mut()),
+            malloc: AtomicPtr::new(null_mut()),
+            calloc: AtomicPtr::new(null_mut()),
+            realloc: AtomicPtr::new(null_mut()),
+            free: AtomicPtr::new(null_mut()),
+        }
+    }
+
+    fn read(&self) -> PyMemAllocatorEx {
+        loop {
+            let before = self.seq.load(Acquire);
+            if before % 2 == 1 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let words = (
+                self.ctx.load(Relaxed),
+                self.malloc.load(Relaxed),
+                self.calloc.load(Relaxed),
+                self.realloc.load(Relaxed),
+                self.free.load(Relaxed),
+            );
+            fence(Acquire);
+            if self.seq.load(Relaxed) == before {
+                // SAFETY: a stable read (no writer meanwhile) of words that
+                // a writer stored from function pointers of these exact
+                // types (`write`).
+                return unsafe {
+                    PyMemAllocatorEx {
+                        ctx: words.0,
+                        malloc: core::mem::transmute::<*mut (), MallocFn>(words.1),
+                        calloc: core::mem::transmute::<*mut (), CallocFn>(words.2),
+                        realloc: core::mem::transmute::<*mut (), ReallocFn>(words.3),
+                        free: core::mem::transmute::<*mut (), FreeFn>(words.4),
+                    }
+                };
+            }
+        }
+    }
+
+    /// Stores `a`. The caller holds `WRITER`.
+    fn write(&self, a: &PyMemAllocatorEx) {
+        let seq = self.seq.load(Relaxed);
+        self.seq.store(seq + 1, Relaxed);
+        fence(Release);
+        self.ctx.store(a.ctx, Relaxed);
+        self.malloc.store(a.malloc as *mut (), Relaxed);
+        self.calloc.store(a.calloc as *mut (), Relaxed);
+        self.realloc.store(a.realloc as *mut (), Relaxed);
+        self.free.store(a.free as *mut (), Relaxed);
+        self.seq.store(seq + 2, Release);
+    }
+}
+
+static SLOTS: [Slot; 3] = [Slot::new(), Slot::new(), Slot::new()];
+/// Serialises writers of `SLOTS` and `MODE`.
+static WRITER: Mutex<SpinLock, ()> =
+    Mutex::const_new(<SpinLock as parking_lot::lock_api::RawMutex>::INIT, ());
+
+/// `MODE`: not yet initialised (the environment is read at the first call).
+const UNINIT: u8 = 0;
+/// Every domain has its default allocator: calls go straight to it.
+const DEFAULT: u8 = 1;
+/// Some domain has an installed allocator: calls read `SLOTS`.
+const HOOKED: u8 = 2;
+static MODE: AtomicU8 = AtomicU8::new(UNINIT);
+
+/// The allocator `domain` uses now, after reading `PYMALLOC` once.
+#[cold]
+#[inline(never)]
+pub(crate) fn installed(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
+    if MODE.load(Acquire) == UNINIT {
+        initialise();
+    }
+    if MODE.load(Acquire) == DEFAULT {
+        return default_allocator(domain);
+    }
+    SLOTS[domain as usize].read()
+}
+
+/// Fills the slots with the defaults and applies `PYMALLOC=debug`.
+#[cold]
+fn initialise() {
+    let guard = WRITER.lock();
+    if MODE.load(Acquire) != UNINIT {
+        return;
+    }
+    for domain in [
+        PyMemAllocatorDomain::Raw,
+        PyMemAllocatorDomain::Mem,
+        PyMemAllocatorDomain::Obj,
+    ] {
+        SLOTS[domain as usize].write(&default_allocator(domain));
+    }
+    MODE.store(DEFAULT, Release);
+    drop(guard);
+    HEAP.enable_fork();
+    if env_requests_debug() {
+        install_debug_hooks();
+    }
+}
+
+/// Whether the environment variable `PYMALLOC` is `debug`, read without
+/// allocating.
+fn env_requests_debug() -> bool {
+    #[cfg(all(unix, not(miri)))]
+    {
+        // SAFETY: a NUL-terminated name; getenv returns null or a
+        // NUL-terminated string that we only read, at once.
+        unsafe {
+            let v = libc::getenv(c"PYMALLOC".as_ptr());
+            !v.is_null() && core::ffi::CStr::from_ptr(v).to_bytes() == b"debug"
+        }
+    }
+    #[cfg(not(all(unix, not(miri))))]
+    {
+        false
+    }
+}
+
+/// The writer lock, for the fork handlers.
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
+pub(crate) fn writer_lock() -> &'static Mutex<SpinLock, ()> {
+    &WRITER
+}
+
+/// `WRITER`, for the debug hooks' installation.
+pub(crate) fn with_writer<T>(f: impl FnOnce() -> T) -> T {
+    if MODE.load(Acquire) == UNINIT {
+        initialise();
+    }
+    let _guard = WRITER.lock();
+    let out = f();
+    MODE.store(HOOKED, Release);
+    out
+}
+
+/// Reads a slot (the caller holds `WRITER` or tolerates a stale value).
+pub(crate) fn slot(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
+    SLOTS[domain as usize].read()
+}
+
+/// Writes a slot; the caller holds `WRITER` (through `with_writer`).
+pub(crate) fn set_slot(domain: PyMemAllocatorDomain, a: &PyMemAllocatorEx) {
+    SLOTS[domain as usize].write(a);
+}
+
+/// Whether every domain has its default allocator (the fast path of the
+/// function set).
+#[inline(always)]
+pub(crate) fn all_default() -> bool {
+    MODE.load(Relaxed) == DEFAULT
+}
+
+/// Wraps every domain's current allocator with the debug hooks, once.
+pub(crate) fn install_debug_hooks() {
+    with_writer(|| {
+        if debug::debug_hooks_installed() {
+            return;
+        }
+        for domain in [
+            PyMemAllocatorDomain::Raw,
+            PyMemAllocatorDomain::Mem,
+            PyMemAllocatorDomain::Obj,
+        ] {
+            set_slot(domain, &debug::wrap(domain, slot(domain)));
+        }
+        debug::mark_installed();
+    });
+}

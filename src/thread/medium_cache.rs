@@ -1,0 +1,298 @@
+//! [`MediumCache`]: medium blocks a thread freed, kept for its own reuse.
+//!
+//! Medium blocks (above the small threshold, up to
+//! `config::MEDIUM_CACHE_MAX`) are served by layer 1's TLSF allocator under
+//! a lock. A thread that frees one keeps it here instead, in one of 64 bins
+//! (`MEDIUM_CACHE_BIN_STEPS` per doubling of size), and its next request of
+//! that bin pops it with no lock and no atomic read-modify-write. A request
+//! is rounded up to its bin's bound when it goes to layer 1, so every block
+//! of a bin serves every request of it. At most `MEDIUM_CACHE_BYTES` are
+//! kept per thread and heap; a bounded heap keeps none (its limit must see
+//! every free block). `trim()` and thread exit give the blocks back.
+
+use crate::config::{
+    MEDIUM_CACHE_BIN_STEPS, MEDIUM_CACHE_BYTES, MEDIUM_CACHE_MAX, SMALL_REQUEST_THRESHOLD,
+};
+use core::ptr::{NonNull, null_mut};
+use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::Ordering::Relaxed;
+
+const BIN_STEP_BITS: u32 = MEDIUM_CACHE_BIN_STEPS.trailing_zeros();
+/// First doubling of the bins: requests just above the small threshold.
+const BIN_BASE_LOG: u32 = SMALL_REQUEST_THRESHOLD.trailing_zeros();
+const MEDIUM_BINS: usize =
+    ((MEDIUM_CACHE_MAX.trailing_zeros() - BIN_BASE_LOG) * MEDIUM_CACHE_BIN_STEPS) as usize;
+
+/// One thread's cache of freed medium blocks, for one heap: one LIFO list
+/// per bin, linked through the blocks' first word; the second word holds
+/// the block's usable size.
+///
+/// Invariants: only the owning thread (or a holder of the heap's lock,
+/// while the thread heap is an orphan) touches the bins and writes the
+/// counters; `stats()` reads the counters from any thread. Every cached
+/// block is a live medium block of the heap with at least `bin_bound(bin)`
+/// usable bytes; `bytes` and `blocks` sum what the bins hold.
+pub(crate) struct MediumCache {
+    bins: [*mut u8; MEDIUM_BINS],
+    /// Requested bytes freed into the cache minus those allocated from it
+    /// (wrapping), plus the thread's direct medium and huge requests (see
+    /// `ThreadHeap::add_medium_requested`).
+    requested: AtomicUsize,
+    /// Usable bytes held.
+    bytes: AtomicUsize,
+    /// Blocks held.
+    blocks: AtomicUsize,
+}
+
+/// What a cache holds, for `stats()`: (requested delta, usable bytes,
+/// blocks).
+pub(crate) type CacheCounters = (usize, usize, usize);
+
+/// The bin of a request of `size` bytes (above the small threshold, at most
+/// `MEDIUM_CACHE_MAX`) and the size to allocate for it: the bin's bound, so
+/// that every block in the bin can serve every request of it.
+#[inline]
+pub(crate) fn medium_bin(size: usize) -> Option<(usize, usize)> {
+    if size <= SMALL_REQUEST_THRESHOLD || size > MEDIUM_CACHE_MAX {
+        return None;
+    }
+    let r = size - 1;
+    let log = usize::BITS - 1 - r.leading_zeros();
+    let step = (r >> (log - BIN_STEP_BITS)) & (MEDIUM_CACHE_BIN_STEPS as usize - 1);
+    let bin = ((log - BIN_BASE_LOG) * MEDIUM_CACHE_BIN_STEPS) as usize + step;
+    Some((bin, bin_bound(bin)))
+}
+
+/// The request size bin `bin` serves up to (its blocks hold at least this).
+#[inline]
+fn bin_bound(bin: usize) -> usize {
+    let steps = MEDIUM_CACHE_BIN_STEPS as usize;
+    let log = BIN_BASE_LOG + (bin as u32 >> BIN_STEP_BITS);
+    (steps + (bin & (steps - 1)) + 1) << (log - BIN_STEP_BITS)
+}
+
+/// The bin a freed block of `usable` bytes joins: the largest whose bound
+/// it holds.
+#[inline]
+fn bin_of_usable(usable: usize) -> Option<usize> {
+    if usable < bin_bound(0) {
+        return None;
+    }
+    Some(match medium_bin(usable + 1) {
+        Some((bin, _)) => bin - 1,
+        None => MEDIUM_BINS - 1,
+    })
+}
+
+/// Adds `delta` (wrapping) to a counter only its owner writes: a load and
+/// a store, no read-modify-write.
+#[inline(always)]
+pub(crate) fn bump(counter: &AtomicUsize, delta: usize) {
+    counter.store(counter.load(Relaxed).wrapping_add(delta), Relaxed);
+}
+
+impl MediumCache {
+    pub(crate) const fn new() -> Self {
+        Self {
+            bins: [null_mut(); MEDIUM_BINS],
+            requested: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            blocks: AtomicUsize::new(0),
+        }
+    }
+
+    /// A cached block for a request of `size` bytes in `bin`.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this` (see the invariants); `bin` is
+    /// `medium_bin(size)`'s. Accessed in place: `stats()` may read the
+    /// counters meanwhile.
+    #[inline]
+    pub(crate) unsafe fn pop(this: *mut Self, bin: usize, size: usize) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract; cached blocks are live medium blocks
+        // holding (next, usable) in their first two words.
+        unsafe {
+            let head = *(*this).bins.get_unchecked(bin);
+            let block = NonNull::new(head)?;
+            crate::valgrind::defined(head, 2 * size_of::<usize>());
+            let usable = head.cast::<usize>().add(1).read();
+            *(*this).bins.get_unchecked_mut(bin) = head.cast::<*mut u8>().read();
+            bump(&(*this).requested, size);
+            bump(&(*this).bytes, usable.wrapping_neg());
+            bump(&(*this).blocks, usize::MAX);
+            Some(block)
+        }
+    }
+
+    /// Keeps freed medium block `ptr` (`usable` bytes, requested with
+    /// `size`); `false` if it fits no bin or the cache is full, and then
+    /// the caller frees it.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this`; `ptr` is a live medium block of the cache's
+    /// heap with `usable` usable bytes, not used afterwards if `true` is
+    /// returned.
+    #[inline]
+    pub(crate) unsafe fn push(
+        this: *mut Self,
+        ptr: NonNull<u8>,
+        usable: usize,
+        size: usize,
+    ) -> bool {
+        let Some(bin) = bin_of_usable(usable) else {
+            return false;
+        };
+        // SAFETY: as for `pop`; the block is ours to write.
+        unsafe {
+            let cached = (*this).bytes.load(Relaxed);
+            if cached + usable > MEDIUM_CACHE_BYTES {
+                return false;
+            }
+            let p = ptr.as_ptr();
+            crate::valgrind::defined(p, 2 * size_of::<usize>());
+            p.cast::<*mut u8>().write(*(*this).bins.get_unchecked(bin));
+            p.cast::<usize>().add(1).write(usable);
+            crate::valgrind::noaccess(p, 2 * size_of::<usize>());
+            *(*this).bins.get_unchecked_mut(bin) = p;
+            bump(&(*this).requested, size.wrapping_neg());
+            (*this).bytes.store(cached + usable, Relaxed);
+            bump(&(*this).blocks, 1);
+        }
+        true
+    }
+
+    /// Empties the cache, passing each block to `free` (which gives it back
+    /// to layer 1 as requested with 0 bytes: the requested bytes left the
+    /// counters when it was cached).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this`.
+    pub(crate) unsafe fn drain(this: *mut Self, mut free: impl FnMut(NonNull<u8>)) {
+        // SAFETY: as for `pop`.
+        unsafe {
+            for bin in 0..MEDIUM_BINS {
+                let mut p = core::mem::replace(&mut (*this).bins[bin], null_mut());
+                while let Some(block) = NonNull::new(p) {
+                    crate::valgrind::defined(p, 2 * size_of::<usize>());
+                    p = p.cast::<*mut u8>().read();
+                    free(block);
+                }
+            }
+            (*this).bytes.store(0, Relaxed);
+            (*this).blocks.store(0, Relaxed);
+        }
+    }
+
+    /// Forgets every block (the heap is being dropped with its chunks).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this`.
+    pub(crate) unsafe fn forget(this: *mut Self) {
+        // SAFETY: caller's contract.
+        unsafe { (*this).bins = [null_mut(); MEDIUM_BINS] };
+    }
+
+    /// Adds `delta` (wrapping) to the requested-bytes counter.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this`.
+    pub(crate) unsafe fn add_requested(this: *mut Self, delta: usize) {
+        // SAFETY: caller's contract; only the owner writes the counter.
+        unsafe { bump(&(*this).requested, delta) }
+    }
+
+    /// The counters, read from any thread.
+    ///
+    /// # Safety
+    ///
+    /// `this` is live.
+    pub(crate) unsafe fn counters(this: *const Self) -> CacheCounters {
+        // SAFETY: caller's contract; the counters are atomic.
+        unsafe {
+            (
+                (*this).requested.load(Relaxed),
+                (*this).bytes.load(Relaxed),
+                (*this).blocks.load(Relaxed),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medium_bins_serve_their_requests() {
+        let mut last = (0, 0);
+        // Every size natively; under Miri, every 61st and the bins' bounds.
+        let step = if cfg!(miri) { 61 } else { 1 };
+        let sizes = (SMALL_REQUEST_THRESHOLD + 1..=MEDIUM_CACHE_MAX)
+            .filter(|s| s % step == 0 || medium_bin(*s).unwrap().1 == *s);
+        for size in sizes {
+            let (bin, bound) = medium_bin(size).unwrap();
+            assert!(bin < MEDIUM_BINS);
+            assert!(
+                bound >= size && bound - size <= size / MEDIUM_CACHE_BIN_STEPS as usize,
+                "{size}"
+            );
+            assert_eq!(bound, bin_bound(bin));
+            assert!(bin == last.0 || bin == last.0 + 1, "bins are contiguous");
+            assert!(
+                bin == 0 || size > bin_bound(bin - 1),
+                "{size} fits a smaller bin"
+            );
+            if bin == last.0 + 1 {
+                assert!(last.1 < size);
+            }
+            last = (bin, bound);
+            // A block allocated for the bin goes back to it, and any larger
+            // block to a bin whose requests it can serve.
+            assert_eq!(bin_of_usable(bound), Some(bin));
+            let b = bin_of_usable(bound + 17).unwrap();
+            assert!(bin_bound(b) <= bound + 17);
+        }
+        assert_eq!(last.0, MEDIUM_BINS - 1);
+        assert_eq!(medium_bin(SMALL_REQUEST_THRESHOLD), None);
+        assert_eq!(medium_bin(MEDIUM_CACHE_MAX + 1), None);
+        assert_eq!(bin_of_usable(bin_bound(0) - 1), None);
+        assert_eq!(bin_of_usable(usize::MAX / 2), Some(MEDIUM_BINS - 1));
+    }
+
+    #[test]
+    fn cache_is_lifo_per_bin_and_bounded() {
+        let mut cache = MediumCache::new();
+        let this = &raw mut cache;
+        let size = 1000;
+        let (bin, bound) = medium_bin(size).unwrap();
+        let mut blocks: Vec<Vec<u128>> = (0..3).map(|_| vec![0; bound.div_ceil(16)]).collect();
+        let ptrs: Vec<NonNull<u8>> = blocks
+            .iter_mut()
+            .map(|b| NonNull::new(b.as_mut_ptr().cast::<u8>()).unwrap())
+            .collect();
+        // SAFETY: the "blocks" are ours and live for the test.
+        unsafe {
+            for &p in &ptrs {
+                assert!(MediumCache::push(this, p, bound, size));
+            }
+            assert_eq!(
+                MediumCache::counters(this),
+                (size.wrapping_neg().wrapping_mul(3), 3 * bound, 3)
+            );
+            assert_eq!(MediumCache::pop(this, bin, size), Some(ptrs[2]));
+            assert_eq!(MediumCache::pop(this, bin + 1, size + 200), None);
+            // Too big for what is left of the budget.
+            assert!(!MediumCache::push(this, ptrs[2], MEDIUM_CACHE_BYTES, size));
+            let mut drained = Vec::new();
+            MediumCache::drain(this, |b| drained.push(b));
+            assert_eq!(drained, [ptrs[1], ptrs[0]]);
+            let (_, bytes, n) = MediumCache::counters(this);
+            assert_eq!((bytes, n), (0, 0));
+        }
+    }
+}
