@@ -1,9 +1,9 @@
 //! The workload suite on mimalloc's v2 line (see Cargo.toml).
 
-#[path = "../../common/select.rs"]
+#[path = "../../benches/common/select.rs"]
 #[macro_use]
 mod select;
-#[path = "../../common/workloads.rs"]
+#[path = "../../benches/common/workloads.rs"]
 #[allow(dead_code)]
 mod workloads;
 

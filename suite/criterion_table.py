@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Prints the ratio table of the last `cargo bench --bench micro` run from
-criterion's saved estimates (target/criterion/<group>/<allocator>/<param>/
-new/estimates.json): pymalloc's median time over mimalloc's, the fastest
-peer's and System's. Ratio < 1: pymalloc is faster.
+"""Prints the ratio table of the last `cargo bench -p pymalloc-suite --bench
+micro` run from criterion's saved estimates (target/criterion/<group>/
+<allocator>/<param>/new/estimates.json, under CARGO_TARGET_DIR if set):
+pymalloc's median time over mimalloc's, the fastest peer's and System's.
+Ratio < 1: pymalloc is faster.
 
-    cargo bench --bench micro && python3 benches/criterion_table.py
+    cargo bench -p pymalloc-suite --bench micro && python3 suite/criterion_table.py
 """
 import json, os, sys
 
-ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target", "criterion")
+TARGET = os.environ.get("CARGO_TARGET_DIR",
+                        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target"))
+ROOT = os.path.join(os.path.abspath(TARGET), "criterion")
 PEERS = ["system", "mimalloc", "jemalloc", "snmalloc"]
 
 
@@ -20,7 +23,7 @@ def median_ns(group, alloc, param):
 
 def main():
     if not os.path.isdir(ROOT):
-        sys.exit("no criterion results: run `cargo bench --bench micro` first")
+        sys.exit("no criterion results: run `cargo bench -p pymalloc-suite --bench micro` first")
     print("| benchmark | pymalloc | fastest peer | vs mimalloc | vs fastest | vs System |")
     print("|---|---:|---|---:|---:|---:|")
     for group in sorted(os.listdir(ROOT)):

@@ -8,7 +8,7 @@
 //! * the `PrivateHeap` directly (`heap`),
 //! * `std::alloc::System` and mimalloc, through an `Allocator` adapter.
 //!
-//! Run: `cargo bench --bench objects`.
+//! Run: `cargo bench -p pymalloc-suite --bench objects`.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 

@@ -1,10 +1,14 @@
-//! Micro-benchmarks through `GlobalAlloc`, every allocator in one criterion
-//! run: pymalloc, `System`, mimalloc (v3 line), jemalloc and snmalloc.
-//! (mimalloc's v2 line cannot be linked beside v3; `benches/run.py` covers
-//! it with per-process runs.)
+//! pymalloc against `std::alloc::System`, both called through their
+//! `GlobalAlloc` impls directly (monomorphised), in one criterion run:
+//! alloc+free pairs at 16 B … 1 MiB, a batch of 10k allocations then 10k
+//! frees, and a realloc chain from 8 B to 1 MiB.
 //!
-//! Run: `cargo bench --bench micro`; `PYMALLOC_BENCH_QUICK=1` for a quick
-//! look.
+//! Run: `cargo bench --bench alloc`; `PYMALLOC_BENCH_QUICK=1` for a quick
+//! look. The same benchmarks against mimalloc, jemalloc and snmalloc are in
+//! the `suite/` workspace member (`cargo bench -p pymalloc-suite --bench
+//! micro`), which builds those allocators from C/C++ sources; the group
+//! names here differ from its names, so criterion's saved results in
+//! `target/criterion` do not mix.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
@@ -15,22 +19,19 @@ use std::time::Duration;
 
 static PYMALLOC: pymalloc::PrivateHeap = pymalloc::PrivateHeap::new();
 
-/// Runs `$body` once per allocator, with `$a` bound to that allocator, as
-/// one criterion benchmark each, so every allocator's code is monomorphised.
+/// Runs `$body` as one criterion benchmark for pymalloc and one for
+/// `System`, with `$a` bound to the allocator, so each is monomorphised.
 macro_rules! each_allocator {
     ($g:expr, $param:expr, |$a:ident| $body:expr) => {{
-        each_allocator!(@one $g, $param, "pymalloc", &PYMALLOC, |$a| $body);
-        each_allocator!(@one $g, $param, "system", &System, |$a| $body);
-        each_allocator!(@one $g, $param, "mimalloc", &mimalloc::MiMalloc, |$a| $body);
-        each_allocator!(@one $g, $param, "jemalloc", &tikv_jemallocator::Jemalloc, |$a| $body);
-        each_allocator!(@one $g, $param, "snmalloc", &snmalloc_rs::SnMalloc, |$a| $body);
-    }};
-    (@one $g:expr, $param:expr, $name:literal, $alloc:expr, |$a:ident| $body:expr) => {
-        $g.bench_function(BenchmarkId::new($name, $param), |b| {
-            let $a = $alloc;
+        $g.bench_function(BenchmarkId::new("pymalloc", $param), |b| {
+            let $a = &PYMALLOC;
             b.iter(|| $body)
         });
-    };
+        $g.bench_function(BenchmarkId::new("system", $param), |b| {
+            let $a = &System;
+            b.iter(|| $body)
+        });
+    }};
 }
 
 fn pair<A: GlobalAlloc>(a: &A, layout: Layout) {
@@ -70,15 +71,6 @@ fn realloc_chain<A: GlobalAlloc>(a: &A) {
     }
 }
 
-fn zeroed<A: GlobalAlloc>(a: &A, layout: Layout) {
-    // SAFETY: non-zero layout; freed with the same layout.
-    unsafe {
-        let p = black_box(a.alloc_zeroed(layout));
-        black_box(p.add(layout.size() / 2).read());
-        a.dealloc(black_box(p), layout);
-    }
-}
-
 fn config<'a>(
     c: &'a mut Criterion,
     name: &str,
@@ -91,16 +83,16 @@ fn config<'a>(
     g
 }
 
-fn micro(c: &mut Criterion) {
-    let mut g = config(c, "alloc_free_pair");
-    for size in [16usize, 32, 64, 128, 256, 512, 1024, 4096, 65536, 1 << 20] {
+fn alloc(c: &mut Criterion) {
+    let mut g = config(c, "alloc_free_pair_vs_system");
+    for size in [16usize, 64, 256, 1024, 4096, 65536, 1 << 20] {
         let layout = Layout::from_size_align(size, 8).unwrap();
         g.throughput(Throughput::Elements(1));
         each_allocator!(g, size, |a| pair(a, layout));
     }
     g.finish();
 
-    let mut g = config(c, "batch_10k");
+    let mut g = config(c, "batch_10k_vs_system");
     for size in [32usize, 256] {
         let layout = Layout::from_size_align(size, 8).unwrap();
         let mut ptrs = Vec::with_capacity(10_000);
@@ -109,17 +101,10 @@ fn micro(c: &mut Criterion) {
     }
     g.finish();
 
-    let mut g = config(c, "realloc_chain_8B_to_1MiB");
+    let mut g = config(c, "realloc_chain_vs_system");
     each_allocator!(g, "chain", |a| realloc_chain(a));
-    g.finish();
-
-    let mut g = config(c, "alloc_zeroed");
-    for size in [4096usize, 1 << 20] {
-        let layout = Layout::from_size_align(size, 8).unwrap();
-        each_allocator!(g, size, |a| zeroed(a, layout));
-    }
     g.finish();
 }
 
-criterion_group!(benches, micro);
+criterion_group!(benches, alloc);
 criterion_main!(benches);

@@ -1,7 +1,7 @@
 //! Workload benchmarks, one allocator per process: the allocator named by
 //! `PYMALLOC_BENCH_ALLOC` is the real `#[global_allocator]`, so std
 //! collections and threads exercise it as an application would.
-//! `benches/run.py` runs this binary for every allocator in interleaved
+//! `suite/run.py` runs this binary for every allocator in interleaved
 //! rounds and reports median ratios; run alone it prints one round.
 //!
 //! Usage: `PYMALLOC_BENCH_ALLOC=<name> workloads [time|memory] [filter]`.

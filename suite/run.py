@@ -4,29 +4,36 @@ allocator in interleaved rounds and prints median times and ratios
 (pymalloc vs mimalloc, the fastest peer and System), one process per
 allocator and round so each allocator is the real global allocator of its
 process; then the memory report (1 GiB workload, per-workload peak RSS) and
-the criterion micro-benchmarks. Writes benches/results.md and
-benches/results.json; `--chart` also draws benches/ratios.png (matplotlib).
+the criterion micro-benchmarks. Writes suite/results.md and
+suite/results.json; `--chart` also draws suite/ratios.png (matplotlib).
 
-    python3 benches/run.py --chart         # everything, 4 rounds (~11 min)
-    python3 benches/run.py --quick         # 2 rounds, workloads only
-    python3 benches/run.py --filter larson # some workloads only
+    python3 suite/run.py --chart         # everything, 4 rounds (~11 min)
+    python3 suite/run.py --quick         # 2 rounds, workloads only
+    python3 suite/run.py --filter larson # some workloads only
+    python3 suite/run.py --rounds 1 --filter pair_16 --no-memory --no-micro --no-save
+                                         # a smoke run (CI), a few seconds once built
+
+Honours CARGO_TARGET_DIR.
 """
 import argparse, json, os, platform, random, re, statistics, subprocess, sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUITE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(SUITE)
+TARGET = os.path.abspath(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
 PEERS = ["system", "mimalloc", "mimalloc-v2", "jemalloc", "snmalloc"]
 ALLOCATORS = ["pymalloc"] + PEERS
 SINGLE_THREAD = ["churn", "binary_trees", "vec_string_growth", "btree_churn"]
 
 
 def build():
-    out = subprocess.run(["cargo", "bench", "--bench", "workloads", "--no-run"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stderr
+    out = subprocess.run(["cargo", "bench", "-p", "pymalloc-suite", "--bench", "workloads", "--no-run"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stderr
     main = re.search(r"Executable .*\((.*workloads-[0-9a-f]+)\)", out).group(1)
+    v2_target = os.path.join(TARGET, "mimalloc-v2")
     subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
-                    "benches/mimalloc-v2/Cargo.toml", "--target-dir", "target/mimalloc-v2"],
+                    "suite/mimalloc-v2/Cargo.toml", "--target-dir", v2_target],
                    cwd=ROOT, check=True)
-    v2 = "target/mimalloc-v2/release/pymalloc-bench-mimalloc-v2"
+    v2 = os.path.join(v2_target, "release", "pymalloc-bench-mimalloc-v2")
     return {a: os.path.join(ROOT, v2 if a == "mimalloc-v2" else main) for a in ALLOCATORS}
 
 
@@ -44,6 +51,8 @@ def main():
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-micro", action="store_true")
     ap.add_argument("--chart", action="store_true")
+    ap.add_argument("--no-save", action="store_true",
+                    help="print the tables only; leave results.md/json as they are")
     args = ap.parse_args()
     rounds = 2 if args.quick else args.rounds
     bins = build()
@@ -70,9 +79,9 @@ def main():
                 peaks.setdefault(w, {})[name] = int(peak)
     micro = None
     if not (args.quick or args.no_micro):
-        subprocess.run(["cargo", "bench", "--bench", "micro"], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        micro = subprocess.run([sys.executable, os.path.join(ROOT, "benches", "criterion_table.py")],
+        subprocess.run(["cargo", "bench", "-p", "pymalloc-suite", "--bench", "micro"], cwd=ROOT,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        micro = subprocess.run([sys.executable, os.path.join(SUITE, "criterion_table.py")],
                                capture_output=True, text=True, check=True).stdout.strip()
 
     med = {w: {a: statistics.median(v) for a, v in per.items()} for w, per in times.items()}
@@ -117,9 +126,11 @@ def main():
         lines += ["", "Micro-benchmarks (criterion, all but mimalloc-v2 in one process):", "", micro]
     text = "\n".join(lines)
     print(text)
-    with open(os.path.join(ROOT, "benches", "results.md"), "w") as f:
+    if args.no_save:
+        return
+    with open(os.path.join(SUITE, "results.md"), "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(ROOT, "benches", "results.json"), "w") as f:
+    with open(os.path.join(SUITE, "results.json"), "w") as f:
         json.dump(dict(rows=rows, memory=memory, peaks=peaks, raw=times), f, indent=1)
     if args.chart:
         chart(rows)
@@ -142,7 +153,7 @@ def chart(rows):
     ax.set_title("pymalloc vs peers, median of interleaved runs")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(ROOT, "benches", "ratios.png"), dpi=90)
+    fig.savefig(os.path.join(SUITE, "ratios.png"), dpi=90)
 
 
 if __name__ == "__main__":

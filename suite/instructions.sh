@@ -6,13 +6,16 @@
 # the loop's own cost; "net" subtracts it. snmalloc is left out: it cannot
 # start under valgrind.
 #
-#   benches/instructions.sh [size=32]
+#   suite/instructions.sh [size=32]        (honours CARGO_TARGET_DIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-32}
-main=$(cargo bench --bench workloads --no-run 2>&1 | grep -o 'target/release/deps/workloads-[0-9a-f]*' | head -1)
-cargo build --release --quiet --manifest-path benches/mimalloc-v2/Cargo.toml --target-dir target/mimalloc-v2
-v2=target/mimalloc-v2/release/pymalloc-bench-mimalloc-v2
+main=$(cargo bench -p pymalloc-suite --bench workloads --no-run 2>&1 \
+    | sed -n 's/.*Executable .*(\(.*workloads-[0-9a-f]*\))$/\1/p' | head -1)
+[ -n "$main" ] || { echo "instructions.sh: no workloads binary built" >&2; exit 1; }
+v2_target=${CARGO_TARGET_DIR:-target}/mimalloc-v2
+cargo build --release --quiet --manifest-path suite/mimalloc-v2/Cargo.toml --target-dir "$v2_target"
+v2=$v2_target/release/pymalloc-bench-mimalloc-v2
 n1=100000; n2=300000
 count() { # binary allocator n
     PYMALLOC_BENCH_ALLOC=$2 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$1" pairs "$size" "$3" 2>&1 \
