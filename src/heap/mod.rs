@@ -358,7 +358,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ///
     /// Cost: a 32-byte `GlobalAlloc::alloc` + `dealloc` pair is 92
     /// instructions including a 20-instruction benchmark loop
-    /// (`benches/instructions.sh 32`, callgrind); a medium pair from the
+    /// (`suite/instructions.sh 32`, callgrind); a medium pair from the
     /// thread's medium cache (1 KiB to 128 KiB) costs 145.
     #[inline(always)]
     fn try_alloc(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {

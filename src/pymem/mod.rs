@@ -1,4 +1,4 @@
-//! CPython's memory interface over a [`PrivateHeap`]: the `PyMem_*` and
+//! CPython's memory interface over a [`PrivateHeap`](crate::PrivateHeap): the `PyMem_*` and
 //! `PyObject_*` functions, their domains, allocator hooks and debug hooks.
 //!
 //! # Domains
