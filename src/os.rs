@@ -107,12 +107,25 @@ mod sys {
         NonNull::new(unsafe { System.alloc_zeroed(layout) })
     }
 
+    /// Unmaps a region `map` returned.
+    ///
+    /// # Safety
+    ///
+    /// `ptr`, `size` and `align` are exactly those of a live region `map`
+    /// returned, which nothing uses any more.
     pub(super) unsafe fn unmap(ptr: NonNull<u8>, size: usize, align: usize) {
         // SAFETY: `map` allocated this region with exactly this layout
         // (caller's contract), so the layout is valid and matches.
         unsafe { System.dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, align)) }
     }
 
+    /// Gives the pages of a range back to the OS, keeping it mapped;
+    /// `true` if they read zero afterwards.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + size` is a page-aligned range inside a live region
+    /// `map` returned, whose contents nobody needs.
     pub(super) unsafe fn purge(_ptr: NonNull<u8>, _size: usize) -> bool {
         false
     }
@@ -172,11 +185,24 @@ mod sys {
         NonNull::new(start)
     }
 
+    /// Unmaps a region `map` returned.
+    ///
+    /// # Safety
+    ///
+    /// `ptr`, `size` and `align` are exactly those of a live region `map`
+    /// returned, which nothing uses any more.
     pub(super) unsafe fn unmap(ptr: NonNull<u8>, size: usize, _align: usize) {
         // SAFETY: the caller guarantees this is exactly a live mapping of ours.
         unsafe { libc::munmap(ptr.as_ptr().cast(), size) };
     }
 
+    /// Gives the pages of a range back to the OS, keeping it mapped;
+    /// `true` if they read zero afterwards.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + size` is a page-aligned range inside a live region
+    /// `map` returned, whose contents nobody needs.
     pub(super) unsafe fn purge(ptr: NonNull<u8>, size: usize) -> bool {
         // SAFETY: the caller guarantees a page-aligned range inside one of
         // our mappings whose contents are no longer needed.
@@ -236,11 +262,24 @@ mod sys {
         None
     }
 
+    /// Unmaps a region `map` returned.
+    ///
+    /// # Safety
+    ///
+    /// `ptr`, `size` and `align` are exactly those of a live region `map`
+    /// returned, which nothing uses any more.
     pub(super) unsafe fn unmap(ptr: NonNull<u8>, _size: usize, _align: usize) {
         // SAFETY: the caller guarantees this is exactly a live region of ours.
         unsafe { VirtualFree(ptr.as_ptr().cast(), 0, MEM_RELEASE) };
     }
 
+    /// Gives the pages of a range back to the OS, keeping it mapped;
+    /// `true` if they read zero afterwards.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + size` is a page-aligned range inside a live region
+    /// `map` returned, whose contents nobody needs.
     pub(super) unsafe fn purge(ptr: NonNull<u8>, size: usize) -> bool {
         // SAFETY: the caller guarantees a range inside one of our regions
         // whose contents are no longer needed.

@@ -96,3 +96,28 @@ mod imp {
 }
 
 pub(crate) use imp::{defined, freelike, malloclike, noaccess, resized};
+
+/// Runs `resize`, an attempt to resize block `ptr` in place from `old` to
+/// `new` bytes, and tells memcheck in the order it needs: a shrink before
+/// (the attempt may write the freed tail), a growth after (the attempt
+/// first reads the neighbour it takes); a failed shrink is undone. Every
+/// in-place resize of the crate goes through here.
+#[inline]
+pub(crate) fn resize_in_place<T>(
+    ptr: *const u8,
+    old: usize,
+    new: usize,
+    resize: impl FnOnce() -> Option<T>,
+) -> Option<T> {
+    let shrink = new < old;
+    if shrink {
+        resized(ptr, old, new);
+    }
+    let done = resize();
+    match (&done, shrink) {
+        (Some(_), false) => resized(ptr, old, new),
+        (None, true) => resized(ptr, new, old),
+        _ => {}
+    }
+    done
+}

@@ -24,8 +24,6 @@ use crate::thread::{Registry, ThreadHeap};
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{NonNull, null_mut};
-use core::sync::atomic::AtomicUsize;
-use core::sync::atomic::Ordering::Relaxed;
 use parking_lot::lock_api::{Mutex, RawMutex};
 
 /// A private heap managed in layers, as CPython's memory manager.
@@ -72,10 +70,6 @@ pub struct PrivateHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     /// so small and medium requests do not contend. Lock order: `small`
     /// before `raw`.
     small: Mutex<R, Shared>,
-    /// This heap's key in threads' caches of thread heaps: 0 until a thread
-    /// first needs one, then unique in the process (a value, so the heap
-    /// may move).
-    key: AtomicUsize,
 }
 
 /// What the heap's small-object lock guards: layer 2's shared state and
@@ -85,9 +79,6 @@ struct Shared {
     small: SmallHeap,
     threads: Registry,
 }
-
-/// Source of heap keys; 0 means "not assigned yet".
-static NEXT_KEY: AtomicUsize = AtomicUsize::new(1);
 
 impl PrivateHeap {
     /// An empty heap on the OS's pages. `const`: usable in a `static`, maps
@@ -153,7 +144,6 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                     threads: Registry::new(),
                 },
             ),
-            key: AtomicUsize::new(0),
         }
     }
 
@@ -363,7 +353,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[inline(always)]
     fn try_alloc(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
         if let Some(class) = class_of(size, align) {
-            if let Some(th) = local::cached(self.key.load(Relaxed)) {
+            if let Some(th) = local::cached(self.raw.id()) {
                 // SAFETY: the calling thread owns `th`.
                 if let Some(found) = unsafe { Self::alloc_local(th, class, size) } {
                     return Some(found);
@@ -384,7 +374,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// without a lock; otherwise a block of the bin's size from layer 1.
     #[inline]
     fn alloc_medium(&self, bin: usize, bound: usize, size: usize) -> Option<(NonNull<u8>, bool)> {
-        if let Some(th) = local::cached(self.key.load(Relaxed)) {
+        if let Some(th) = local::cached(self.raw.id()) {
             // SAFETY: the calling thread owns `th`; `bin` is `size`'s.
             if let Some(block) = unsafe { MediumCache::pop(ThreadHeap::medium(th), bin, size) } {
                 return Some((block, false));
@@ -461,7 +451,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// cannot have one (its thread-locals are gone, or no memory).
     #[inline(always)]
     pub(crate) fn thread_heap(&self) -> *mut ThreadHeap {
-        match local::cached(self.key.load(Relaxed)) {
+        match local::cached(self.raw.id()) {
             Some(th) => th,
             None => self.thread_heap_slow(),
         }
@@ -470,14 +460,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[cold]
     #[inline(never)]
     fn thread_heap_slow(&self) -> *mut ThreadHeap {
-        let mut key = self.key.load(Relaxed);
-        if key == 0 {
-            let new = NEXT_KEY.fetch_add(1, Relaxed);
-            key = match self.key.compare_exchange(0, new, Relaxed, Relaxed) {
-                Ok(_) => new,
-                Err(won) => won,
-            };
-        }
+        let key = self.raw.assign_id();
         local::lookup(key, || self.small.lock().threads.claim())
     }
 
@@ -580,7 +563,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 return self.free_large(header, ptr, size);
             }
             let pool = Arena::pool_of(header.as_ptr().cast(), ptr.as_ptr());
-            if let Some(th) = local::cached(self.key.load(Relaxed))
+            if let Some(th) = local::cached(self.raw.id())
                 && Pool::owner(pool) == ThreadHeap::owner_id(th)
             {
                 return self.free_local(th, pool, ptr, size);
@@ -709,23 +692,14 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         new_align: usize,
     ) -> Option<NonNull<u8>> {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::realloc");
-        if ptr.as_ptr().addr() & (new_align - 1) == 0 {
-            // Valgrind: a shrink is told first (layer 1 then writes the freed tail); a
-            // growth after (layer 1 first reads the neighbour it takes).
-            let shrink = new_size < old_size;
-            if shrink {
-                crate::valgrind::resized(ptr.as_ptr(), old_size, new_size);
-            }
-            // SAFETY: `header` is the chunk of live block `ptr` (caller).
-            if unsafe { self.resize_in_place(header, ptr, old_size, new_size) } {
-                if !shrink {
-                    crate::valgrind::resized(ptr.as_ptr(), old_size, new_size);
-                }
-                return Some(ptr);
-            }
-            if shrink {
-                crate::valgrind::resized(ptr.as_ptr(), new_size, old_size);
-            }
+        if ptr.as_ptr().addr() & (new_align - 1) == 0
+            && crate::valgrind::resize_in_place(ptr.as_ptr(), old_size, new_size, || {
+                // SAFETY: `header` is the chunk of live block `ptr` (caller).
+                unsafe { self.resize_in_place(header, ptr, old_size, new_size) }.then_some(())
+            })
+            .is_some()
+        {
+            return Some(ptr);
         }
         let (new, _) = self.alloc_sized(new_size, new_align)?;
         // SAFETY: both blocks are live, distinct, and hold at least

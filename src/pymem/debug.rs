@@ -138,11 +138,21 @@ pub fn debug_hooks_installed() -> bool {
     INSTALLED.load(Acquire)
 }
 
+/// The word at `base + off` (unaligned).
+///
+/// # Safety
+///
+/// `base..base + off + 8` is readable.
 unsafe fn read_word(base: *mut u8, off: usize) -> usize {
     // SAFETY: caller: `base..base + off + 8` is readable.
     unsafe { base.add(off).cast::<usize>().read_unaligned() }
 }
 
+/// Writes `v` at `base + off` (unaligned).
+///
+/// # Safety
+///
+/// `base..base + off + 8` is writable.
 unsafe fn write_word(base: *mut u8, off: usize, v: usize) {
     // SAFETY: caller: `base..base + off + 8` is writable.
     unsafe { base.add(off).cast::<usize>().write_unaligned(v) }
@@ -247,17 +257,33 @@ unsafe fn release(c: &DebugCtx, base: *mut u8) {
     }
 }
 
+/// A live-list link of the debug block at `base`.
+///
+/// # Safety
+///
+/// `base` is the header of a live debug block; `off` is `OFF_PREV` or
+/// `OFF_NEXT`.
 unsafe fn read_link(base: *mut u8, off: usize) -> *mut u8 {
     // SAFETY: caller: a live debug block header (links are pointers, so
     // they keep their provenance).
     unsafe { base.add(off).cast::<*mut u8>().read_unaligned() }
 }
 
+/// Sets a live-list link of the debug block at `base`.
+///
+/// # Safety
+///
+/// As for `read_link`.
 unsafe fn write_link(base: *mut u8, off: usize, v: *mut u8) {
     // SAFETY: caller: a live debug block header.
     unsafe { base.add(off).cast::<*mut u8>().write_unaligned(v) }
 }
 
+/// Puts the debug block at `base` on the live list.
+///
+/// # Safety
+///
+/// `base` is the header of a live debug block, not on the list.
 unsafe fn link(base: *mut u8) {
     let mut head = LIVE.lock();
     // SAFETY: live blocks' headers are valid; the list is under the lock.
@@ -271,6 +297,11 @@ unsafe fn link(base: *mut u8) {
     head.0 = base;
 }
 
+/// Takes the debug block at `base` off the live list.
+///
+/// # Safety
+///
+/// `base` is the header of a live debug block on the list.
 unsafe fn unlink(base: *mut u8) {
     let mut head = LIVE.lock();
     // SAFETY: `base` is on the list; its neighbours are live blocks.

@@ -284,10 +284,7 @@ domain_functions!(
 /// assert!(pymalloc::PyMem_New::<u64>(usize::MAX / 4).is_null());
 /// ```
 pub fn PyMem_New<T>(n: usize) -> *mut T {
-    match n.checked_mul(size_of::<T>()) {
-        Some(bytes) if bytes <= isize::MAX as usize => PyMem_Malloc(bytes).cast(),
-        _ => null_mut(),
-    }
+    array_bytes::<T>(n).map_or(null_mut(), |bytes| PyMem_Malloc(bytes).cast())
 }
 
 /// Resizes `p` to room for `n` values of `T`. Unlike C's macro, which
@@ -312,13 +309,10 @@ pub fn PyMem_New<T>(n: usize) -> *mut T {
 /// `p` is null or a live Mem-domain block; after a non-null result it must
 /// not be used again.
 pub unsafe fn PyMem_Resize<T>(p: *mut T, n: usize) -> *mut T {
-    match n.checked_mul(size_of::<T>()) {
-        // SAFETY: caller's contract.
-        Some(bytes) if bytes <= isize::MAX as usize => unsafe {
-            PyMem_Realloc(p.cast(), bytes).cast()
-        },
-        _ => null_mut(),
-    }
+    // SAFETY: caller's contract.
+    array_bytes::<T>(n).map_or(null_mut(), |bytes| unsafe {
+        PyMem_Realloc(p.cast(), bytes).cast()
+    })
 }
 
 /// Frees a block from [`PyMem_New`] or [`PyMem_Resize`]; null is a no-op.
@@ -338,6 +332,14 @@ pub unsafe fn PyMem_Del<T>(p: *mut T) {
 }
 
 // ----- the macro set: direct to HEAP, no hooks -----
+
+/// Bytes of an array of `n` values of `T`, if that fits in `isize` (the
+/// overflow check of CPython's typed forms).
+#[inline]
+fn array_bytes<T>(n: usize) -> Option<usize> {
+    n.checked_mul(size_of::<T>())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+}
 
 /// [`PyMem_Malloc`] without hooks: the inlined path to [`HEAP`].
 ///
@@ -399,10 +401,7 @@ pub unsafe fn PyMem_FREE(p: *mut c_void) {
 /// ```
 #[inline(always)]
 pub fn PyMem_NEW<T>(n: usize) -> *mut T {
-    match n.checked_mul(size_of::<T>()) {
-        Some(bytes) if bytes <= isize::MAX as usize => PyMem_MALLOC(bytes).cast(),
-        _ => null_mut(),
-    }
+    array_bytes::<T>(n).map_or(null_mut(), |bytes| PyMem_MALLOC(bytes).cast())
 }
 
 /// [`PyMem_Resize`] without hooks.
@@ -422,13 +421,10 @@ pub fn PyMem_NEW<T>(n: usize) -> *mut T {
 /// As [`PyMem_REALLOC`].
 #[inline(always)]
 pub unsafe fn PyMem_RESIZE<T>(p: *mut T, n: usize) -> *mut T {
-    match n.checked_mul(size_of::<T>()) {
-        // SAFETY: caller's contract.
-        Some(bytes) if bytes <= isize::MAX as usize => unsafe {
-            PyMem_REALLOC(p.cast(), bytes).cast()
-        },
-        _ => null_mut(),
-    }
+    // SAFETY: caller's contract.
+    array_bytes::<T>(n).map_or(null_mut(), |bytes| unsafe {
+        PyMem_REALLOC(p.cast(), bytes).cast()
+    })
 }
 
 /// [`PyMem_Del`] without hooks.

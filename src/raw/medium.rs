@@ -96,18 +96,33 @@ fn mapping_search(size: usize) -> (usize, usize) {
 // Raw accessors. All take pointers to block headers inside a live medium
 // chunk; callers hold the layer-1 lock.
 
+/// Size of block `b`, header included.
+///
+/// # Safety
+///
+/// `b` is a block header in a live chunk.
 #[inline]
 unsafe fn size_of_block(b: *mut Block) -> usize {
     // SAFETY: `b` is a block header in a live chunk (module contract).
     unsafe { (*b).size_flags & SIZE_MASK }
 }
 
+/// Whether block `b` is free.
+///
+/// # Safety
+///
+/// `b` is a block header in a live chunk.
 #[inline]
 unsafe fn is_free(b: *mut Block) -> bool {
     // SAFETY: as above.
     unsafe { (*b).size_flags & FREE != 0 }
 }
 
+/// The block after `b` in its chunk.
+///
+/// # Safety
+///
+/// `b` is a block header in a live chunk, not the chunk's end sentinel.
 #[inline]
 unsafe fn next_phys(b: *mut Block) -> *mut Block {
     // SAFETY: `b` is a non-sentinel block, so `b + size` is the next header
@@ -115,6 +130,12 @@ unsafe fn next_phys(b: *mut Block) -> *mut Block {
     unsafe { b.byte_add(size_of_block(b)) }
 }
 
+/// The free-list links of free block `b`, in its payload.
+///
+/// # Safety
+///
+/// `b` is a free block header in a live chunk (at least `MIN_BLOCK`
+/// bytes).
 #[inline]
 unsafe fn links(b: *mut Block) -> *mut FreeLinks {
     // SAFETY: free blocks are at least MIN_BLOCK bytes, so the links fit.
@@ -197,17 +218,27 @@ impl Tlsf {
     }
 
     /// If `b` spans a whole chunk, the chunk's base pointer.
+    ///
+    /// # Safety
+    ///
+    /// `b` is a block header in a live chunk.
     #[inline]
-    fn whole_chunk(b: *mut Block) -> Option<NonNull<u8>> {
-        // SAFETY: `b` is a valid block header (callers' contract).
+    unsafe fn whole_chunk(b: *mut Block) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract.
         let (first, size) = unsafe { ((*b).prev_phys.is_null(), size_of_block(b)) };
         (first && size == CHUNK_BLOCK)
             .then(|| NonNull::new(b.cast::<u8>().wrapping_sub(CHUNK_HEADER_SIZE)))
             .flatten()
     }
 
+    /// Puts free block `b` at the head of its list.
+    ///
+    /// # Safety
+    ///
+    /// `b` is a free block of a chunk of this index, on no list.
     unsafe fn insert(&mut self, b: *mut Block) {
-        let (fl, sl) = mapping(unsafe_size(b));
+        // SAFETY: caller's contract.
+        let (fl, sl) = mapping(unsafe { size_of_block(b) });
         let head = self.heads[fl][sl];
         // SAFETY: `b` is a free block (links fit); `head` is null or a free
         // block of the same list.
@@ -225,8 +256,14 @@ impl Tlsf {
         self.sl_bitmap[fl] |= 1 << sl;
     }
 
+    /// Takes free block `b` off its list.
+    ///
+    /// # Safety
+    ///
+    /// `b` is a free block of a chunk of this index, on its list.
     unsafe fn remove(&mut self, b: *mut Block) {
-        let (fl, sl) = mapping(unsafe_size(b));
+        // SAFETY: caller's contract.
+        let (fl, sl) = mapping(unsafe { size_of_block(b) });
         // SAFETY: `b` is a free block in list (fl, sl); its neighbours in the
         // list are free blocks too.
         unsafe {
@@ -271,7 +308,8 @@ impl Tlsf {
             self.remove(b);
             (*b).size_flags &= !FREE;
         }
-        if Self::whole_chunk(b).is_some() {
+        // SAFETY: `b` is a live block header.
+        if unsafe { Self::whole_chunk(b) }.is_some() {
             self.empty_chunks -= 1;
         }
         Some(b)
@@ -305,7 +343,7 @@ impl Tlsf {
             }
         }
         // SAFETY: `b` is a used block of at least `need` bytes.
-        unsafe { self.trim(b, need) };
+        unsafe { self.shrink_block(b, need) };
         // SAFETY: `b` is a used block.
         Some((payload_of(b), unsafe { size_of_block(b) } - HEADER))
     }
@@ -318,6 +356,11 @@ impl Tlsf {
 
     /// Splits used block `b` at `at` bytes; both halves are used blocks.
     /// Returns the second half.
+    ///
+    /// # Safety
+    ///
+    /// `b` is a used block of a chunk of this index, and
+    /// `MIN_BLOCK <= at <= size(b) - MIN_BLOCK`.
     unsafe fn split(&mut self, b: *mut Block, at: usize) -> *mut Block {
         // SAFETY: `MIN_BLOCK <= at <= size(b) - MIN_BLOCK` (callers), so both
         // halves are valid blocks inside `b`.
@@ -339,7 +382,12 @@ impl Tlsf {
 
     /// Shrinks used block `b` to `keep` bytes if the excess makes a block,
     /// freeing the excess.
-    unsafe fn trim(&mut self, b: *mut Block, keep: usize) {
+    ///
+    /// # Safety
+    ///
+    /// `b` is a used block of a chunk of this index, of at least `keep`
+    /// bytes, `keep >= MIN_BLOCK`.
+    unsafe fn shrink_block(&mut self, b: *mut Block, keep: usize) {
         // SAFETY: `b` is a used block (callers).
         unsafe {
             if size_of_block(b) - keep >= MIN_BLOCK {
@@ -351,6 +399,10 @@ impl Tlsf {
 
     /// Frees used block `b`, coalescing with free neighbours; returns a chunk
     /// base if the chunk became entirely free.
+    ///
+    /// # Safety
+    ///
+    /// `b` is a used block of a chunk of this index, not used afterwards.
     unsafe fn release(&mut self, mut b: *mut Block) -> Option<NonNull<u8>> {
         // SAFETY: `b` is a used block of a live chunk; its physical
         // neighbours are valid blocks (invariants), and free ones are in
@@ -372,7 +424,8 @@ impl Tlsf {
             (*b).size_flags = size_of_block(b) | FREE;
             self.insert(b);
         }
-        let chunk = Self::whole_chunk(b);
+        // SAFETY: `b` is a live block header.
+        let chunk = unsafe { Self::whole_chunk(b) };
         if chunk.is_some() {
             self.empty_chunks += 1;
         }
@@ -430,7 +483,7 @@ impl Tlsf {
                 (*b).size_flags = have + size_of_block(next);
                 (*next_phys(b)).prev_phys = b;
             }
-            self.trim(b, need);
+            self.shrink_block(b, need);
             Some(size_of_block(b) - HEADER)
         }
     }
@@ -446,11 +499,14 @@ impl Tlsf {
         let (fl, sl) = mapping(CHUNK_BLOCK);
         let mut b = self.heads[fl][sl];
         while !b.is_null() {
-            if let Some(chunk) = Self::whole_chunk(b) {
-                return Some(chunk);
+            // SAFETY: list members are free blocks of live chunks, with
+            // valid links.
+            unsafe {
+                if let Some(chunk) = Self::whole_chunk(b) {
+                    return Some(chunk);
+                }
+                b = (*links(b)).next;
             }
-            // SAFETY: list members are free blocks with valid links.
-            b = unsafe { (*links(b)).next };
         }
         None
     }
@@ -564,12 +620,6 @@ impl Tlsf {
         }
         count
     }
-}
-
-#[inline]
-fn unsafe_size(b: *mut Block) -> usize {
-    // SAFETY: only called on valid block headers, by the methods above.
-    unsafe { size_of_block(b) }
 }
 
 #[cfg(test)]

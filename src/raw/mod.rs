@@ -15,6 +15,8 @@
 
 // The header every chunk starts with.
 pub(crate) mod chunk;
+// malloc/calloc/resize/free of layer 1 alone.
+mod cstyle;
 // The arena map: address -> chunk, in O(1).
 pub(crate) mod map;
 // The TLSF allocator of medium blocks.
@@ -107,9 +109,10 @@ unsafe impl Send for RawCore {}
 pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     source: S,
     core: Mutex<R, RawCore>,
-    /// This heap's identity, stamped on every chunk it maps: 0 until the
-    /// first chunk, then unique in the process (a value, so the heap may
-    /// move).
+    /// This heap's identity, stamped on every chunk it maps and used by
+    /// [`PrivateHeap`](crate::PrivateHeap) as its key in threads' caches of
+    /// thread heaps: 0 until first needed, then unique in the process and
+    /// never changed (a value, so the heap may move before that).
     id: AtomicUsize,
     /// Most bytes the heap may have mapped from the OS at once
     /// (`usize::MAX`: unbounded). Invariant, under the lock:
@@ -173,6 +176,28 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             ),
             id: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
+        }
+    }
+
+    /// This heap's identity (0: not assigned yet).
+    #[inline(always)]
+    pub(crate) fn id(&self) -> usize {
+        self.id.load(Ordering::Relaxed)
+    }
+
+    /// This heap's identity, assigned now if it has none.
+    pub(crate) fn assign_id(&self) -> usize {
+        let id = self.id.load(Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+        let new = NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed);
+        match self
+            .id
+            .compare_exchange(0, new, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => new,
+            Err(won) => won,
         }
     }
 
@@ -316,7 +341,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     ) -> (NonNull<ChunkHeader>, NonNull<u8>) {
         let (header, ptr) = ARENA_MAP.find_block(ptr, what);
         // SAFETY: `header` is a live chunk header (arena map invariant).
-        if unsafe { (*header.as_ptr()).owner } != self.id.load(Ordering::Relaxed) {
+        if unsafe { (*header.as_ptr()).owner } != self.id() {
             crate::fatal::wrong_heap(what, ptr.as_ptr());
         }
         (header, ptr)
@@ -632,12 +657,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
         let base = self.source.map(size, align)?;
         let header = base.cast::<ChunkHeader>();
-        let mut owner = self.id.load(Ordering::Relaxed);
-        if owner == 0 {
-            // Under the lock, so only one thread assigns it.
-            owner = NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed);
-            self.id.store(owner, Ordering::Relaxed);
-        }
+        let owner = self.assign_id();
         // SAFETY: the mapping is fresh, ours, and larger than a header.
         unsafe { header.write(ChunkHeader::new(kind, owner, size, align)) };
         if !ARENA_MAP.register(header, base.as_ptr().addr(), size) {

@@ -39,7 +39,7 @@ impl Drop for ExitGuard {
         // `LOCAL` needs no drop, so it stays readable during thread exit.
         let _ = LOCAL.try_with(|l| {
             for i in 0..CACHE {
-                ThreadHeap::release(l.heaps[i].get(), l.tokens[i].get());
+                ThreadHeap::disown(l.heaps[i].get(), l.tokens[i].get());
                 l.keys[i].set(NO_KEY);
                 l.heaps[i].set(null_mut());
             }
@@ -110,7 +110,7 @@ fn lookup_entered(
                     let Some((th, token)) = claim() else {
                         return null_mut();
                     };
-                    ThreadHeap::release(l.heaps[CACHE - 1].get(), l.tokens[CACHE - 1].get());
+                    ThreadHeap::disown(l.heaps[CACHE - 1].get(), l.tokens[CACHE - 1].get());
                     (th, token, CACHE - 1)
                 }
             };

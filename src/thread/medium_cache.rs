@@ -87,7 +87,7 @@ fn bin_of_usable(usable: usize) -> Option<usize> {
 /// Adds `delta` (wrapping) to a counter only its owner writes: a load and
 /// a store, no read-modify-write.
 #[inline(always)]
-pub(crate) fn bump(counter: &AtomicUsize, delta: usize) {
+pub(crate) fn add_owned(counter: &AtomicUsize, delta: usize) {
     counter.store(counter.load(Relaxed).wrapping_add(delta), Relaxed);
 }
 
@@ -118,9 +118,9 @@ impl MediumCache {
             crate::valgrind::defined(head, 2 * size_of::<usize>());
             let usable = head.cast::<usize>().add(1).read();
             *(*this).bins.get_unchecked_mut(bin) = head.cast::<*mut u8>().read();
-            bump(&(*this).requested, size);
-            bump(&(*this).bytes, usable.wrapping_neg());
-            bump(&(*this).blocks, usize::MAX);
+            add_owned(&(*this).requested, size);
+            add_owned(&(*this).bytes, usable.wrapping_neg());
+            add_owned(&(*this).blocks, usize::MAX);
             Some(block)
         }
     }
@@ -156,9 +156,9 @@ impl MediumCache {
             p.cast::<usize>().add(1).write(usable);
             crate::valgrind::noaccess(p, 2 * size_of::<usize>());
             *(*this).bins.get_unchecked_mut(bin) = p;
-            bump(&(*this).requested, size.wrapping_neg());
+            add_owned(&(*this).requested, size.wrapping_neg());
             (*this).bytes.store(cached + usable, Relaxed);
-            bump(&(*this).blocks, 1);
+            add_owned(&(*this).blocks, 1);
         }
         true
     }
@@ -203,7 +203,7 @@ impl MediumCache {
     /// The caller owns `this`.
     pub(crate) unsafe fn add_requested(this: *mut Self, delta: usize) {
         // SAFETY: caller's contract; only the owner writes the counter.
-        unsafe { bump(&(*this).requested, delta) }
+        unsafe { add_owned(&(*this).requested, delta) }
     }
 
     /// The counters, read from any thread.

@@ -65,7 +65,7 @@ use crate::small::used::{Freed, UsedPools};
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::Ordering::Relaxed;
 use core::sync::atomic::{AtomicU64, AtomicUsize};
-use medium_cache::{CacheCounters, MediumCache, bump};
+use medium_cache::{CacheCounters, MediumCache, add_owned};
 use parking_lot::lock_api::Mutex;
 use protocol::{Claim, Inbox, Linked};
 
@@ -133,7 +133,7 @@ impl ThreadHeap {
         // SAFETY: caller's contract: the table and the counter are ours.
         unsafe {
             let block = (*th).used.alloc_block(class)?;
-            bump(&(*th).requested, size);
+            add_owned(&(*th).requested, size);
             Some(block)
         }
     }
@@ -154,7 +154,7 @@ impl ThreadHeap {
     ) -> Freed {
         // SAFETY: caller's contract.
         unsafe {
-            bump(&(*th).requested, size.wrapping_neg());
+            add_owned(&(*th).requested, size.wrapping_neg());
             (*th).used.free_block(pool, ptr)
         }
     }
@@ -191,7 +191,7 @@ impl ThreadHeap {
     pub(crate) unsafe fn add_requested(th: *mut ThreadHeap, delta: usize) {
         // SAFETY: `th` is live (slab memory is never unmapped); only the
         // owner writes the counter, so load + store loses no update.
-        unsafe { bump(&(*th).requested, delta) }
+        unsafe { add_owned(&(*th).requested, delta) }
     }
 
     /// Adds `delta` (wrapping) to the owner's requested bytes of medium and
@@ -273,7 +273,7 @@ impl ThreadHeap {
 
     /// Gives up ownership of `th` if the caller still owns it under `token`
     /// (null `th`: nothing to do).
-    pub(crate) fn release(th: *mut ThreadHeap, token: u64) {
+    pub(crate) fn disown(th: *mut ThreadHeap, token: u64) {
         if !th.is_null() {
             // SAFETY: slab memory is never unmapped. Release: whoever adopts
             // `th` sees every write the owner made. Fails harmlessly if the
