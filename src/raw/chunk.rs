@@ -34,13 +34,13 @@ const _: () = assert!(CHUNK_HEADER_SIZE.is_multiple_of(crate::config::ALIGNMENT)
 pub(crate) struct ChunkHeader {
     pub(crate) kind: ChunkKind,
     /// Identity of the heap that mapped the chunk ([`crate::RawHeap`]'s id).
-    pub(crate) owner: usize,
+    pub(super) owner: usize,
     /// Bytes mapped, starting at the header.
-    pub(crate) size: usize,
+    pub(super) size: usize,
     /// Alignment the chunk was mapped with.
-    pub(crate) align: usize,
-    pub(crate) next: *mut ChunkHeader,
-    pub(crate) prev: *mut ChunkHeader,
+    pub(super) align: usize,
+    pub(super) next: *mut ChunkHeader,
+    pub(super) prev: *mut ChunkHeader,
 }
 
 impl ChunkHeader {

@@ -173,7 +173,7 @@ pub(crate) struct Tlsf {
     sl_bitmap: [u32; FL_COUNT],
     heads: [[*mut Block; SL_COUNT]; FL_COUNT],
     /// Number of chunks whose only block is free.
-    pub(crate) empty_chunks: usize,
+    pub(super) empty_chunks: usize,
 }
 
 impl core::fmt::Debug for Tlsf {
@@ -533,9 +533,9 @@ impl Tlsf {
 /// What a walk of one medium chunk found.
 #[derive(Debug, Default)]
 pub(crate) struct ChunkWalk {
-    pub(crate) used_blocks: usize,
-    pub(crate) used_bytes: usize,
-    pub(crate) free_blocks: usize,
+    pub(super) used_blocks: usize,
+    pub(super) used_bytes: usize,
+    pub(super) free_blocks: usize,
 }
 
 impl Tlsf {

@@ -81,7 +81,7 @@ pub(crate) struct RawCore {
     /// Medium operations so far (wrapping); the clock is read on every
     /// `PURGE_CHECK_INTERVAL`-th only.
     ops: u32,
-    pub(crate) stats: RawStats,
+    stats: RawStats,
 }
 
 // SAFETY: the pointers refer to chunks owned by the heap, usable from any
