@@ -107,7 +107,7 @@ pub struct ObjectStats {
 /// mentions `T` only through `PhantomData<fn() -> T>`, so `T` may borrow
 /// the pool itself (a tree node whose children are boxes in the same pool).
 pub struct ObjectPool<'h, T, S: PageSource = OsPages, R: RawMutex = SpinLock> {
-    core: PoolCore<'h, S, R>,
+    core: ObjectCore<'h, S, R>,
     _marker: PhantomData<fn() -> T>,
 }
 
@@ -117,7 +117,7 @@ pub struct ObjectPool<'h, T, S: PageSource = OsPages, R: RawMutex = SpinLock> {
 /// value, linked through its first word; in slab mode every slot lies in a
 /// slab on `slabs`, and `bump..bump_end` is the never-used tail of the
 /// newest slab; in heap mode `free` holds at most `policy.max_free` slots.
-struct PoolCore<'h, S: PageSource, R: RawMutex> {
+struct ObjectCore<'h, S: PageSource, R: RawMutex> {
     heap: &'h PrivateHeap<S, R>,
     policy: ObjectPolicy,
     slot: usize,
@@ -148,7 +148,7 @@ impl<'h, T, S: PageSource, R: RawMutex> ObjectPool<'h, T, S, R> {
         let align = align_of::<T>().max(align_of::<usize>());
         let slot = size_of::<T>().max(size_of::<usize>()).div_ceil(align) * align;
         Self {
-            core: PoolCore {
+            core: ObjectCore {
                 heap,
                 policy,
                 slot,
@@ -227,7 +227,7 @@ impl<'h, T, S: PageSource, R: RawMutex> ObjectPool<'h, T, S, R> {
     }
 }
 
-impl<S: PageSource, R: RawMutex> PoolCore<'_, S, R> {
+impl<S: PageSource, R: RawMutex> ObjectCore<'_, S, R> {
     fn update(&self, f: impl FnOnce(&mut ObjectStats)) {
         let mut s = self.stats.get();
         f(&mut s);
@@ -374,7 +374,7 @@ impl<S: PageSource, R: RawMutex> PoolCore<'_, S, R> {
     }
 }
 
-impl<S: PageSource, R: RawMutex> Drop for PoolCore<'_, S, R> {
+impl<S: PageSource, R: RawMutex> Drop for ObjectCore<'_, S, R> {
     fn drop(&mut self) {
         // Live objects borrow the pool, so none is live here (a leaked one
         // stays in memory that is given back below, unused): free objects

@@ -28,7 +28,11 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{NonNull, null_mut};
 use parking_lot::lock_api::{Mutex, RawMutex};
 
-/// A private heap managed in layers, as CPython's memory manager.
+/// The whole heap (the top of the layers), as CPython's memory manager:
+/// requests of at most 512 bytes go to layer 2 (pools of
+/// [`Arena`](crate::Arena)s, owned per thread), larger ones to its
+/// [`RawHeap`] (layer 1), which owns every chunk the heap maps. Dropping it
+/// gives all of its memory back to the OS.
 ///
 /// Use it as the global allocator:
 ///
@@ -163,7 +167,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 
     /// Gives back to the OS everything the heap holds but does not use: the
     /// pages of every empty pool (without waiting for the purge delay), the
-    /// spare arena, cached empty pools, the spare medium chunk and the whole
+    /// spare arenas, cached empty pools, the spare medium chunk and the whole
     /// pages inside free medium blocks. Live blocks are untouched.
     ///
     /// ```

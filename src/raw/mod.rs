@@ -88,7 +88,15 @@ pub(crate) struct RawCore {
 // thread; the core is only reached under the raw heap's lock.
 unsafe impl Send for RawCore {}
 
-/// The raw memory allocator (layer 1). Thread-safe.
+/// Layer 1: the raw memory allocator. Thread-safe.
+///
+/// A `RawHeap` owns every chunk its heap maps from the OS (layer 0): the
+/// medium chunks it carves with TLSF for requests over the small threshold,
+/// the mapping of each huge block, and the arena chunks it hands to layer 2
+/// ([`Arena`](crate::Arena)). It keeps the byte accounting of all of them
+/// and enforces the heap's bound on mapped bytes. Every
+/// [`PrivateHeap`](crate::PrivateHeap) has one; used alone it is the raw
+/// domain of the PyMem interface.
 ///
 /// `S` supplies OS pages; `R` is the lock (the default [`SpinLock`] never
 /// allocates, as a global allocator requires).
@@ -726,3 +734,101 @@ impl<S: PageSource, R: RawMutex> Drop for RawHeap<S, R> {
 }
 
 const _: () = assert!(ALIGNMENT <= CHUNK_HEADER_SIZE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medium_and_huge_blocks_are_counted_and_given_back() {
+        let raw = RawHeap::new();
+        let sizes = [600, 64 * 1024, MEDIUM_MAX + 1];
+        let blocks: Vec<_> = sizes
+            .iter()
+            .map(|&n| (raw.alloc_block(n, ALIGNMENT).unwrap().ptr, n))
+            .collect();
+        let s = raw.stats();
+        assert_eq!((s.medium_blocks, s.huge_blocks, s.medium_chunks), (2, 1, 1));
+        assert_eq!(s.bytes_requested, sizes.iter().sum::<usize>());
+        assert!(s.bytes_in_use >= s.bytes_requested);
+        assert!(s.bytes_mapped >= MEDIUM_CHUNK_SIZE + MEDIUM_MAX + 1);
+        for &(p, n) in &blocks {
+            // SAFETY: live blocks of `raw`.
+            let usable = unsafe { raw.usable_size(p) };
+            assert!(
+                usable >= n && usable - n < 2 * ALIGNMENT.max(page_size()),
+                "{n}: {usable}"
+            );
+            assert_eq!(p.as_ptr().addr() % ALIGNMENT, 0);
+        }
+        raw.validate();
+        for (p, n) in blocks {
+            let (header, p) = raw.find_own_block(p, "test");
+            // SAFETY: a live block of `raw` requested with `n` bytes.
+            unsafe { raw.free_block(header, p, n) };
+        }
+        let s = raw.stats();
+        assert_eq!(
+            (s.bytes_requested, s.bytes_in_use, s.huge_blocks),
+            (0, 0, 0)
+        );
+        assert!(
+            s.bytes_mapped <= MEDIUM_CHUNK_SIZE,
+            "a huge block is unmapped at once"
+        );
+        raw.trim();
+        assert_eq!(
+            raw.stats().bytes_mapped,
+            0,
+            "trim unmaps the spare medium chunk"
+        );
+        raw.validate();
+    }
+
+    #[test]
+    fn a_medium_block_grows_into_its_free_neighbour() {
+        let raw = RawHeap::new();
+        let a = raw.alloc_block(1000, ALIGNMENT).unwrap().ptr;
+        let b = raw.alloc_block(1000, ALIGNMENT).unwrap().ptr;
+        let (ha, a) = raw.find_own_block(a, "test");
+        let (hb, b) = raw.find_own_block(b, "test");
+        // SAFETY: `b` is live, requested with 1000 bytes; `a` is live and
+        // `b` (its neighbour) is freed first, so `a` can take its room.
+        unsafe {
+            raw.free_block(hb, b, 1000);
+            let usable = raw
+                .resize_in_place(ha, a, 1000, 1900)
+                .expect("grows in place");
+            assert!(usable >= 1900);
+            assert_eq!(raw.stats().bytes_requested, 1900);
+            // Shrinking in place always works for a medium block.
+            assert!(raw.resize_in_place(ha, a, 1900, 700).is_some());
+            raw.validate();
+            raw.free_block(ha, a, 700);
+        }
+        assert_eq!(raw.stats().bytes_in_use, 0);
+    }
+
+    #[test]
+    fn a_bounded_heap_refuses_cleanly() {
+        let raw: RawHeap = RawHeap::with_source_and_limit(OsPages, 2 * MEDIUM_CHUNK_SIZE);
+        assert!(raw.alloc_block(3 * MEDIUM_CHUNK_SIZE, ALIGNMENT).is_none());
+        let p = raw.alloc_block(1000, ALIGNMENT).unwrap().ptr;
+        assert!(
+            raw.alloc_block(MEDIUM_CHUNK_SIZE + CHUNK_SIZE, ALIGNMENT)
+                .is_none()
+        );
+        assert!(raw.stats().bytes_mapped <= 2 * MEDIUM_CHUNK_SIZE);
+        raw.set_limit(usize::MAX);
+        let q = raw
+            .alloc_block(MEDIUM_CHUNK_SIZE + CHUNK_SIZE, ALIGNMENT)
+            .unwrap()
+            .ptr;
+        for (p, n) in [(p, 1000), (q, MEDIUM_CHUNK_SIZE + CHUNK_SIZE)] {
+            let (h, p) = raw.find_own_block(p, "test");
+            // SAFETY: live blocks of `raw`, freed once.
+            unsafe { raw.free_block(h, p, n) };
+        }
+        raw.validate();
+    }
+}
