@@ -21,6 +21,20 @@
 //!   +----------------------------------------------------+
 //! ```
 //!
+//! ## The layers as types
+//!
+//! | layer | type | owns |
+//! |---|---|---|
+//! | 0 | [`OsPages`] ([`PageSource`]) | nothing: maps, unmaps and purges pages |
+//! | 1 | [`RawHeap`] | every chunk the heap maps; medium and huge blocks; byte accounting and the bound |
+//! | 2 | [`Arena`] | one 1 MiB chunk from layer 1 and its empty pools |
+//! | 2 | [`Pool`] | 16 KiB of an arena: blocks of one size class, their free list |
+//! | 3 | [`ObjectPool`] | typed objects of one type over a heap |
+//! | top | [`PrivateHeap`] | a `RawHeap`, the arenas, the thread heaps; `GlobalAlloc` and `Allocator` |
+//!
+//! [`PrivateHeap::for_each_arena`] shows the arenas and pools of a heap
+//! ([`ArenaInfo`], [`PoolInfo`]).
+//!
 //! ## Strategy
 //!
 //! Small requests (at most 512 bytes) are rounded to one of 32 size classes

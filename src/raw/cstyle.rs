@@ -9,7 +9,7 @@ use core::ptr::NonNull;
 use parking_lot::lock_api::RawMutex;
 
 impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
-    /// As [`PrivateHeap::malloc`], from layer 1 alone (every size from the
+    /// As [`PrivateHeap::malloc`](crate::PrivateHeap::malloc), from layer 1 alone (every size from the
     /// medium allocator or a mapping; no pools).
     ///
     /// ```
@@ -27,7 +27,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         self.malloc_with(n, false)
     }
 
-    /// As [`PrivateHeap::calloc`], from layer 1 alone.
+    /// As [`PrivateHeap::calloc`](crate::PrivateHeap::calloc), from layer 1 alone.
     pub fn calloc(&self, nelem: usize, elsize: usize) -> *mut u8 {
         match nelem.checked_mul(elsize) {
             Some(n) => self.malloc_with(n, true),
@@ -54,7 +54,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         block.ptr.as_ptr()
     }
 
-    /// As [`PrivateHeap::resize`], from layer 1 alone.
+    /// As [`PrivateHeap::resize`](crate::PrivateHeap::resize), from layer 1 alone.
     ///
     /// # Safety
     ///
@@ -90,7 +90,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
     }
 
-    /// As [`PrivateHeap::free`], for blocks of this layer's `malloc`.
+    /// As [`PrivateHeap::free`](crate::PrivateHeap::free), for blocks of this layer's `malloc`.
     ///
     /// # Safety
     ///
