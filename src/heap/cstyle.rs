@@ -177,7 +177,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
         // SAFETY: the chunk header is live while its block is.
         if unsafe { (*header.as_ptr()).kind } == ChunkKind::Arena {
-            self.account(self.thread_heap(), extra);
+            self.account(extra);
         } else {
             let th = self.thread_heap();
             if th.is_null() {

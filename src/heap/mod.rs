@@ -15,7 +15,7 @@ use crate::raw::chunk::ChunkKind;
 #[cfg(test)]
 use crate::small::PoolState;
 use crate::small::arena::Arena;
-use crate::small::pool::{Pool, PoolChain, PoolOwner, SmallBlock};
+use crate::small::pool::{Pool, PoolChain, PoolOwner};
 use crate::small::size_class::{SizeClass, block_size, class_of};
 use crate::small::used::Freed;
 use crate::small::{ArenaInfo, SmallHeap};
@@ -364,9 +364,11 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 if let Some(found) = unsafe { Self::alloc_local(th, class, size) } {
                     return Some(found);
                 }
-                return self.alloc_small_slow(th, class, size);
+                // SAFETY: as above.
+                return unsafe { self.alloc_small_slow(th, class, size) };
             }
-            return self.alloc_small_slow(null_mut(), class, size);
+            // SAFETY: a null thread heap is looked up there.
+            return unsafe { self.alloc_small_slow(null_mut(), class, size) };
         }
         if align <= ALIGNMENT
             && let Some((bin, bound)) = medium_bin(size)
@@ -393,9 +395,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 
     /// A small request the fast path could not serve: the thread heap is
     /// not the cached one (`th` null), or it has no used pool of `class`.
+    ///
+    /// # Safety
+    ///
+    /// `th` is null or the calling thread's own thread heap.
     #[cold]
     #[inline(never)]
-    fn alloc_small_slow(
+    unsafe fn alloc_small_slow(
         &self,
         th: *mut ThreadHeap,
         class: SizeClass,
@@ -409,11 +415,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         if th.is_null() {
             return self.alloc_shared(class, size);
         }
-        // SAFETY: the calling thread owns `th`.
-        if let Some(found) = unsafe { Self::alloc_local(th, class, size) } {
-            return Some(found);
+        // SAFETY: the calling thread owns `th` (caller, or just looked up).
+        unsafe {
+            if let Some(found) = Self::alloc_local(th, class, size) {
+                return Some(found);
+            }
+            self.alloc_refill(th, class, size)
         }
-        self.alloc_refill(th, class, size)
     }
 
     /// A block of `class` for `size` bytes from thread heap `th`'s used
@@ -449,7 +457,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ) {
         // SAFETY: caller's contract.
         if unsafe { ThreadHeap::free_local(th, pool, ptr, size) } == Freed::Emptied {
-            self.release_pool(pool);
+            // SAFETY: it left `th`'s table, empty.
+            unsafe { self.release_pool(pool) };
         }
     }
 
@@ -472,34 +481,41 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 
     /// The calling thread has no used pool of `class`: collect blocks other
     /// threads freed, else take a new pool under the lock.
-    fn alloc_refill(
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th`.
+    unsafe fn alloc_refill(
         &self,
         th: *mut ThreadHeap,
         class: SizeClass,
         size: usize,
     ) -> Option<(NonNull<u8>, bool)> {
-        // SAFETY: the calling thread owns `th`; pools in the chain left its
-        // lists empty and are released under the lock; a pool taken for
-        // `th` is linked on its lists before use.
-        unsafe {
-            let emptied = ThreadHeap::collect(th);
-            if let Some(block) = ThreadHeap::alloc_local(th, class, size) {
-                if !emptied.is_empty() {
-                    self.small.lock().small.release_chain(&self.raw, emptied);
-                }
-                return Some((block.ptr, block.zeroed));
+        // SAFETY: the calling thread owns `th` (caller).
+        let emptied = unsafe { ThreadHeap::collect(th) };
+        // SAFETY: as above.
+        if let Some(block) = unsafe { ThreadHeap::alloc_local(th, class, size) } {
+            if !emptied.is_empty() {
+                // SAFETY: the chain holds pools that left `th`'s table empty.
+                unsafe { self.small.lock().small.release_chain(&self.raw, emptied) };
             }
-            let pool = {
-                let mut shared = self.small.lock();
-                shared.small.release_chain(&self.raw, emptied);
-                shared
-                    .small
-                    .take_pool(&self.raw, class, ThreadHeap::owner_id(th))?
-            };
-            ThreadHeap::link_pool(th, pool, class);
-            let block: SmallBlock = ThreadHeap::alloc_local(th, class, size)?;
-            Some((block.ptr, block.zeroed))
+            return Some((block.ptr, block.zeroed));
         }
+        let pool = {
+            let mut shared = self.small.lock();
+            // SAFETY: as above.
+            unsafe { shared.small.release_chain(&self.raw, emptied) };
+            shared
+                .small
+                .take_pool(&self.raw, class, ThreadHeap::owner_id(th))?
+        };
+        // SAFETY: `pool` is a fresh used pool of `class` owned by `th` and
+        // on no list, and the calling thread owns `th`.
+        let block = unsafe {
+            ThreadHeap::link_pool(th, pool, class);
+            ThreadHeap::alloc_local(th, class, size)
+        }?;
+        Some((block.ptr, block.zeroed))
     }
 
     /// Allocation for a thread without a thread heap: the shared lists.
@@ -657,25 +673,41 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
         // SAFETY: `owner` owns the block's pool (caller).
         unsafe { ThreadHeap::push_remote(owner, ptr) };
-        self.account(th, size.wrapping_neg());
+        // SAFETY: `th` is null or ours (caller).
+        unsafe { self.account_to(th, size.wrapping_neg()) };
     }
 
-    /// Adds `delta` (wrapping) to the requested bytes of `th`, or of the
-    /// shared state if the thread has no thread heap.
+    /// Adds `delta` (wrapping) to the small requested bytes of the calling
+    /// thread's thread heap, or of the shared state if it has none.
     #[inline]
-    pub(crate) fn account(&self, th: *mut ThreadHeap, delta: usize) {
+    pub(crate) fn account(&self, delta: usize) {
+        // SAFETY: `thread_heap` gives null or the calling thread's own.
+        unsafe { self.account_to(self.thread_heap(), delta) }
+    }
+
+    /// `account` with the thread heap known.
+    ///
+    /// # Safety
+    ///
+    /// `th` is null or the calling thread's own thread heap.
+    #[inline]
+    unsafe fn account_to(&self, th: *mut ThreadHeap, delta: usize) {
         if th.is_null() {
             self.small.lock().small.add_requested(delta);
         } else {
-            // SAFETY: `th` is the calling thread's own.
+            // SAFETY: caller's contract.
             unsafe { ThreadHeap::add_requested(th, delta) };
         }
     }
 
     /// Gives a thread's pool that became empty back to its arena.
+    ///
+    /// # Safety
+    ///
+    /// `pool` is a pool of this heap that left its owner's table empty.
     #[cold]
     #[inline(never)]
-    fn release_pool(&self, pool: *mut Pool) {
+    unsafe fn release_pool(&self, pool: *mut Pool) {
         // SAFETY: the pool left its owner's lists, empty.
         unsafe { self.small.lock().small.release_pool(&self.raw, pool) };
     }
@@ -744,7 +776,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 if new_size > size || (new_size < old_size && 4 * new_size <= 3 * size) {
                     return false;
                 }
-                self.account(self.thread_heap(), new_size.wrapping_sub(old_size));
+                self.account(new_size.wrapping_sub(old_size));
                 return true;
             }
             new_size > SMALL_REQUEST_THRESHOLD
