@@ -28,3 +28,33 @@ fi
 grep -q "bad trailing pad byte" "$out/overflow.txt"
 grep -q "10 bytes originally requested" "$out/overflow.txt"
 echo "debug hooks from C: overflow reported"
+# PYMALLOC modes, as CPython's PYTHONMALLOC: each names itself; an unknown
+# value is a fatal error naming the variable.
+cat > "$out/modes.c" <<'C'
+#include "pymem.h"
+#include <stdio.h>
+#include <string.h>
+int main(void) {
+    char *p = PyMem_Malloc(100);
+    if (!p) return 2;
+    memset(p, 7, 100);
+    p = PyMem_Realloc(p, 5000);
+    if (!p || p[99] != 7) return 3;
+    PyMem_Free(p);
+    const char *name = _PyMem_GetCurrentAllocatorName();
+    printf("%s\n", name ? name : "(custom)");
+    return 0;
+}
+C
+$cc $flags "$out/modes.c" target/release/libpymalloc_c.a -lpthread -ldl -lm -o "$out/modes"
+for mode in pymalloc debug pymalloc_debug malloc malloc_debug; do
+    got=$(PYMALLOC=$mode "$out/modes")
+    want=$mode; [ "$mode" = debug ] && want=pymalloc_debug
+    [ "$got" = "$want" ] || { echo "PYMALLOC=$mode: allocator named '$got', expected '$want'" >&2; exit 1; }
+done
+[ "$(env -u PYMALLOC "$out/modes")" = pymalloc ]
+if PYMALLOC=bogus "$out/modes" 2> "$out/modes.txt"; then
+    echo "PYMALLOC=bogus was accepted" >&2; exit 1
+fi
+grep -q "PYMALLOC=bogus is not a known allocator" "$out/modes.txt"
+echo "PYMALLOC modes from C: pymalloc, pymalloc_debug, malloc, malloc_debug; bad value refused"

@@ -101,3 +101,20 @@ fn report(what: &str, ptr: *const u8, reason: &str) -> ! {
     m.push(b"\n");
     m.abort()
 }
+
+/// Reports that environment variable `name` holds `value`, which is none of
+/// `expected`, then aborts (as CPython does for a bad `PYTHONMALLOC`).
+#[cold]
+#[inline(never)]
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
+pub(crate) fn bad_setting(name: &str, value: &[u8], expected: &str) -> ! {
+    let mut m = Message::new();
+    m.push(b"pymalloc: fatal error: ");
+    m.push(name.as_bytes());
+    m.push(b"=");
+    m.push(&value[..value.len().min(64)]);
+    m.push(b" is not a known allocator; expected ");
+    m.push(expected.as_bytes());
+    m.push(b"\n");
+    m.abort()
+}

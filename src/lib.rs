@@ -86,6 +86,8 @@ pub mod os;
 pub mod lock;
 // Fatal error reports that do not allocate.
 mod fatal;
+// fork() without deadlocks: the gate every crate lock passes.
+mod fork;
 // Valgrind client requests (feature `valgrind`).
 mod valgrind;
 // Layer 1: the raw heap (chunks, the arena map, medium and huge blocks).

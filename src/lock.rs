@@ -85,28 +85,55 @@ unsafe impl lock_api::RawMutex for SpinLock {
     }
 }
 
-/// Holds `lock` across `fork()` (the fork handlers, `src/heap/fork.rs`):
-/// taken before the fork, so no other thread is inside what it guards when
-/// the child is made, and released in both processes by
-/// [`release_after_fork`].
-#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) fn hold_for_fork<R: lock_api::RawMutex, T: ?Sized>(lock: &lock_api::Mutex<R, T>) {
-    core::mem::forget(lock.lock());
+/// A lock of the crate: `R` behind the process-wide fork gate
+/// (`src/fork.rs`), so that `fork()` never leaves it held in the child.
+/// Taking it enters the gate first (a thread's outermost crate lock only),
+/// releasing it leaves. Every heap's and every global lock of the crate is
+/// one; [`PrivateHeap`](crate::PrivateHeap)'s `R` is wrapped in it.
+#[derive(Debug)]
+pub struct ForkSafe<R> {
+    inner: R,
 }
 
-/// Releases a lock taken by [`hold_for_fork`].
-///
-/// # Safety
-///
-/// `hold_for_fork(lock)` took it, on this thread or in the parent of this
-/// single-threaded child, and it was not released since.
-#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) unsafe fn release_after_fork<R: lock_api::RawMutex, T: ?Sized>(
-    lock: &lock_api::Mutex<R, T>,
-) {
-    // SAFETY: caller's contract: the lock is held, by no guard.
-    unsafe { lock.force_unlock() }
+// SAFETY: mutual exclusion and its happens-before edges come from `R`,
+// whose `lock`/`unlock` pairs are kept; the gate calls around them only
+// delay acquisition.
+unsafe impl<R: lock_api::RawMutex> lock_api::RawMutex for ForkSafe<R> {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: Self = ForkSafe { inner: R::INIT };
+    type GuardMarker = R::GuardMarker;
+
+    #[inline]
+    fn lock(&self) {
+        crate::fork::enter();
+        self.inner.lock();
+    }
+
+    #[inline]
+    fn try_lock(&self) -> bool {
+        crate::fork::enter();
+        let taken = self.inner.try_lock();
+        if !taken {
+            crate::fork::leave();
+        }
+        taken
+    }
+
+    #[inline]
+    unsafe fn unlock(&self) {
+        // SAFETY: the caller holds the lock (RawMutex contract).
+        unsafe { self.inner.unlock() };
+        crate::fork::leave();
+    }
+
+    #[inline]
+    fn is_locked(&self) -> bool {
+        self.inner.is_locked()
+    }
 }
+
+/// The lock of the crate's global structures.
+pub(crate) type GlobalLock = ForkSafe<SpinLock>;
 
 #[cfg(test)]
 mod tests {

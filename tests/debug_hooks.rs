@@ -9,6 +9,15 @@ use core::ffi::c_void;
 use pymalloc::*;
 use std::process::Command;
 
+static COUNTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe extern "C" fn counting_malloc(ctx: *mut c_void, n: usize) -> *mut c_void {
+    COUNTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let inner = pymalloc::pymem::default_allocator(PyMemAllocatorDomain::Mem);
+    // SAFETY: the default allocator, per its contract.
+    unsafe { (inner.malloc)(ctx, n) }
+}
+
 fn child(fault: &str) {
     // SAFETY: each fault misuses the interface on purpose; the debug hooks
     // must catch it before memory is corrupted for real (the blocks written
@@ -32,6 +41,45 @@ fn child(fault: &str) {
                 PyMem_RawFree(z);
                 PyMem_Free(core::ptr::null_mut());
                 println!("clean run ok, hooks {}", debug_hooks_installed());
+            }
+            "rewrap" | "rewrap_overflow" => {
+                // A new Mem allocator over the default one, then the debug
+                // hooks again: they must wrap the new allocator.
+                let debug = PyMem_GetAllocator(PyMemAllocatorDomain::Mem);
+                PyMem_SetAllocator(
+                    PyMemAllocatorDomain::Mem,
+                    &PyMemAllocatorEx {
+                        ctx: core::ptr::null_mut(),
+                        malloc: counting_malloc,
+                        ..pymalloc::pymem::default_allocator(PyMemAllocatorDomain::Mem)
+                    },
+                );
+                PyMem_SetupDebugHooks();
+                let now = PyMem_GetAllocator(PyMemAllocatorDomain::Mem);
+                assert!(core::ptr::fn_addr_eq(now.malloc, debug.malloc));
+                assert_ne!(
+                    now.ctx, debug.ctx,
+                    "a fresh debug context over the new allocator"
+                );
+                let p = PyMem_Malloc(10).cast::<u8>();
+                assert_eq!(COUNTED.load(std::sync::atomic::Ordering::Relaxed), 1);
+                assert_eq!(PyMem_GetCurrentAllocatorName(), None);
+                if fault == "rewrap_overflow" {
+                    p.add(10).write(b'z');
+                }
+                PyMem_Free(p.cast());
+                println!("rewrap ok");
+            }
+            "name" => {
+                let p = PyMem_Malloc(100).cast::<u8>();
+                p.write_bytes(3, 100);
+                let q = PyObject_Realloc(PyObject_Malloc(5), 7000);
+                PyObject_Free(q);
+                PyMem_Free(p.cast());
+                println!(
+                    "name={}",
+                    PyMem_GetCurrentAllocatorName().unwrap_or("custom")
+                );
             }
             "overflow" => {
                 let p = PyMem_Malloc(10).cast::<u8>();
@@ -138,6 +186,40 @@ fn main() {
             "{text}"
         );
     }
+    // Every PYMALLOC mode of CPython's PYTHONMALLOC, by its name; an
+    // unknown one is refused with a report naming the variable.
+    for (mode, name) in [
+        ("pymalloc", "pymalloc"),
+        ("debug", "pymalloc_debug"),
+        ("pymalloc_debug", "pymalloc_debug"),
+        ("malloc", "malloc"),
+        ("malloc_debug", "malloc_debug"),
+        ("bogus", ""),
+    ] {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env("PYMALLOC_FAULT", "name")
+            .env("PYMALLOC", mode)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if name.is_empty() {
+            assert!(!out.status.success(), "{mode}: accepted:\n{text}");
+            assert!(
+                text.contains("PYMALLOC=bogus is not a known allocator"),
+                "{text}"
+            );
+        } else {
+            assert!(text.contains(&format!("name={name}\n")), "{mode}:\n{text}");
+        }
+    }
+    println!("PYMALLOC modes: named as CPython's; an unknown one refused");
+    let (aborted, text) = run("rewrap", true);
+    assert!(!aborted && text.contains("rewrap ok"), "{text}");
+    expect(
+        "rewrap_overflow",
+        &["bad trailing pad byte", "10 bytes originally requested"],
+    );
     expect(
         "overflow",
         &[

@@ -229,6 +229,26 @@ fn a_hook_wraps_a_domain_and_is_restored() {
         PyObject_Free(c);
     }
     assert_eq!(HOOK_CALLS.load(Ordering::Relaxed), 5);
+    // Sizes no `Py_ssize_t` holds are refused before the hook, as CPython.
+    assert!(PyObject_Malloc(isize::MAX as usize + 1).is_null());
+    assert!(PyObject_Calloc(usize::MAX / 2, 4).is_null());
+    let keep = PyObject_Malloc(8);
+    // SAFETY: a live Obj block; the failed realloc keeps it.
+    unsafe {
+        assert!(PyObject_Realloc(keep, isize::MAX as usize + 1).is_null());
+        PyObject_Free(keep);
+    }
+    assert_eq!(
+        HOOK_CALLS.load(Ordering::Relaxed),
+        7,
+        "the hook saw only the valid calls"
+    );
+    assert_eq!(
+        pymalloc::PyMem_GetCurrentAllocatorName(),
+        None,
+        "a custom hook"
+    );
+    HOOK_CALLS.store(5, Ordering::Relaxed);
     // Failure injection through the hook: a clean null.
     FAIL_NEXT.store(1, Ordering::Relaxed);
     assert!(PyObject_Malloc(10).is_null());

@@ -95,7 +95,12 @@ void PyMem_SetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx *allocator
 
 /* Debug hooks (as PYTHONMALLOC=debug): guard bytes, fill patterns, reports
  * on standard error, then abort. */
+/* Wraps each domain's current allocator with the debug hooks (again after
+ * PyMem_SetAllocator installs a new one). */
 void PyMem_SetupDebugHooks(void);
+/* "pymalloc", "pymalloc_debug", "malloc" or "malloc_debug" (the modes of
+ * the PYMALLOC environment variable), or NULL for custom allocators. */
+const char *_PyMem_GetCurrentAllocatorName(void);
 size_t PyMem_DebugCheckAll(void);
 
 #ifdef __cplusplus

@@ -76,17 +76,24 @@ fn domain(d: c_int) -> Option<PyMemAllocatorDomain> {
     }
 }
 
-/// Copies the allocator of domain `d` into `*out`; an unknown domain
-/// leaves `*out` untouched.
+/// Copies the allocator of domain `d` into `*out`; for an unknown domain
+/// every field of `*out` is set to NULL, as CPython does.
 ///
 /// # Safety
 ///
 /// `out` points to writable memory for one `PyMemAllocatorEx`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn PyMem_GetAllocator(d: c_int, out: *mut PyMemAllocatorEx) {
-    if let Some(d) = domain(d) {
+    match domain(d) {
         // SAFETY: caller's contract.
-        unsafe { out.write(pymalloc::PyMem_GetAllocator(d)) };
+        Some(d) => unsafe { out.write(pymalloc::PyMem_GetAllocator(d)) },
+        // SAFETY: caller's contract; the C struct's fields are nullable
+        // pointers, written as bytes (no Rust value with null function
+        // pointers is made).
+        None => unsafe {
+            out.cast::<u8>()
+                .write_bytes(0, core::mem::size_of::<PyMemAllocatorEx>())
+        },
     }
 }
 
@@ -104,10 +111,25 @@ pub unsafe extern "C" fn PyMem_SetAllocator(d: c_int, allocator: *const PyMemAll
     }
 }
 
-/// Installs the debug hooks on every domain.
+/// Installs the debug hooks on every domain over its current allocator
+/// (unless it is a debug one already).
 #[unsafe(no_mangle)]
 pub extern "C" fn PyMem_SetupDebugHooks() {
     pymalloc::PyMem_SetupDebugHooks();
+}
+
+/// The allocators in use, by CPython's names: "pymalloc",
+/// "pymalloc_debug", "malloc" or "malloc_debug"; NULL for custom ones.
+/// The string is static.
+#[unsafe(no_mangle)]
+pub extern "C" fn _PyMem_GetCurrentAllocatorName() -> *const core::ffi::c_char {
+    match pymalloc::PyMem_GetCurrentAllocatorName() {
+        Some("pymalloc") => c"pymalloc".as_ptr(),
+        Some("pymalloc_debug") => c"pymalloc_debug".as_ptr(),
+        Some("malloc") => c"malloc".as_ptr(),
+        Some("malloc_debug") => c"malloc_debug".as_ptr(),
+        _ => core::ptr::null(),
+    }
 }
 
 /// Checks every live debug block; returns how many (0 without hooks).

@@ -95,7 +95,23 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* A Mem-domain hook over the default allocator, for the re-wrap test. */
+static PyMemAllocatorEx mem_default;
+static volatile size_t mem_hook_calls;
+static void *mem_hook_malloc(void *ctx, size_t n) { (void)ctx; mem_hook_calls++; return mem_default.malloc(mem_default.ctx, n); }
+static void *mem_hook_calloc(void *ctx, size_t a, size_t b) { (void)ctx; mem_hook_calls++; return mem_default.calloc(mem_default.ctx, a, b); }
+static void *mem_hook_realloc(void *ctx, void *p, size_t n) { (void)ctx; mem_hook_calls++; return mem_default.realloc(mem_default.ctx, p, n); }
+static void mem_hook_free(void *ctx, void *p) { (void)ctx; mem_hook_calls++; mem_default.free(mem_default.ctx, p); }
+
 int main(void) {
+    const char *name = _PyMem_GetCurrentAllocatorName();
+    CHECK(name != NULL && strcmp(name, "pymalloc") == 0);
+    /* An unknown domain: every field NULL, as CPython. */
+    PyMemAllocatorEx junk;
+    memset(&junk, 0xAB, sizeof junk);
+    PyMem_GetAllocator((PyMemAllocatorDomain)7, &junk);
+    CHECK(junk.ctx == NULL && junk.malloc == NULL && junk.calloc == NULL
+          && junk.realloc == NULL && junk.free == NULL);
     struct domain domains[] = {
         {"raw", PyMem_RawMalloc, PyMem_RawCalloc, PyMem_RawRealloc, PyMem_RawFree},
         {"mem", PyMem_Malloc, PyMem_Calloc, PyMem_Realloc, PyMem_Free},
@@ -135,6 +151,15 @@ int main(void) {
     PyObject_Free(oc);
     PyMem_Free(PyMem_Malloc(10)); /* another domain: not counted */
     CHECK(hook_calls == 5);
+    /* Sizes no Py_ssize_t holds never reach a hook. */
+    CHECK(PyObject_Malloc((size_t)PY_SSIZE_T_MAX + 1) == NULL);
+    CHECK(PyObject_Calloc(SIZE_MAX / 2, 4) == NULL);
+    void *keep = PyObject_Malloc(8);
+    CHECK(PyObject_Realloc(keep, (size_t)PY_SSIZE_T_MAX + 1) == NULL);
+    PyObject_Free(keep);
+    CHECK(hook_calls == 7);
+    CHECK(_PyMem_GetCurrentAllocatorName() == NULL); /* a custom hook */
+    hook_calls = 5;
     pthread_t threads[4];
     for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, worker, NULL);
     for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
@@ -146,6 +171,33 @@ int main(void) {
     PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &now);
     CHECK(now.malloc == wrapped.malloc && now.ctx == wrapped.ctx);
     printf("hooks: ok\n");
+
+    /* Debug hooks, then a new Mem allocator, then the debug hooks again:
+     * they wrap the new allocator (CPython's documented behaviour). */
+    PyMem_SetupDebugHooks();
+    name = _PyMem_GetCurrentAllocatorName();
+    CHECK(name != NULL && strcmp(name, "pymalloc_debug") == 0);
+    PyMem_Free(PyMem_Malloc(3));
+    PyMemAllocatorEx debug_mem;
+    PyMem_GetAllocator(PYMEM_DOMAIN_MEM, &debug_mem);
+    /* The new Mem allocator counts its calls and passes them to the raw
+     * domain's current allocator. */
+    PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &mem_default);
+    PyMemAllocatorEx mem_hook = {NULL, mem_hook_malloc, mem_hook_calloc, mem_hook_realloc, mem_hook_free};
+    PyMem_SetAllocator(PYMEM_DOMAIN_MEM, &mem_hook);
+    PyMem_SetupDebugHooks();
+    PyMemAllocatorEx rewrapped;
+    PyMem_GetAllocator(PYMEM_DOMAIN_MEM, &rewrapped);
+    CHECK(rewrapped.malloc == debug_mem.malloc); /* the debug hooks again */
+    CHECK(rewrapped.ctx != debug_mem.ctx);       /* ... over the new allocator */
+    size_t before = mem_hook_calls;
+    char *mb = PyMem_Malloc(10);
+    CHECK(mb != NULL && mem_hook_calls == before + 1);
+    memset(mb, 1, 10);
+    PyMem_Free(mb);
+    CHECK(mem_hook_calls == before + 2);
+    CHECK(_PyMem_GetCurrentAllocatorName() == NULL);
+    printf("debug hooks re-wrap: ok\n");
 
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);

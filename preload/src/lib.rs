@@ -22,34 +22,17 @@
 
 use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicU8, Ordering};
 use pymalloc::PrivateHeap;
 
 /// The heap behind every exported function.
 static HEAP: PrivateHeap = PrivateHeap::new();
 
-/// 0: the fork handlers are not installed yet; 1: being installed (by a
-/// call that may itself allocate); 2: installed.
-static SETUP: AtomicU8 = AtomicU8::new(0);
-
+/// The heap. Fork-safe without set-up: its first lock registers the
+/// `pthread_atfork` handlers (a nested malloc from `pthread_atfork` finds the
+/// registration under way and goes on).
 #[inline]
 fn heap() -> &'static PrivateHeap {
-    if SETUP.load(Ordering::Relaxed) != 2 {
-        setup();
-    }
     &HEAP
-}
-
-#[cold]
-fn setup() {
-    if SETUP
-        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
-        .is_ok()
-    {
-        // pthread_atfork may call malloc: that nested call sees 1 and goes on.
-        HEAP.enable_fork();
-        SETUP.store(2, Ordering::Release);
-    }
 }
 
 fn set_errno(e: c_int) {

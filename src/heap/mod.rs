@@ -4,11 +4,9 @@
 
 // The C-style, size-less interface: malloc, calloc, realloc, free.
 mod cstyle;
-// fork() in multi-threaded programs: atfork handlers over registered heaps.
-pub(crate) mod fork;
 
 use crate::config::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
-use crate::lock::SpinLock;
+use crate::lock::{ForkSafe, SpinLock};
 use crate::os::{OsPages, PageSource};
 use crate::raw::RawHeap;
 use crate::raw::chunk::ChunkKind;
@@ -75,7 +73,7 @@ pub struct PrivateHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     /// Layer 2's shared state and the thread heaps, under their own lock
     /// so small and medium requests do not contend. Lock order: `small`
     /// before `raw`.
-    small: Mutex<R, Shared>,
+    small: Mutex<ForkSafe<R>, Shared>,
 }
 
 /// What the heap's small-object lock guards: layer 2's shared state and
@@ -144,7 +142,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         Self {
             raw: RawHeap::with_source_and_limit(source, limit),
             small: Mutex::const_new(
-                R::INIT,
+                <ForkSafe<R> as RawMutex>::INIT,
                 Shared {
                     small: SmallHeap::new(),
                     threads: Registry::new(),
@@ -785,6 +783,20 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                     .resize_in_place(header, ptr, old_size, new_size)
                     .is_some()
         }
+    }
+}
+
+impl<S: PageSource + Sync + 'static, R: RawMutex + Sync + 'static> PrivateHeap<S, R> {
+    /// Does nothing: every heap is fork-safe without a call. Kept so that
+    /// code written for pymalloc 0.1 compiles; returns `true`.
+    ///
+    /// Every lock of every heap passes the fork gate (`src/fork.rs`), whose
+    /// `pthread_atfork` handlers are registered by the first lock any heap
+    /// takes: the child of a `fork()` in a multi-threaded program finds no
+    /// lock held, for the global heap and per-collection heaps alike.
+    #[deprecated(since = "0.1.1", note = "every heap is fork-safe without a call")]
+    pub fn enable_fork(&'static self) -> bool {
+        true
     }
 }
 

@@ -138,3 +138,66 @@ pub fn default_allocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
         },
     }
 }
+
+// ----- the C library's allocator (`PYMALLOC=malloc`) -----
+
+/// `malloc` on the C library, as CPython's `_PyMem_RawMalloc`: a request
+/// of 0 bytes asks for 1, so the result is a distinct pointer.
+#[cfg(all(unix, not(miri)))]
+pub(crate) unsafe extern "C" fn c_malloc(_: *mut c_void, n: usize) -> *mut c_void {
+    // SAFETY: any size is valid for malloc.
+    unsafe { libc::malloc(n.max(1)) }
+}
+#[cfg(all(unix, not(miri)))]
+pub(crate) unsafe extern "C" fn c_calloc(
+    _: *mut c_void,
+    nelem: usize,
+    elsize: usize,
+) -> *mut c_void {
+    let (nelem, elsize) = if nelem == 0 || elsize == 0 {
+        (1, 1)
+    } else {
+        (nelem, elsize)
+    };
+    // SAFETY: calloc checks the product itself.
+    unsafe { libc::calloc(nelem, elsize) }
+}
+#[cfg(all(unix, not(miri)))]
+pub(crate) unsafe extern "C" fn c_realloc(_: *mut c_void, p: *mut c_void, n: usize) -> *mut c_void {
+    // SAFETY: `p` is null or a block of the C library's (allocator
+    // contract).
+    unsafe { libc::realloc(p, n.max(1)) }
+}
+#[cfg(all(unix, not(miri)))]
+pub(crate) unsafe extern "C" fn c_free(_: *mut c_void, p: *mut c_void) {
+    // SAFETY: as above.
+    unsafe { libc::free(p) }
+}
+
+/// The C library's allocator, for every domain (`PYMALLOC=malloc`): what
+/// AddressSanitizer and valgrind users run under. `None` where there is no
+/// C library to call (Windows, Miri).
+pub(crate) fn malloc_allocator() -> Option<PyMemAllocatorEx> {
+    #[cfg(all(unix, not(miri)))]
+    {
+        Some(PyMemAllocatorEx {
+            ctx: null_mut(),
+            malloc: c_malloc,
+            calloc: c_calloc,
+            realloc: c_realloc,
+            free: c_free,
+        })
+    }
+    #[cfg(not(all(unix, not(miri))))]
+    {
+        None
+    }
+}
+
+/// Whether `a` and `b` are the same functions (contexts aside).
+pub(crate) fn same_functions(a: &PyMemAllocatorEx, b: &PyMemAllocatorEx) -> bool {
+    core::ptr::fn_addr_eq(a.malloc, b.malloc)
+        && core::ptr::fn_addr_eq(a.calloc, b.calloc)
+        && core::ptr::fn_addr_eq(a.realloc, b.realloc)
+        && core::ptr::fn_addr_eq(a.free, b.free)
+}

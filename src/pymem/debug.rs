@@ -28,7 +28,7 @@
 #![allow(non_snake_case)]
 
 use crate::fatal::Message;
-use crate::lock::SpinLock;
+use crate::lock::GlobalLock;
 use crate::pymem::allocator::{PyMemAllocatorDomain, PyMemAllocatorEx, default_allocator};
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
@@ -54,10 +54,12 @@ pub(crate) const HEADER: usize = 64;
 pub(crate) const TAIL: usize = 16;
 const _: () = assert!(OFF_API + 1 + LEAD_PAD == HEADER && HEADER.is_multiple_of(16));
 
-/// One domain's debug state: its API letter and the allocator it wraps.
+/// One wrapping of a domain: its API letter and the allocator it wraps.
 /// `inner` is written once, under the PyMem writer lock, before the hooks
 /// that read it are published (Release/Acquire through the slot's
-/// sequence lock), and never changed afterwards.
+/// sequence lock), and never changed afterwards: re-wrapping a domain
+/// (after `PyMem_SetAllocator`) takes a fresh context, as a thread may
+/// still be running the previous hooks.
 struct DebugCtx {
     api: u8,
     inner: UnsafeCell<Option<PyMemAllocatorEx>>,
@@ -69,11 +71,16 @@ struct DebugCtx {
 // SAFETY: `inner` is written once before publication, then only read.
 unsafe impl Sync for DebugCtx {}
 
-static CTX: [DebugCtx; 3] = [
-    DebugCtx::new(b'r'),
-    DebugCtx::new(b'm'),
-    DebugCtx::new(b'o'),
+/// How many times each domain can be wrapped in a process.
+const WRAPS: usize = 8;
+
+static CTX: [[DebugCtx; WRAPS]; 3] = [
+    [const { DebugCtx::new(b'r') }; WRAPS],
+    [const { DebugCtx::new(b'm') }; WRAPS],
+    [const { DebugCtx::new(b'o') }; WRAPS],
 ];
+/// Contexts of each domain used so far (under the PyMem writer lock).
+static USED: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
 
 impl DebugCtx {
     const fn new(api: u8) -> Self {
@@ -94,8 +101,8 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 static SERIAL: AtomicUsize = AtomicUsize::new(0);
 /// Head of the list of live debug blocks (their bases), linked through the
 /// `prev`/`next` header words.
-static LIVE: Mutex<SpinLock, LiveHead> = Mutex::const_new(
-    <SpinLock as parking_lot::lock_api::RawMutex>::INIT,
+static LIVE: Mutex<GlobalLock, LiveHead> = Mutex::const_new(
+    <GlobalLock as parking_lot::lock_api::RawMutex>::INIT,
     LiveHead(null_mut()),
 );
 
@@ -103,29 +110,39 @@ struct LiveHead(*mut u8);
 // SAFETY: the list is only touched under `LIVE`'s lock.
 unsafe impl Send for LiveHead {}
 
-/// The live-list lock, for the fork handlers.
-#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) fn live_lock() -> &'static Mutex<SpinLock, impl Sized> {
-    &LIVE
-}
-
 /// The debug allocator of `domain`, wrapping `inner` (the domain's
-/// current allocator). The caller installs it under the PyMem writer lock,
-/// at most once per domain, then calls `mark_installed`.
-pub(crate) fn wrap(domain: PyMemAllocatorDomain, inner: PyMemAllocatorEx) -> PyMemAllocatorEx {
-    let c = &CTX[domain as usize];
+/// current allocator, not itself a debug one); `None` once the domain was
+/// wrapped `WRAPS` times. The caller holds the PyMem writer lock, installs
+/// the result, then calls `mark_installed`.
+pub(crate) fn wrap(
+    domain: PyMemAllocatorDomain,
+    inner: PyMemAllocatorEx,
+) -> Option<PyMemAllocatorEx> {
+    let used = &USED[domain as usize];
+    let n = used.load(Relaxed);
+    let c = CTX[domain as usize].get(n)?;
+    used.store(n + 1, Relaxed);
     let default = default_allocator(domain);
     // SAFETY: not yet published (the caller installs the result after).
     unsafe { *c.inner.get() = Some(inner) };
     c.inner_is_default
         .store(core::ptr::fn_addr_eq(inner.malloc, default.malloc), Relaxed);
-    PyMemAllocatorEx {
+    Some(PyMemAllocatorEx {
         ctx: (c as *const DebugCtx).cast_mut().cast(),
         malloc: debug_malloc,
         calloc: debug_calloc,
         realloc: debug_realloc,
         free: debug_free,
+    })
+}
+
+/// The allocator `a` wraps if it is one of the debug hooks.
+pub(crate) fn wrapped(a: &PyMemAllocatorEx) -> Option<PyMemAllocatorEx> {
+    if !core::ptr::fn_addr_eq(a.malloc, debug_malloc as crate::pymem::MallocFn) {
+        return None;
     }
+    // SAFETY: a debug allocator's context is one of `CTX`, published.
+    Some(unsafe { &*a.ctx.cast::<DebugCtx>() }.inner())
 }
 
 /// Records that the hooks are installed on every domain.
@@ -478,7 +495,8 @@ pub fn PyMem_DebugCheckAll() -> usize {
         // SAFETY: list members are live debug blocks.
         unsafe {
             let api = p.add(OFF_API).read();
-            let c = CTX.iter().find(|c| c.api == api).unwrap_or(&CTX[1]);
+            let c = CTX.iter().find(|c| c[0].api == api).unwrap_or(&CTX[1]);
+            let c = &c[0];
             if !(0..LEAD_PAD).all(|i| p.add(OFF_API + 1 + i).read() == FORBIDDEN) {
                 report(
                     c,

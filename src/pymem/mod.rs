@@ -68,7 +68,6 @@ use allocator::{
 };
 use core::ffi::c_void;
 use core::ptr::null_mut;
-pub(crate) use slots::writer_lock;
 
 /// Installs `allocator` for `domain`. Safe to call from any thread at any
 /// time; see the module documentation for when blocks may cross a swap.
@@ -113,8 +112,9 @@ pub fn PyMem_GetAllocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
     slots::installed(domain)
 }
 
-/// Installs the debug hooks on every domain (see
-/// [`crate::pymem::debug`]); does nothing if they are installed already.
+/// Installs the debug hooks on every domain (see [`crate::pymem::debug`])
+/// over its current allocator, unless that is a debug one already: after
+/// [`PyMem_SetAllocator`], calling it again wraps the new allocator.
 /// Call it before allocating through the interface: a block allocated
 /// before is reported as foreign when freed after.
 ///
@@ -127,6 +127,21 @@ pub fn PyMem_GetAllocator(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
 /// ```
 pub fn PyMem_SetupDebugHooks() {
     slots::install_debug_hooks();
+}
+
+/// The allocators in use, by CPython's names (`_PyMem_GetCurrentAllocatorName`):
+/// `"pymalloc"`, `"pymalloc_debug"`, `"malloc"` or `"malloc_debug"` when
+/// every domain has that allocator (the modes `PYMALLOC` selects), `None`
+/// when some domain has a custom one.
+///
+/// ```
+/// // Without PYMALLOC set, and before any hook is installed:
+/// # if std::env::var_os("PYMALLOC").is_none() {
+/// assert_eq!(pymalloc::PyMem_GetCurrentAllocatorName(), Some("pymalloc"));
+/// # }
+/// ```
+pub fn PyMem_GetCurrentAllocatorName() -> Option<&'static str> {
+    slots::current_allocator_name()
 }
 
 // ----- the function set -----
@@ -151,6 +166,10 @@ macro_rules! domain_functions {
                 // SAFETY: the default allocator takes any size.
                 return unsafe { $dflt_malloc(null_mut(), n) };
             }
+            // As CPython: sizes no `Py_ssize_t` holds never reach a hook.
+            if n > isize::MAX as usize {
+                return null_mut();
+            }
             let a = slots::installed($domain);
             // SAFETY: an installed allocator is called per its contract.
             unsafe { (a.malloc)(a.ctx, n) }
@@ -172,6 +191,9 @@ macro_rules! domain_functions {
             if slots::all_default() {
                 // SAFETY: the default allocator takes any sizes.
                 return unsafe { $dflt_calloc(null_mut(), nelem, elsize) };
+            }
+            if elsize != 0 && nelem > isize::MAX as usize / elsize {
+                return null_mut();
             }
             let a = slots::installed($domain);
             // SAFETY: an installed allocator is called per its contract.
@@ -204,6 +226,9 @@ macro_rules! domain_functions {
             if slots::all_default() {
                 // SAFETY: caller's contract.
                 return unsafe { $dflt_realloc(null_mut(), p, n) };
+            }
+            if n > isize::MAX as usize {
+                return null_mut();
             }
             let a = slots::installed($domain);
             // SAFETY: caller's contract.

@@ -1,10 +1,10 @@
 //! The installed allocator of each domain: slots readable without a lock,
 //! the writer lock, and the one-time set-up that reads `PYMALLOC`.
 
-use crate::lock::SpinLock;
+use crate::lock::GlobalLock;
 use crate::pymem::allocator::{
-    CallocFn, FreeFn, HEAP, MallocFn, PyMemAllocatorDomain, PyMemAllocatorEx, ReallocFn,
-    default_allocator,
+    CallocFn, FreeFn, MallocFn, PyMemAllocatorDomain, PyMemAllocatorEx, ReallocFn,
+    default_allocator, malloc_allocator, same_functions,
 };
 use crate::pymem::debug;
 use core::ffi::c_void;
@@ -87,8 +87,8 @@ impl Slot {
 
 static SLOTS: [Slot; 3] = [Slot::new(), Slot::new(), Slot::new()];
 /// Serialises writers of `SLOTS` and `MODE`.
-static WRITER: Mutex<SpinLock, ()> =
-    Mutex::const_new(<SpinLock as parking_lot::lock_api::RawMutex>::INIT, ());
+static WRITER: Mutex<GlobalLock, ()> =
+    Mutex::const_new(<GlobalLock as parking_lot::lock_api::RawMutex>::INIT, ());
 
 /// `MODE`: not yet initialised (the environment is read at the first call).
 const UNINIT: u8 = 0;
@@ -111,50 +111,97 @@ pub(crate) fn installed(domain: PyMemAllocatorDomain) -> PyMemAllocatorEx {
     SLOTS[domain as usize].read()
 }
 
-/// Fills the slots with the defaults and applies `PYMALLOC=debug`.
+const DOMAINS: [PyMemAllocatorDomain; 3] = [
+    PyMemAllocatorDomain::Raw,
+    PyMemAllocatorDomain::Mem,
+    PyMemAllocatorDomain::Obj,
+];
+
+/// Fills the slots with the defaults and applies `PYMALLOC` (CPython's
+/// `PYTHONMALLOC`): `pymalloc` (or unset), `debug` / `pymalloc_debug`,
+/// `malloc`, `malloc_debug`.
 #[cold]
 fn initialise() {
     let guard = WRITER.lock();
     if MODE.load(Acquire) != UNINIT {
         return;
     }
-    for domain in [
-        PyMemAllocatorDomain::Raw,
-        PyMemAllocatorDomain::Mem,
-        PyMemAllocatorDomain::Obj,
-    ] {
-        SLOTS[domain as usize].write(&default_allocator(domain));
+    let (malloc, debug) = env_mode();
+    let c_library = if malloc { malloc_allocator() } else { None };
+    for domain in DOMAINS {
+        let a = c_library.unwrap_or_else(|| default_allocator(domain));
+        SLOTS[domain as usize].write(&a);
     }
-    MODE.store(DEFAULT, Release);
+    MODE.store(if c_library.is_some() { HOOKED } else { DEFAULT }, Release);
     drop(guard);
-    HEAP.enable_fork();
-    if env_requests_debug() {
+    if debug {
         install_debug_hooks();
     }
 }
 
-/// Whether the environment variable `PYMALLOC` is `debug`, read without
-/// allocating.
-fn env_requests_debug() -> bool {
+/// What `PYMALLOC` asks for: (the C library's allocator, the debug hooks).
+/// Read once, without allocating. An unknown value is a fatal error, as
+/// CPython's for `PYTHONMALLOC`.
+fn env_mode() -> (bool, bool) {
     #[cfg(all(unix, not(miri)))]
     {
         // SAFETY: a NUL-terminated name; getenv returns null or a
         // NUL-terminated string that we only read, at once.
-        unsafe {
+        let value = unsafe {
             let v = libc::getenv(c"PYMALLOC".as_ptr());
-            !v.is_null() && core::ffi::CStr::from_ptr(v).to_bytes() == b"debug"
+            if v.is_null() {
+                return (false, false);
+            }
+            core::ffi::CStr::from_ptr(v).to_bytes()
+        };
+        match value {
+            b"" | b"pymalloc" | b"default" => (false, false),
+            b"debug" | b"pymalloc_debug" => (false, true),
+            b"malloc" => (true, false),
+            b"malloc_debug" => (true, true),
+            other => crate::fatal::bad_setting(
+                "PYMALLOC",
+                other,
+                "pymalloc, pymalloc_debug, debug, malloc or malloc_debug",
+            ),
         }
     }
     #[cfg(not(all(unix, not(miri))))]
     {
-        false
+        (false, false)
     }
 }
 
-/// The writer lock, for the fork handlers.
-#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) fn writer_lock() -> &'static Mutex<SpinLock, ()> {
-    &WRITER
+/// The name of the allocators in use, as CPython's
+/// `_PyMem_GetCurrentAllocatorName`: "pymalloc", "pymalloc_debug",
+/// "malloc" or "malloc_debug" when every domain has that allocator, else
+/// `None` (custom allocators).
+pub(crate) fn current_allocator_name() -> Option<&'static str> {
+    if MODE.load(Acquire) == UNINIT {
+        initialise();
+    }
+    if MODE.load(Acquire) == DEFAULT {
+        return Some("pymalloc");
+    }
+    let slots = DOMAINS.map(|d| (d, slot(d)));
+    let debug = slots.iter().all(|(_, a)| debug::wrapped(a).is_some());
+    let inner = |a: &PyMemAllocatorEx| debug::wrapped(a).unwrap_or(*a);
+    let all = |is: &dyn Fn(PyMemAllocatorDomain, &PyMemAllocatorEx) -> bool| {
+        slots.iter().all(|(d, a)| is(*d, &inner(a)))
+    };
+    let malloc = malloc_allocator();
+    let name = if all(&|d, a| same_functions(a, &default_allocator(d))) {
+        "pymalloc"
+    } else if malloc.is_some_and(|m| all(&|_, a| same_functions(a, &m))) {
+        "malloc"
+    } else {
+        return None;
+    };
+    Some(match (name, debug) {
+        ("pymalloc", true) => "pymalloc_debug",
+        ("malloc", true) => "malloc_debug",
+        (name, _) => name,
+    })
 }
 
 /// `WRITER`, for the debug hooks' installation.
@@ -185,18 +232,18 @@ pub(crate) fn all_default() -> bool {
     MODE.load(Relaxed) == DEFAULT
 }
 
-/// Wraps every domain's current allocator with the debug hooks, once.
+/// Wraps each domain's current allocator with the debug hooks, unless it
+/// is a debug one already: after `PyMem_SetAllocator`, a second call wraps
+/// the new allocator (CPython's documented behaviour).
 pub(crate) fn install_debug_hooks() {
     with_writer(|| {
-        if debug::debug_hooks_installed() {
-            return;
-        }
-        for domain in [
-            PyMemAllocatorDomain::Raw,
-            PyMemAllocatorDomain::Mem,
-            PyMemAllocatorDomain::Obj,
-        ] {
-            set_slot(domain, &debug::wrap(domain, slot(domain)));
+        for domain in DOMAINS {
+            let current = slot(domain);
+            if debug::wrapped(&current).is_none()
+                && let Some(hooked) = debug::wrap(domain, current)
+            {
+                set_slot(domain, &hooked);
+            }
         }
         debug::mark_installed();
     });

@@ -25,7 +25,7 @@ pub(crate) mod medium;
 use crate::config::{
     ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN,
 };
-use crate::lock::SpinLock;
+use crate::lock::{ForkSafe, SpinLock};
 use crate::os::{OsPages, PageSource, checked_align_up, page_size};
 use crate::raw::chunk::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkKind};
 use crate::raw::map::ARENA_MAP;
@@ -116,7 +116,7 @@ unsafe impl Send for RawCore {}
 /// ```
 pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     source: S,
-    core: Mutex<R, RawCore>,
+    core: Mutex<ForkSafe<R>, RawCore>,
     /// This heap's identity, stamped on every chunk it maps and used by
     /// [`PrivateHeap`](crate::PrivateHeap) as its key in threads' caches of
     /// thread heaps: 0 until first needed, then unique in the process and
@@ -164,7 +164,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         Self {
             source,
             core: Mutex::const_new(
-                R::INIT,
+                <ForkSafe<R> as RawMutex>::INIT,
                 RawCore {
                     tlsf: Tlsf::new(),
                     chunks: null_mut(),
@@ -399,12 +399,6 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         core.stats.bytes_requested = core.stats.bytes_requested.wrapping_add(requested);
         core.stats.medium_blocks += 1;
         Some(RawBlock { ptr, zeroed: false })
-    }
-
-    /// Layer 1's lock, for the fork handlers.
-    #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-    pub(crate) fn fork_lock(&self) -> &Mutex<R, RawCore> {
-        &self.core
     }
 
     /// Adds `delta` (wrapping) to the bytes requested by live blocks.

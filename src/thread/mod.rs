@@ -56,7 +56,7 @@ pub(crate) mod local;
 pub(crate) mod medium_cache;
 pub(crate) mod protocol;
 
-use crate::lock::SpinLock;
+use crate::lock::GlobalLock;
 use crate::os::{OsPages, PageSource, page_size};
 use crate::small::arena::Arena;
 use crate::small::pool::{Pool, PoolChain, PoolOwner, SmallBlock};
@@ -463,20 +463,14 @@ struct Slab {
 // reached under its lock.
 unsafe impl Send for Slab {}
 
-static SLAB: Mutex<SpinLock, Slab> = Mutex::const_new(
-    <SpinLock as parking_lot::lock_api::RawMutex>::INIT,
+static SLAB: Mutex<GlobalLock, Slab> = Mutex::const_new(
+    <GlobalLock as parking_lot::lock_api::RawMutex>::INIT,
     Slab {
         free: null_mut(),
         cursor: null_mut(),
         end: 0,
     },
 );
-
-/// The slab's lock, for the fork handlers.
-#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
-pub(crate) fn slab_lock() -> &'static Mutex<SpinLock, impl Sized> {
-    &SLAB
-}
 
 /// Bytes mapped per slab.
 const SLAB_BYTES: usize = 64 * 1024;

@@ -1,0 +1,212 @@
+//! `fork()` in a multi-threaded program, with no call from the user.
+//!
+//! The child of a `fork()` has one thread: a lock that another thread held
+//! at the fork would stay held forever, over data it was halfway through
+//! changing. glibc's malloc, jemalloc and tcmalloc take their locks in a
+//! `pthread_atfork` handler before the fork; their heaps live at fixed
+//! addresses they can list. A [`PrivateHeap`](crate::PrivateHeap) is a
+//! value that may live anywhere and move, so its locks cannot be listed.
+//! Instead every lock of the crate is a [`ForkSafe`](crate::lock::ForkSafe)
+//! lock, whose holders pass a process-wide *gate*:
+//!
+//! * a thread taking its first crate lock enters the gate (one
+//!   compare-and-swap on a shared counter; nested locks only count a
+//!   thread-local depth);
+//! * the `prepare` handler closes the gate and waits until no thread is
+//!   inside: then no lock of any heap is held, and no thread can take one;
+//! * `parent` and `child` reopen it. The child starts with every structure
+//!   consistent and every lock free.
+//!
+//! The handlers are registered on the first lock taken by any heap
+//! (`pthread_atfork` may call `malloc`, which may be this crate under
+//! `LD_PRELOAD`: that nested call finds the registration under way and goes
+//! on). Threads that do not exist in the child keep their thread heaps,
+//! never adopted there; their blocks stay valid.
+//!
+//! Cost: two atomic read-modify-writes on one shared word per outermost
+//! lock acquisition (a slow path: the fast paths take no lock).
+
+use core::cell::Cell;
+use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+
+/// The gate: bit 0 set while a fork is being prepared; the rest counts the
+/// threads inside (in steps of 2).
+static GATE: AtomicUsize = AtomicUsize::new(0);
+const CLOSED: usize = 1;
+const ONE: usize = 2;
+
+thread_local! {
+    /// Crate locks the calling thread holds (or is acquiring). No
+    /// destructor, `const`: readable at any time, set-up allocates nothing.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Registration state of the handlers: 0 none, 1 under way, 2 done.
+static HANDLERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Called before taking a crate lock: enters the gate if this is the
+/// thread's outermost lock (waiting while a fork is being prepared).
+#[inline]
+pub(crate) fn enter() {
+    if HANDLERS.load(Relaxed) != 2 {
+        register_handlers();
+    }
+    let depth = DEPTH.try_with(|d| d.replace(d.get() + 1)).unwrap_or(0);
+    if depth > 0 {
+        return;
+    }
+    let mut v = GATE.load(Relaxed);
+    loop {
+        if v & CLOSED != 0 {
+            std::thread::yield_now();
+            v = GATE.load(Relaxed);
+            continue;
+        }
+        match GATE.compare_exchange_weak(v, v + ONE, Acquire, Relaxed) {
+            Ok(_) => return,
+            Err(now) => v = now,
+        }
+    }
+}
+
+/// Called after releasing a crate lock (or failing to take one): leaves
+/// the gate if it was the thread's outermost.
+#[inline]
+pub(crate) fn leave() {
+    let depth = DEPTH.try_with(|d| {
+        let n = d.get().saturating_sub(1);
+        d.set(n);
+        n
+    });
+    if depth.unwrap_or(0) == 0 {
+        GATE.fetch_sub(ONE, Release);
+    }
+}
+
+/// Closes the gate and waits until no thread other than the caller is
+/// inside (`prepare`).
+fn close() {
+    let mut v = GATE.load(Relaxed);
+    loop {
+        if v & CLOSED != 0 {
+            // Another thread is forking: wait for its turn to end.
+            std::thread::yield_now();
+            v = GATE.load(Relaxed);
+            continue;
+        }
+        match GATE.compare_exchange_weak(v, v | CLOSED, AcqRel, Relaxed) {
+            Ok(_) => break,
+            Err(now) => v = now,
+        }
+    }
+    // A fork from inside a crate lock (a hook forking) must not wait for
+    // itself.
+    let mine = if DEPTH.try_with(Cell::get).unwrap_or(0) > 0 {
+        ONE
+    } else {
+        0
+    };
+    let mut spins = 0u32;
+    while GATE.load(Acquire) & !CLOSED != mine {
+        if spins < 64 {
+            spins += 1;
+            core::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Reopens the gate in the parent.
+fn reopen() {
+    GATE.fetch_and(!CLOSED, Release);
+}
+
+/// Reopens the gate in the child: only the forking thread exists, and it
+/// is inside iff it was when it forked.
+fn reopen_in_child() {
+    let mine = if DEPTH.try_with(Cell::get).unwrap_or(0) > 0 {
+        ONE
+    } else {
+        0
+    };
+    GATE.store(mine, Release);
+}
+
+#[cold]
+#[inline(never)]
+fn register_handlers() {
+    if HANDLERS.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
+        // Done, or under way on this thread (a nested malloc) or another.
+        return;
+    }
+    install();
+    HANDLERS.store(2, Release);
+}
+
+#[cfg(all(unix, not(miri)))]
+fn install() {
+    extern "C" fn prepare() {
+        close();
+    }
+    extern "C" fn parent() {
+        reopen();
+    }
+    extern "C" fn child() {
+        reopen_in_child();
+    }
+    // SAFETY: the handlers are `extern "C"` functions that never unwind
+    // and touch only atomics and a const thread-local.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
+#[cfg(not(all(unix, not(miri))))]
+fn install() {
+    // No fork here; the gate still works (the tests run it under Miri).
+    let _ = (close as fn(), reopen as fn(), reopen_in_child as fn());
+}
+
+/// Whether the fork handlers are registered (for tests).
+#[cfg(test)]
+pub(crate) fn handlers_registered() -> bool {
+    HANDLERS.load(Acquire) == 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn closing_the_gate_waits_for_holders_and_stops_new_ones() {
+        enter();
+        assert!(handlers_registered());
+        enter(); // nested: depth only
+        assert!(GATE.load(Relaxed) >= ONE);
+        let closed = Arc::new(AtomicBool::new(false));
+        let c = closed.clone();
+        let closer = std::thread::spawn(move || {
+            close();
+            c.store(true, Release);
+            // While closed, no thread gets in.
+            let blocked = std::thread::spawn(|| {
+                enter();
+                leave();
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(!blocked.is_finished(), "a thread entered a closed gate");
+            reopen();
+            blocked.join().unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!closed.load(Acquire), "the gate closed over a holder");
+        leave();
+        assert!(!closed.load(Acquire), "nested leave let the closer in");
+        leave();
+        closer.join().unwrap();
+        assert!(closed.load(Acquire));
+        assert_eq!(GATE.load(Relaxed) & CLOSED, 0);
+    }
+}
