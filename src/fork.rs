@@ -56,17 +56,20 @@ pub(crate) fn enter() {
     if depth > 0 {
         return;
     }
-    let mut v = GATE.load(Relaxed);
-    loop {
-        if v & CLOSED != 0 {
-            std::thread::yield_now();
-            v = GATE.load(Relaxed);
-            continue;
-        }
-        match GATE.compare_exchange_weak(v, v + ONE, Acquire, Relaxed) {
-            Ok(_) => return,
-            Err(now) => v = now,
-        }
+    // Count ourselves in; if the gate turned out closed, count ourselves
+    // out again and wait for it to reopen. The closer waits for the count,
+    // so whoever got in before it closed is waited for.
+    while GATE.fetch_add(ONE, Acquire) & CLOSED != 0 {
+        GATE.fetch_sub(ONE, Relaxed);
+        wait_open();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn wait_open() {
+    while GATE.load(Relaxed) & CLOSED != 0 {
+        std::thread::yield_now();
     }
 }
 
@@ -87,18 +90,9 @@ pub(crate) fn leave() {
 /// Closes the gate and waits until no thread other than the caller is
 /// inside (`prepare`).
 fn close() {
-    let mut v = GATE.load(Relaxed);
-    loop {
-        if v & CLOSED != 0 {
-            // Another thread is forking: wait for its turn to end.
-            std::thread::yield_now();
-            v = GATE.load(Relaxed);
-            continue;
-        }
-        match GATE.compare_exchange_weak(v, v | CLOSED, AcqRel, Relaxed) {
-            Ok(_) => break,
-            Err(now) => v = now,
-        }
+    while GATE.fetch_or(CLOSED, AcqRel) & CLOSED != 0 {
+        // Another thread is forking: wait for its turn to end.
+        wait_open();
     }
     // A fork from inside a crate lock (a hook forking) must not wait for
     // itself.

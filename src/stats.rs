@@ -1,7 +1,7 @@
 //! Statistics: a snapshot of a heap's counters, printed in the spirit of
 //! CPython's `sys._debugmallocstats()`.
 
-use crate::config::{NB_SMALL_SIZE_CLASSES, POOL_SIZE};
+use crate::config::{ARENA_SIZE, NB_SMALL_SIZE_CLASSES, POOL_SIZE, USABLE_POOLS_PER_ARENA};
 use crate::raw::RawStats;
 use crate::small::SmallStats;
 use crate::small::size_class::{block_size, blocks_per_pool};
@@ -52,6 +52,69 @@ impl Stats {
     }
 }
 
+/// Writes one line as CPython's `printone`: the label padded to 35
+/// columns, `=`, the value right-aligned in 21 columns with thousands
+/// separators. Returns the value, for totals.
+fn printone(
+    f: &mut fmt::Formatter<'_>,
+    label: fmt::Arguments<'_>,
+    value: usize,
+) -> Result<usize, fmt::Error> {
+    // The label is at most a few dozen bytes: pad it without allocating by
+    // counting what was written.
+    struct Counting<'a, 'b> {
+        f: &'a mut fmt::Formatter<'b>,
+        n: usize,
+    }
+    impl fmt::Write for Counting<'_, '_> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.n += s.chars().count();
+            self.f.write_str(s)
+        }
+    }
+    let mut c = Counting { f, n: 0 };
+    fmt::write(&mut c, label)?;
+    let n = c.n;
+    for _ in n..35 {
+        f.write_str(" ")?;
+    }
+    f.write_str("=")?;
+    // Digits with commas, right-aligned in 21 columns.
+    let mut buf = [b' '; 32];
+    let mut i = buf.len();
+    let mut v = value;
+    let mut k = 0;
+    loop {
+        if k == 3 {
+            i -= 1;
+            buf[i] = b',';
+            k = 0;
+        }
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        k += 1;
+        if v == 0 {
+            break;
+        }
+    }
+    let digits = core::str::from_utf8(&buf[i..]).map_err(|_| fmt::Error)?;
+    writeln!(f, "{digits:>21}")?;
+    Ok(value)
+}
+
+impl Stats {
+    /// Pools of all classes that hold blocks (used, full, or an owner's
+    /// cached empty pool).
+    fn pools_in_use(&self) -> usize {
+        self.small.pools.iter().sum()
+    }
+}
+
+/// CPython's `sys._debugmallocstats()` report (`_PyObject_DebugMallocStats`),
+/// line for line: the size-class table, the arena lines, and the accounting
+/// of every arena byte, whose `Total` adds up to the arenas' size; then
+/// pymalloc's own lines (layer 1, purges, requested bytes).
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -63,45 +126,178 @@ impl fmt::Display for Stats {
         writeln!(f)?;
         writeln!(f, "class   size   num pools   blocks in use  avail blocks")?;
         writeln!(f, "-----   ----   ---------   -------------  ------------")?;
-        let mut avail_bytes = 0;
+        let (mut avail_bytes, mut quantization) = (0, 0);
         for class in 0..NB_SMALL_SIZE_CLASSES {
-            if self.small.pools[class] == 0 && self.small.blocks_in_use[class] == 0 {
+            let pools = self.small.pools[class];
+            if pools == 0 && self.small.blocks_in_use[class] == 0 {
                 continue;
             }
             let avail = self.blocks_available(class);
             avail_bytes += avail * block_size(class);
+            // CPython's quantization: the tail of each pool that no block
+            // of its class fits in.
+            quantization += pools * (POOL_SIZE % block_size(class));
             writeln!(
                 f,
                 "{class:>5} {:>6} {:>11} {:>15} {:>13}",
                 block_size(class),
-                self.small.pools[class],
+                pools,
                 self.small.blocks_in_use[class],
                 avail
             )?;
         }
         writeln!(f)?;
-        let row = |f: &mut fmt::Formatter<'_>, label: &str, value: usize| {
-            writeln!(f, "{label:<44}= {value:>15}")
-        };
-        row(f, "# arenas allocated total", self.small.arenas_allocated)?;
-        row(f, "# arenas reclaimed", self.small.arenas_reclaimed)?;
-        row(f, "# arenas highwater mark", self.small.arenas_high_water)?;
-        row(f, "# arenas allocated current", self.raw.arena_chunks)?;
-        row(f, "# empty pools purged (total)", self.small.pools_purged)?;
-        row(f, "# medium blocks in use", self.raw.medium_blocks)?;
-        row(f, "# medium chunks mapped", self.raw.medium_chunks)?;
-        row(f, "# huge blocks in use", self.raw.huge_blocks)?;
-        writeln!(f)?;
-        row(
+        let arenas = self.raw.arena_chunks;
+        printone(
             f,
-            "# bytes requested by live allocations",
+            format_args!("# arenas allocated total"),
+            self.small.arenas_allocated,
+        )?;
+        printone(
+            f,
+            format_args!("# arenas reclaimed"),
+            self.small.arenas_reclaimed,
+        )?;
+        printone(
+            f,
+            format_args!("# arenas highwater mark"),
+            self.small.arenas_high_water,
+        )?;
+        printone(f, format_args!("# arenas allocated current"), arenas)?;
+        printone(
+            f,
+            format_args!("{arenas} arenas * {ARENA_SIZE} bytes/arena"),
+            arenas * ARENA_SIZE,
+        )?;
+        writeln!(f)?;
+        let unused = (arenas * USABLE_POOLS_PER_ARENA).saturating_sub(self.pools_in_use());
+        let mut total = printone(
+            f,
+            format_args!("# bytes in allocated blocks"),
+            self.small.bytes_in_use,
+        )?;
+        total += printone(f, format_args!("# bytes in available blocks"), avail_bytes)?;
+        total += printone(
+            f,
+            format_args!("{unused} unused pools * {POOL_SIZE} bytes"),
+            unused * POOL_SIZE,
+        )?;
+        // Pool headers live in each arena's first pool.
+        total += printone(
+            f,
+            format_args!("# bytes lost to pool headers"),
+            arenas * POOL_SIZE,
+        )?;
+        total += printone(
+            f,
+            format_args!("# bytes lost to quantization"),
+            quantization,
+        )?;
+        // Arenas are mapped aligned to their size: nothing is lost.
+        total += printone(f, format_args!("# bytes lost to arena alignment"), 0)?;
+        printone(f, format_args!("Total"), total)?;
+        writeln!(f)?;
+        printone(
+            f,
+            format_args!("# empty pools purged (total)"),
+            self.small.pools_purged,
+        )?;
+        printone(f, format_args!("# thread heaps"), self.small.thread_heaps)?;
+        printone(
+            f,
+            format_args!("# medium blocks in use"),
+            self.raw.medium_blocks,
+        )?;
+        printone(
+            f,
+            format_args!("# medium chunks mapped"),
+            self.raw.medium_chunks,
+        )?;
+        printone(
+            f,
+            format_args!("# huge blocks in use"),
+            self.raw.huge_blocks,
+        )?;
+        printone(
+            f,
+            format_args!("# bytes in medium and huge blocks"),
+            self.raw.bytes_in_use,
+        )?;
+        printone(
+            f,
+            format_args!("# bytes in thread medium caches"),
+            self.raw.bytes_cached,
+        )?;
+        printone(
+            f,
+            format_args!("# bytes requested (all blocks)"),
             self.bytes_requested,
         )?;
-        row(f, "# bytes in allocated blocks", self.bytes_in_use)?;
-        row(f, "# bytes in available small blocks", avail_bytes)?;
-        row(f, "# bytes lost to quantization", self.bytes_quantization())?;
-        row(f, "# bytes lost to headers", self.bytes_headers())?;
-        row(f, "# bytes mapped from the OS", self.bytes_mapped)?;
+        printone(
+            f,
+            format_args!("# bytes lost to rounding up"),
+            self.bytes_quantization(),
+        )?;
+        printone(
+            f,
+            format_args!("# bytes lost to block headers"),
+            self.bytes_headers(),
+        )?;
+        printone(
+            f,
+            format_args!("# bytes mapped from the OS"),
+            self.bytes_mapped,
+        )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_reads_like_cpythons_and_adds_up() {
+        let mut s = Stats::default();
+        s.raw.arena_chunks = 2;
+        s.small.arenas_allocated = 3;
+        s.small.arenas_reclaimed = 1;
+        s.small.arenas_high_water = 2;
+        s.small.pools[0] = 3; // 16-byte blocks: 1024 per pool
+        s.small.blocks_in_use[0] = 2500;
+        s.small.pools[2] = 1; // 48-byte blocks: 341 per pool, 16 bytes of tail
+        s.small.blocks_in_use[2] = 7;
+        s.small.bytes_in_use = 2500 * 16 + 7 * 48;
+        let text = s.to_string();
+        let line = |label: &str| {
+            text.lines()
+                .find(|l| l.starts_with(label))
+                .unwrap_or_else(|| panic!("no {label:?} in\n{text}"))
+                .to_string()
+        };
+        assert_eq!(
+            line("# arenas allocated total"),
+            "# arenas allocated total           =                    3"
+        );
+        assert_eq!(
+            line("2 arenas * 1048576 bytes/arena"),
+            "2 arenas * 1048576 bytes/arena     =            2,097,152"
+        );
+        assert_eq!(
+            line("122 unused pools * 16384 bytes"),
+            "122 unused pools * 16384 bytes     =            1,998,848"
+        );
+        assert_eq!(
+            line("# bytes lost to quantization"),
+            "# bytes lost to quantization       =                   16"
+        );
+        assert_eq!(
+            line("Total"),
+            "Total                              =            2,097,152"
+        );
+        assert!(
+            text.contains("    0     16           3            2500           572\n"),
+            "{text}"
+        );
     }
 }

@@ -229,6 +229,9 @@ fn main() {
             "made by call #",
             "at tail+0: 0x78 *** OUCH",
             "at tail+1: 0xfd\n",
+            // CPython's _PyObject_DebugDumpAddress lines, in its order.
+            "    10 bytes originally requested\n    The 15 pad bytes at p-15 are FORBIDDENBYTE, as expected.\n    The 16 pad bytes at tail=0x",
+            "    The block was made by call #1 to debug malloc/realloc.\n    Data at p: cd cd cd cd cd cd cd cd cd cd\n",
         ],
     );
     expect(
@@ -238,6 +241,7 @@ fn main() {
             "API 'o'",
             "24 bytes originally requested",
             "at p-1: 0x79 *** OUCH",
+            "Because memory is corrupted at the start, the count of bytes requested",
         ],
     );
     expect(

@@ -101,6 +101,12 @@ void PyMem_SetupDebugHooks(void);
 /* "pymalloc", "pymalloc_debug", "malloc" or "malloc_debug" (the modes of
  * the PYMALLOC environment variable), or NULL for custom allocators. */
 const char *_PyMem_GetCurrentAllocatorName(void);
+/* Live blocks of the PyMem heap (sys.getallocatedblocks()). */
+ptrdiff_t _Py_GetAllocatedBlocks(void);
+/* The PyMem heap's statistics in the format of sys._debugmallocstats();
+ * returns 1. */
+#include <stdio.h>
+int _PyObject_DebugMallocStats(FILE *out);
 size_t PyMem_DebugCheckAll(void);
 
 #ifdef __cplusplus

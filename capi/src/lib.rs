@@ -186,3 +186,27 @@ pub unsafe extern "C" fn pymalloc_usable_size(p: *mut c_void) -> usize {
         None => 0,
     }
 }
+
+/// Live blocks of the PyMem heap, as CPython's `_Py_GetAllocatedBlocks`
+/// (`sys.getallocatedblocks()`).
+#[unsafe(no_mangle)]
+pub extern "C" fn _Py_GetAllocatedBlocks() -> isize {
+    pymalloc::pymem::HEAP.allocated_blocks() as isize
+}
+
+/// Writes the PyMem heap's statistics to `out` in the format of CPython's
+/// `_PyObject_DebugMallocStats` (`sys._debugmallocstats()`); returns 1, as
+/// CPython does when pymalloc is in use.
+///
+/// # Safety
+///
+/// `out` is an open, writable `FILE *`.
+#[cfg(unix)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _PyObject_DebugMallocStats(out: *mut libc::FILE) -> c_int {
+    let mut text = pymalloc::pymem::HEAP.stats().to_string();
+    text.push('\0');
+    // SAFETY: a NUL-terminated string and the caller's open stream.
+    unsafe { libc::fputs(text.as_ptr().cast(), out) };
+    1
+}

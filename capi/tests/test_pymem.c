@@ -112,6 +112,24 @@ int main(void) {
     PyMem_GetAllocator((PyMemAllocatorDomain)7, &junk);
     CHECK(junk.ctx == NULL && junk.malloc == NULL && junk.calloc == NULL
           && junk.realloc == NULL && junk.free == NULL);
+    /* Allocated blocks and the statistics report, as CPython's. */
+    ptrdiff_t blocks_before = _Py_GetAllocatedBlocks();
+    void *b1 = PyObject_Malloc(24), *b2 = PyMem_Malloc(3000);
+    CHECK(_Py_GetAllocatedBlocks() == blocks_before + 2);
+    FILE *report = tmpfile();
+    CHECK(report != NULL && _PyObject_DebugMallocStats(report) == 1);
+    rewind(report);
+    char line[256];
+    int saw_total = 0, saw_alloc = 0;
+    while (fgets(line, sizeof line, report)) {
+        if (strncmp(line, "Total                              =", 36) == 0) saw_total = 1;
+        if (strncmp(line, "# bytes in allocated blocks        =", 36) == 0) saw_alloc = 1;
+    }
+    fclose(report);
+    CHECK(saw_total && saw_alloc);
+    PyObject_Free(b1);
+    PyMem_Free(b2);
+    CHECK(_Py_GetAllocatedBlocks() == blocks_before);
     struct domain domains[] = {
         {"raw", PyMem_RawMalloc, PyMem_RawCalloc, PyMem_RawRealloc, PyMem_RawFree},
         {"mem", PyMem_Malloc, PyMem_Calloc, PyMem_Realloc, PyMem_Free},

@@ -235,6 +235,23 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
     }
 
+    /// Live blocks of every size, as CPython's `sys.getallocatedblocks()`:
+    /// small blocks (a block freed by another thread counts until its
+    /// owner collects it), medium and huge blocks. Takes the locks briefly,
+    /// as [`stats`](Self::stats).
+    ///
+    /// ```
+    /// let heap = pymalloc::PrivateHeap::new();
+    /// let a = allocator_api2::boxed::Box::new_in(1u8, &heap);
+    /// let b = allocator_api2::boxed::Box::new_in([0u8; 5000], &heap);
+    /// assert_eq!(heap.allocated_blocks(), 2);
+    /// # drop((a, b));
+    /// ```
+    pub fn allocated_blocks(&self) -> usize {
+        let s = self.stats();
+        s.small.blocks_in_use.iter().sum::<usize>() + s.raw.medium_blocks + s.raw.huge_blocks
+    }
+
     /// Checks every invariant of both layers (see [`RawHeap::validate`] and
     /// the pool and arena lists); panics with a description on the first
     /// violation. Safe to call while other threads use the heap: their own

@@ -369,13 +369,7 @@ unsafe fn check_block(c: &DebugCtx, p: *mut u8, what: &str) -> *mut u8 {
         let api = base.add(OFF_API).read();
         let lead_ok = (0..LEAD_PAD).all(|i| base.add(OFF_API + 1 + i).read() == FORBIDDEN);
         if lead_ok && api == DEAD {
-            report(
-                c,
-                base,
-                what,
-                "double free (the block was already freed)",
-                None,
-            );
+            report(c, base, what, "double free (the block was already freed)");
         }
         if !lead_ok {
             report(
@@ -383,7 +377,6 @@ unsafe fn check_block(c: &DebugCtx, p: *mut u8, what: &str) -> *mut u8 {
                 base,
                 what,
                 "bad leading pad byte (write before the start of the block)",
-                Some(Region::Lead),
             );
         }
         if api != c.api {
@@ -398,16 +391,10 @@ unsafe fn check_block(c: &DebugCtx, p: *mut u8, what: &str) -> *mut u8 {
                 m.push(b"', verified (freed) through API '");
                 m.push(&[c.api]);
                 m.push(b"'\n");
-                describe(&mut m, base);
+                dump_block(&mut m, base);
                 finish(&mut m, what, "bad ID: block freed through the wrong domain");
             }
-            report(
-                c,
-                base,
-                what,
-                "bad ID: not a block of a debug allocator",
-                None,
-            );
+            report(c, base, what, "bad ID: not a block of a debug allocator");
         }
         let n = read_word(base, OFF_SIZE);
         if (0..TAIL).any(|i| base.add(HEADER + n + i).read() != FORBIDDEN) {
@@ -416,7 +403,6 @@ unsafe fn check_block(c: &DebugCtx, p: *mut u8, what: &str) -> *mut u8 {
                 base,
                 what,
                 "bad trailing pad byte (write past the end of the block)",
-                Some(Region::Tail),
             );
         }
     }
@@ -503,11 +489,10 @@ pub fn PyMem_DebugCheckAll() -> usize {
                     p,
                     "check",
                     "bad leading pad byte (write before the start of the block)",
-                    Some(Region::Lead),
                 );
             }
             if c.api != api {
-                report(c, p, "check", "bad ID: header overwritten", None);
+                report(c, p, "check", "bad ID: header overwritten");
             }
             let n = read_word(p, OFF_SIZE);
             if (0..TAIL).any(|i| p.add(HEADER + n + i).read() != FORBIDDEN) {
@@ -516,7 +501,6 @@ pub fn PyMem_DebugCheckAll() -> usize {
                     p,
                     "check",
                     "bad trailing pad byte (write past the end of the block)",
-                    Some(Region::Tail),
                 );
             }
             p = read_link(p, OFF_NEXT);
@@ -526,58 +510,21 @@ pub fn PyMem_DebugCheckAll() -> usize {
     count
 }
 
-#[derive(Clone, Copy)]
-enum Region {
-    Lead,
-    Tail,
-}
-
-/// Reports a bad block and aborts.
+/// Reports a bad block and aborts: CPython's `_PyObject_DebugDumpAddress`
+/// lines, in its order, then the fatal line naming the problem.
 ///
 /// # Safety
 ///
-/// `base` is a readable debug block header (and, for `Region::Tail`, its
-/// recorded size is trustworthy).
-unsafe fn report(c: &DebugCtx, base: *mut u8, what: &str, problem: &str, bad: Option<Region>) -> ! {
+/// `base` is a readable debug block header.
+unsafe fn report(c: &DebugCtx, base: *mut u8, what: &str, problem: &str) -> ! {
     let mut m = Message::new();
+    m.push(b"Debug memory block at address p=");
+    m.push_hex(base.addr() + HEADER);
+    m.push(b": API '");
+    m.push(&[c.api]);
+    m.push(b"'\n");
     // SAFETY: caller's contract.
-    unsafe {
-        m.push(b"Debug memory block at address p=");
-        m.push_hex(base.addr() + HEADER);
-        m.push(b": API '");
-        m.push(&[c.api]);
-        m.push(b"'\n");
-        describe(&mut m, base);
-        match bad {
-            Some(Region::Lead) => {
-                m.push(b"    The ");
-                m.push_dec(LEAD_PAD);
-                m.push(b" pad bytes at p-");
-                m.push_dec(LEAD_PAD);
-                m.push(b" are not all FORBIDDENBYTE (0xfd):\n");
-                for i in 0..LEAD_PAD {
-                    let b = base.add(OFF_API + 1 + i).read();
-                    bad_byte(&mut m, b"p-", LEAD_PAD - i, b);
-                }
-            }
-            Some(Region::Tail) => {
-                let n = read_word(base, OFF_SIZE);
-                m.push(b"    The ");
-                m.push_dec(TAIL);
-                m.push(b" pad bytes at tail=");
-                m.push_hex(base.addr() + HEADER + n);
-                m.push(b" are not all FORBIDDENBYTE (0xfd):\n");
-                for i in 0..TAIL {
-                    bad_byte(&mut m, b"tail+", i, base.add(HEADER + n + i).read());
-                }
-                if n > 0 {
-                    m.push(b"    Data at p:\n");
-                    dump(&mut m, base.add(HEADER), n.saturating_sub(16), n);
-                }
-            }
-            None => {}
-        }
-    }
+    unsafe { dump_block(&mut m, base) };
     finish(&mut m, what, problem)
 }
 
@@ -593,19 +540,82 @@ fn bad_byte(m: &mut Message, label: &[u8], offset: usize, b: u8) {
     m.push(b"\n");
 }
 
-/// Requested size and serial number of the block at `base`.
+/// The lines of `_PyObject_DebugDumpAddress` after the first: bytes
+/// requested, the leading pad bytes, the trailing ones, the serial number,
+/// the first and last 8 data bytes. The trailing pad and the data are read
+/// only when the header is intact (a corrupted size could lead anywhere).
 ///
 /// # Safety
 ///
 /// `base` is a readable debug block header.
-unsafe fn describe(m: &mut Message, base: *mut u8) {
-    // SAFETY: caller's contract.
+unsafe fn dump_block(m: &mut Message, base: *mut u8) {
+    // SAFETY: caller's contract; the tail and data are read only behind an
+    // intact header, whose size then bounds the block.
     unsafe {
+        let n = read_word(base, OFF_SIZE);
         m.push(b"    ");
-        m.push_dec(read_word(base, OFF_SIZE));
-        m.push(b" bytes originally requested\n    The block was made by call #");
+        m.push_dec(n);
+        m.push(b" bytes originally requested\n");
+        m.push(b"    The ");
+        m.push_dec(LEAD_PAD);
+        m.push(b" pad bytes at p-");
+        m.push_dec(LEAD_PAD);
+        let lead_ok = (0..LEAD_PAD).all(|i| base.add(OFF_API + 1 + i).read() == FORBIDDEN);
+        if lead_ok {
+            m.push(b" are FORBIDDENBYTE, as expected.\n");
+        } else {
+            m.push(b" are not all FORBIDDENBYTE (0xfd):\n");
+            for i in 0..LEAD_PAD {
+                bad_byte(m, b"p-", LEAD_PAD - i, base.add(OFF_API + 1 + i).read());
+            }
+            m.push(b"    Because memory is corrupted at the start, the count of bytes requested\n");
+            m.push(b"       may be bogus, and checking the trailing pad bytes may segfault.\n");
+        }
+        let api = base.add(OFF_API).read();
+        let trusted =
+            lead_ok && matches!(api, b'r' | b'm' | b'o' | DEAD) && n <= isize::MAX as usize;
+        let tail = base.add(HEADER).wrapping_add(n);
+        if trusted {
+            m.push(b"    The ");
+            m.push_dec(TAIL);
+            m.push(b" pad bytes at tail=");
+            m.push_hex(tail.addr());
+            if (0..TAIL).all(|i| tail.add(i).read() == FORBIDDEN) {
+                m.push(b" are FORBIDDENBYTE, as expected.\n");
+            } else {
+                m.push(b" are not all FORBIDDENBYTE (0xfd):\n");
+                for i in 0..TAIL {
+                    bad_byte(m, b"tail+", i, tail.add(i).read());
+                }
+            }
+        } else {
+            m.push(b"    The trailing pad bytes were not checked (the header is corrupted).\n");
+        }
+        m.push(b"    The block was made by call #");
         m.push_dec(read_word(base, OFF_SERIAL));
         m.push(b" to debug malloc/realloc.\n");
+        if trusted && n > 0 {
+            let data = base.add(HEADER);
+            m.push(b"    Data at p:");
+            for i in 0..n.min(8) {
+                m.push(b" ");
+                m.push_byte(data.add(i).read());
+            }
+            if n > 8 {
+                let from = if n > 16 {
+                    m.push(b" ...");
+                    n - 8
+                } else {
+                    8
+                };
+                for i in from..n {
+                    m.push(b" ");
+                    m.push_byte(data.add(i).read());
+                }
+            }
+            m.push(b"\n");
+        }
+        m.push(b"\n");
     }
 }
 
