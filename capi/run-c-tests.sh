@@ -58,3 +58,8 @@ if PYMALLOC=bogus "$out/modes" 2> "$out/modes.txt"; then
 fi
 grep -q "PYMALLOC=bogus is not a known allocator" "$out/modes.txt"
 echo "PYMALLOC modes from C: pymalloc, pymalloc_debug, malloc, malloc_debug; bad value refused"
+# PYMALLOCSTATS, as CPython's PYTHONMALLOCSTATS: the statistics on each new
+# arena and at exit, on standard error.
+PYMALLOCSTATS=1 "$out/modes" > /dev/null 2> "$out/stats.txt"
+[ "$(grep -c '^Total  *=' "$out/stats.txt")" -ge 2 ] || { cat "$out/stats.txt" >&2; exit 1; }
+echo "PYMALLOCSTATS from C: reports on a new arena and at exit"

@@ -61,7 +61,8 @@ impl Message {
     }
 }
 
-fn write_stderr(bytes: &[u8]) {
+/// Writes `bytes` to standard error without allocating.
+pub(crate) fn write_stderr(bytes: &[u8]) {
     #[cfg(all(unix, not(miri)))]
     {
         // SAFETY: writes initialised bytes from a live buffer to fd 2.

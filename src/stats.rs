@@ -252,6 +252,67 @@ impl fmt::Display for Stats {
     }
 }
 
+/// Whether `PYMALLOCSTATS` (CPython's `PYTHONMALLOCSTATS`) is set to a
+/// non-empty value: then heaps print their statistics to standard error
+/// each time they map a new arena, and the PyMem heap at exit. Read once,
+/// without allocating.
+pub(crate) fn stats_requested() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+    static SETTING: AtomicU8 = AtomicU8::new(0);
+    match SETTING.load(Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            #[cfg(all(unix, not(miri)))]
+            // SAFETY: a NUL-terminated name; getenv returns null or a
+            // NUL-terminated string that we only read, at once.
+            let set = unsafe {
+                let v = libc::getenv(c"PYMALLOCSTATS".as_ptr());
+                !v.is_null() && *v != 0
+            };
+            #[cfg(not(all(unix, not(miri))))]
+            let set = false;
+            SETTING.store(if set { 2 } else { 1 }, Relaxed);
+            set
+        }
+    }
+}
+
+impl Stats {
+    /// Prints the report to standard error through a buffer on the stack:
+    /// nothing is allocated, so it may run inside the global allocator.
+    pub(crate) fn print_to_stderr(&self) {
+        struct Stderr {
+            buf: [u8; 1024],
+            len: usize,
+        }
+        impl Stderr {
+            fn flush(&mut self) {
+                crate::fatal::write_stderr(&self.buf[..self.len]);
+                self.len = 0;
+            }
+        }
+        impl fmt::Write for Stderr {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                for chunk in s.as_bytes().chunks(self.buf.len()) {
+                    if self.len + chunk.len() > self.buf.len() {
+                        self.flush();
+                    }
+                    self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
+                    self.len += chunk.len();
+                }
+                Ok(())
+            }
+        }
+        let mut out = Stderr {
+            buf: [0; 1024],
+            len: 0,
+        };
+        let _ = fmt::write(&mut out, format_args!("{self}\n"));
+        out.flush();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,13 @@ fn child(fault: &str) {
                     PyMem_GetCurrentAllocatorName().unwrap_or("custom")
                 );
             }
+            "stats" => {
+                let blocks: Vec<_> = (0..1000).map(|_| PyObject_Malloc(32)).collect();
+                for b in blocks {
+                    PyObject_Free(b);
+                }
+                println!("stats run ok");
+            }
             "overflow" => {
                 let p = PyMem_Malloc(10).cast::<u8>();
                 p.add(10).write(b'x');
@@ -214,6 +221,27 @@ fn main() {
         }
     }
     println!("PYMALLOC modes: named as CPython's; an unknown one refused");
+    // PYMALLOCSTATS: the report on each new arena and at exit.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("PYMALLOC_FAULT", "stats")
+        .env_remove("PYMALLOC")
+        .env("PYMALLOCSTATS", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let reports = err
+        .matches("\nTotal                              =")
+        .count();
+    assert!(
+        reports >= 2,
+        "one report per new arena and one at exit:\n{err}"
+    );
+    assert!(
+        err.contains("# arenas allocated total           ="),
+        "{err}"
+    );
+    println!("PYMALLOCSTATS: {reports} reports (new arena, exit)");
     let (aborted, text) = run("rewrap", true);
     assert!(!aborted && text.contains("rewrap ok"), "{text}");
     expect(

@@ -516,14 +516,19 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             }
             return Some((block.ptr, block.zeroed));
         }
-        let pool = {
+        let (pool, mapped) = {
             let mut shared = self.small.lock();
             // SAFETY: as above.
             unsafe { shared.small.release_chain(&self.raw, emptied) };
-            shared
+            let before = shared.small.arenas_mapped();
+            let pool = shared
                 .small
-                .take_pool(&self.raw, class, ThreadHeap::owner_id(th))?
+                .take_pool(&self.raw, class, ThreadHeap::owner_id(th))?;
+            (pool, shared.small.arenas_mapped() != before)
         };
+        if mapped {
+            self.arena_mapped();
+        }
         // SAFETY: `pool` is a fresh used pool of `class` owned by `th` and
         // on no list, and the calling thread owns `th`.
         let block = unsafe {
@@ -537,12 +542,33 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[cold]
     #[inline(never)]
     fn alloc_shared(&self, class: SizeClass, size: usize) -> Option<(NonNull<u8>, bool)> {
-        let block = self
-            .small
-            .lock()
-            .small
-            .alloc_shared(&self.raw, class, size)?;
+        let (block, mapped) = {
+            let mut shared = self.small.lock();
+            let before = shared.small.arenas_mapped();
+            let block = shared.small.alloc_shared(&self.raw, class, size)?;
+            (block, shared.small.arenas_mapped() != before)
+        };
+        if mapped {
+            self.arena_mapped();
+        }
         Some((block.ptr, block.zeroed))
+    }
+
+    /// A new arena was mapped: with `PYMALLOCSTATS` set, print the
+    /// statistics (CPython prints them on every new arena).
+    #[cold]
+    #[inline(never)]
+    fn arena_mapped(&self) {
+        if crate::stats::stats_requested() {
+            self.stats().print_to_stderr();
+        }
+    }
+
+    /// Prints [`stats`](Self::stats) to standard error through a buffer on
+    /// the stack: nothing is allocated, so it works in an exit handler or
+    /// with the heap as the global allocator.
+    pub fn print_stats(&self) {
+        self.stats().print_to_stderr();
     }
 
     /// A bounded heap at its limit may still hold spares (an empty arena, an

@@ -134,6 +134,9 @@ fn initialise() {
     }
     MODE.store(if c_library.is_some() { HOOKED } else { DEFAULT }, Release);
     drop(guard);
+    if crate::stats::stats_requested() {
+        print_stats_at_exit();
+    }
     if debug {
         install_debug_hooks();
     }
@@ -247,4 +250,18 @@ pub(crate) fn install_debug_hooks() {
         }
         debug::mark_installed();
     });
+}
+
+/// With `PYMALLOCSTATS` set, the PyMem heap's statistics are printed at
+/// exit, as CPython's are at shutdown.
+fn print_stats_at_exit() {
+    #[cfg(all(unix, not(miri)))]
+    {
+        extern "C" fn at_exit() {
+            crate::pymem::HEAP.print_stats();
+        }
+        // SAFETY: registers a handler that never unwinds and allocates
+        // nothing.
+        unsafe { libc::atexit(at_exit) };
+    }
 }

@@ -161,6 +161,12 @@ impl SmallHeap {
         }
     }
 
+    /// Arenas taken from layer 1 so far (to tell whether an operation
+    /// mapped one).
+    pub(crate) fn arenas_mapped(&self) -> usize {
+        self.counters.arenas_allocated
+    }
+
     /// Adds `delta` (wrapping) to the bytes requested through the shared
     /// path.
     pub(crate) fn add_requested(&mut self, delta: usize) {
