@@ -279,3 +279,96 @@ fn a_hook_wraps_a_domain_and_is_restored() {
     let now = PyMem_GetAllocator(PyMemAllocatorDomain::Obj);
     assert!(core::ptr::fn_addr_eq(now.malloc, original.malloc));
 }
+
+static ARENA_ALLOCS: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+static ARENA_FREES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+/// Memory 8 bytes past a System allocation: deliberately not even
+/// 16-aligned, as a host's arena allocator may return.
+unsafe extern "C" fn odd_arena_alloc(ctx: *mut c_void, size: usize) -> *mut c_void {
+    assert_eq!(ctx as usize, 0xA2E4A, "context passed through");
+    let layout = std::alloc::Layout::from_size_align(size + 8, 8).unwrap();
+    // SAFETY: a non-zero size.
+    let p = unsafe { std::alloc::System.alloc(layout) };
+    if p.is_null() {
+        return core::ptr::null_mut();
+    }
+    let p = p.wrapping_add(8);
+    ARENA_ALLOCS.lock().unwrap().push((p.addr(), size));
+    p.cast()
+}
+
+unsafe extern "C" fn odd_arena_free(_: *mut c_void, p: *mut c_void, size: usize) {
+    ARENA_FREES.lock().unwrap().push((p.addr(), size));
+    let layout = std::alloc::Layout::from_size_align(size + 8, 8).unwrap();
+    // SAFETY: `p - 8` is the System allocation made for `p` with `layout`.
+    unsafe { std::alloc::System.dealloc(p.cast::<u8>().wrapping_sub(8), layout) };
+}
+
+use std::alloc::GlobalAlloc;
+
+#[test]
+fn arenas_come_from_the_installed_arena_allocator() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let original = PyObject_GetArenaAllocator();
+    PyObject_SetArenaAllocator(&PyObjectArenaAllocator {
+        ctx: 0xA2E4A as *mut c_void,
+        alloc: odd_arena_alloc,
+        free: odd_arena_free,
+    });
+    assert!(core::ptr::fn_addr_eq(
+        PyObject_GetArenaAllocator().alloc,
+        odd_arena_alloc as unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void
+    ));
+    // Enough small blocks to need arenas of the new allocator (existing
+    // arenas' free pools are used first).
+    let per_round = if cfg!(miri) { 200 } else { 20_000 };
+    let mut blocks = Vec::new();
+    while ARENA_ALLOCS.lock().unwrap().len() < 2 {
+        for _ in 0..per_round {
+            let p = PyObject_Malloc(256).cast::<u8>();
+            assert!(!p.is_null());
+            // SAFETY: 256 fresh bytes.
+            unsafe { p.write_bytes(0x5A, 256) };
+            blocks.push(p);
+        }
+    }
+    let allocs = ARENA_ALLOCS.lock().unwrap().clone();
+    assert!(
+        allocs
+            .iter()
+            .all(|&(_, size)| size == pymalloc::pymem::ARENA_ALLOC_SIZE)
+    );
+    // Every arena made since lies, aligned, inside memory the functions
+    // returned; so does every block in it.
+    let inside = |addr: usize, len: usize| {
+        allocs
+            .iter()
+            .any(|&(p, size)| addr >= p && addr + len <= p + size)
+    };
+    let mut hooked = 0;
+    pymalloc::pymem::HEAP.for_each_arena(|a| {
+        if inside(a.address, pymalloc::Arena::SIZE) {
+            assert_eq!(a.address % pymalloc::Arena::SIZE, 0);
+            hooked += 1;
+        }
+    });
+    assert_eq!(hooked, allocs.len());
+    let in_hooked = blocks.iter().filter(|b| inside(b.addr(), 256)).count();
+    assert!(in_hooked > 0);
+    for p in blocks {
+        // SAFETY: live Obj blocks, freed once.
+        unsafe { PyObject_Free(p.cast()) };
+    }
+    pymalloc::pymem::HEAP.trim();
+    // `free` got exactly what `alloc` returned, for every arena.
+    let mut frees = ARENA_FREES.lock().unwrap().clone();
+    let mut allocs = allocs;
+    frees.sort_unstable();
+    allocs.sort_unstable();
+    assert_eq!(frees, allocs);
+    PyObject_SetArenaAllocator(&original);
+    let p = PyObject_Malloc(10);
+    // SAFETY: a live Obj block.
+    unsafe { PyObject_Free(p) };
+}

@@ -93,6 +93,19 @@ typedef struct {
 void PyMem_GetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx *allocator);
 void PyMem_SetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx *allocator);
 
+/* Arena allocator of the PyObject/PyMem heap: each arena asks alloc for
+ * PYMALLOC_ARENA_ALLOC_SIZE bytes of any alignment (room for one 1 MiB
+ * aligned arena); free gets exactly what alloc returned. The functions must
+ * not allocate from the PyMem heap. */
+typedef struct {
+    void *ctx;
+    void *(*alloc)(void *ctx, size_t size);
+    void (*free)(void *ctx, void *ptr, size_t size);
+} PyObjectArenaAllocator;
+#define PYMALLOC_ARENA_ALLOC_SIZE ((size_t)2 * 1024 * 1024 + 64)
+void PyObject_GetArenaAllocator(PyObjectArenaAllocator *allocator);
+void PyObject_SetArenaAllocator(PyObjectArenaAllocator *allocator);
+
 /* Debug hooks (as PYTHONMALLOC=debug): guard bytes, fill patterns, reports
  * on standard error, then abort. */
 /* Wraps each domain's current allocator with the debug hooks (again after

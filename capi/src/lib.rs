@@ -210,3 +210,31 @@ pub unsafe extern "C" fn _PyObject_DebugMallocStats(out: *mut libc::FILE) -> c_i
     unsafe { libc::fputs(text.as_ptr().cast(), out) };
     1
 }
+
+/// Copies the arena allocator of the PyMem heap into `*out` (CPython's
+/// `PyObject_GetArenaAllocator`).
+///
+/// # Safety
+///
+/// `out` points to writable memory for one `PyObjectArenaAllocator`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn PyObject_GetArenaAllocator(out: *mut pymalloc::PyObjectArenaAllocator) {
+    // SAFETY: caller's contract.
+    unsafe { out.write(pymalloc::PyObject_GetArenaAllocator()) };
+}
+
+/// Installs `*allocator` for the PyMem heap's future arenas (CPython's
+/// `PyObject_SetArenaAllocator`); each arena asks it for
+/// `PYMALLOC_ARENA_ALLOC_SIZE` bytes of any alignment.
+///
+/// # Safety
+///
+/// `allocator` points to a valid `PyObjectArenaAllocator` whose functions
+/// keep their contract and never allocate from the PyMem heap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn PyObject_SetArenaAllocator(
+    allocator: *const pymalloc::PyObjectArenaAllocator,
+) {
+    // SAFETY: caller's contract.
+    pymalloc::PyObject_SetArenaAllocator(unsafe { &*allocator });
+}

@@ -103,6 +103,25 @@ static void *mem_hook_calloc(void *ctx, size_t a, size_t b) { (void)ctx; mem_hoo
 static void *mem_hook_realloc(void *ctx, void *p, size_t n) { (void)ctx; mem_hook_calls++; return mem_default.realloc(mem_default.ctx, p, n); }
 static void mem_hook_free(void *ctx, void *p) { (void)ctx; mem_hook_calls++; mem_default.free(mem_default.ctx, p); }
 
+/* An arena allocator over the C library's malloc, at an odd alignment. */
+static size_t arena_allocs, arena_frees, arena_bad_frees;
+static void *arena_alloc(void *ctx, size_t size) {
+    CHECK(ctx == &arena_allocs && size == PYMALLOC_ARENA_ALLOC_SIZE);
+    char *p = malloc(size + 8);
+    if (!p) return NULL;
+    arena_allocs++;
+    memcpy(p, &size, sizeof size);
+    return p + 8;
+}
+static void arena_free(void *ctx, void *ptr, size_t size) {
+    size_t was;
+    (void)ctx;
+    memcpy(&was, (char *)ptr - 8, sizeof was);
+    if (was != size) arena_bad_frees++;
+    arena_frees++;
+    free((char *)ptr - 8);
+}
+
 int main(void) {
     const char *name = _PyMem_GetCurrentAllocatorName();
     CHECK(name != NULL && strcmp(name, "pymalloc") == 0);
@@ -189,6 +208,26 @@ int main(void) {
     PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &now);
     CHECK(now.malloc == wrapped.malloc && now.ctx == wrapped.ctx);
     printf("hooks: ok\n");
+
+    /* Arenas from an installed arena allocator, freed through it. */
+    PyObjectArenaAllocator old_arenas, mine = {&arena_allocs, arena_alloc, arena_free};
+    PyObject_GetArenaAllocator(&old_arenas);
+    PyObject_SetArenaAllocator(&mine);
+    enum { N = 60000 };
+    static void *objs[N];
+    for (int i = 0; i < N; i++) {
+        objs[i] = PyObject_Malloc(200);
+        CHECK(objs[i] != NULL);
+        memset(objs[i], i & 0xff, 200);
+    }
+    CHECK(arena_allocs >= 2);
+    for (int i = 0; i < N; i++) {
+        CHECK(((unsigned char *)objs[i])[199] == (i & 0xff));
+        PyObject_Free(objs[i]);
+    }
+    PyObject_SetArenaAllocator(&old_arenas);
+    CHECK(arena_bad_frees == 0); /* any arena freed got its exact size */
+    printf("arena allocator: %zu arenas allocated through it\n", arena_allocs);
 
     /* Debug hooks, then a new Mem allocator, then the debug hooks again:
      * they wrap the new allocator (CPython's documented behaviour). */

@@ -2,11 +2,13 @@
 //! default allocators over [`HEAP`].
 
 use crate::heap::PrivateHeap;
+use crate::pymem::arena_allocator::PyMemPages;
 use core::ffi::c_void;
 use core::ptr::null_mut;
 
-/// The heap behind the default allocators of every domain.
-pub static HEAP: PrivateHeap = PrivateHeap::new();
+/// The heap behind the default allocators of every domain. Its arenas come
+/// from the installed arena allocator ([`PyMemPages`]).
+pub static HEAP: PrivateHeap<PyMemPages> = PrivateHeap::with_source(PyMemPages);
 
 /// The three allocator domains of CPython's memory interface.
 #[repr(C)]

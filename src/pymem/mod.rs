@@ -55,6 +55,8 @@ pub mod debug;
 
 // Domains, the allocator type, the default allocators.
 mod allocator;
+// The arena allocator hooks and the PyMem heap's page source.
+mod arena_allocator;
 // The installed allocators and their set-up.
 mod slots;
 
@@ -65,6 +67,10 @@ pub use allocator::{
 use allocator::{
     heap_calloc, heap_free, heap_malloc, heap_realloc, raw_calloc, raw_free, raw_malloc,
     raw_realloc,
+};
+pub use arena_allocator::{
+    ARENA_ALLOC_SIZE, PyMemPages, PyObject_GetArenaAllocator, PyObject_SetArenaAllocator,
+    PyObjectArenaAllocator,
 };
 use core::ffi::c_void;
 use core::ptr::null_mut;

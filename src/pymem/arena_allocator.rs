@@ -1,0 +1,229 @@
+//! CPython's arena allocator hooks: `PyObjectArenaAllocator`,
+//! `PyObject_GetArenaAllocator`, `PyObject_SetArenaAllocator`. The arenas
+//! of the PyMem heap ([`HEAP`](crate::pymem::HEAP)) come from the installed
+//! functions — for huge pages, accounting, or a memory pool of the host
+//! program.
+//!
+//! pymalloc finds a block's arena by masking its address, so arenas must be
+//! `ARENA_SIZE`-aligned; the functions may return memory of any alignment,
+//! as in CPython. So each arena is asked for [`ARENA_ALLOC_SIZE`] bytes
+//! (two arenas' worth and a record), the arena is placed at the first
+//! aligned address inside, and a record just before it keeps the pointer,
+//! size and `free` function of that allocation: `free` later receives
+//! exactly the pointer and size `alloc` gave, even if another allocator was
+//! installed meanwhile. Every small block lies inside memory the functions
+//! returned. Memory from an installed allocator is zeroed before use (it
+//! may not be) and its pages are never purged (they may be file-backed or
+//! huge pages).
+//!
+//! The functions run under the PyMem heap's layer-1 lock: they must not
+//! allocate from the PyMem heap.
+
+use crate::config::ARENA_SIZE;
+use crate::lock::GlobalLock;
+use crate::os::{OsPages, PageSource, page_size};
+use core::ffi::c_void;
+use core::ptr::{NonNull, null_mut};
+use core::sync::atomic::AtomicBool;
+use core::sync::atomic::Ordering::Relaxed;
+use parking_lot::lock_api::Mutex;
+
+/// CPython's `PyObjectArenaAllocator`: a context and two functions that
+/// provide the memory of the object allocator's arenas.
+///
+/// ```
+/// use pymalloc::*;
+/// let a = PyObject_GetArenaAllocator();
+/// // The default: anonymous mappings from the OS.
+/// assert!(a.ctx.is_null());
+/// ```
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PyObjectArenaAllocator {
+    /// Passed as the first argument of both functions.
+    pub ctx: *mut c_void,
+    /// `alloc(ctx, size)`: `size` bytes of any alignment, or null.
+    pub alloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
+    /// `free(ctx, ptr, size)`: gives back exactly what `alloc` returned.
+    pub free: unsafe extern "C" fn(*mut c_void, *mut c_void, usize),
+}
+
+// SAFETY: the context is an opaque value its functions are responsible
+// for; the heap calls them from any thread, as CPython's contract allows
+// with the GIL replaced by the heap's lock.
+unsafe impl Send for PyObjectArenaAllocator {}
+// SAFETY: as above.
+unsafe impl Sync for PyObjectArenaAllocator {}
+
+/// Bytes each arena asks its allocator for: room for an `ARENA_SIZE`-aligned
+/// arena at any alignment of the returned memory, and the record before it.
+pub const ARENA_ALLOC_SIZE: usize = 2 * ARENA_SIZE + RECORD;
+
+/// Bytes before each arena that hold its record.
+const RECORD: usize = 64;
+const MAGIC: usize = 0x7079_6d61_6c6c_6f63; // "pymalloc"
+
+/// What an arena remembers of the allocation it lies in.
+#[repr(C)]
+struct Record {
+    magic: usize,
+    raw: *mut c_void,
+    size: usize,
+    ctx: *mut c_void,
+    free: unsafe extern "C" fn(*mut c_void, *mut c_void, usize),
+}
+const _: () = assert!(size_of::<Record>() <= RECORD);
+
+unsafe extern "C" fn default_alloc(_: *mut c_void, size: usize) -> *mut c_void {
+    let size = size.next_multiple_of(page_size());
+    OsPages
+        .map(size, page_size())
+        .map_or(null_mut(), |p| p.as_ptr().cast())
+}
+
+unsafe extern "C" fn default_free(_: *mut c_void, ptr: *mut c_void, size: usize) {
+    if let Some(p) = NonNull::new(ptr.cast::<u8>()) {
+        // SAFETY: `ptr` and `size` are those `default_alloc` mapped (the
+        // record's contract), rounded the same way.
+        unsafe { OsPages.unmap(p, size.next_multiple_of(page_size()), page_size()) };
+    }
+}
+
+const DEFAULT: PyObjectArenaAllocator = PyObjectArenaAllocator {
+    ctx: null_mut(),
+    alloc: default_alloc,
+    free: default_free,
+};
+
+/// The installed arena allocator.
+static CURRENT: Mutex<GlobalLock, PyObjectArenaAllocator> = Mutex::const_new(
+    <GlobalLock as parking_lot::lock_api::RawMutex>::INIT,
+    DEFAULT,
+);
+/// Whether an allocator other than the default was ever installed: then
+/// no page of the heap is purged (it may lie in such memory).
+static CUSTOM: AtomicBool = AtomicBool::new(false);
+
+/// The arena allocator of the PyMem heap (CPython's
+/// `PyObject_GetArenaAllocator`).
+pub fn PyObject_GetArenaAllocator() -> PyObjectArenaAllocator {
+    *CURRENT.lock()
+}
+
+/// Installs `allocator` for the PyMem heap's future arenas (CPython's
+/// `PyObject_SetArenaAllocator`). Arenas mapped before are freed by the
+/// allocator that made them. Each arena asks for [`ARENA_ALLOC_SIZE`]
+/// bytes; the functions must not allocate from the PyMem heap.
+///
+/// ```
+/// use core::ffi::c_void;
+/// use core::sync::atomic::{AtomicUsize, Ordering};
+/// use pymalloc::*;
+///
+/// static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// unsafe extern "C" fn alloc(_: *mut c_void, size: usize) -> *mut c_void {
+///     LIVE.fetch_add(1, Ordering::Relaxed);
+///     // SAFETY: the C library's malloc, for any size.
+///     unsafe { libc::malloc(size) }
+/// }
+/// unsafe extern "C" fn free(_: *mut c_void, p: *mut c_void, _size: usize) {
+///     LIVE.fetch_sub(1, Ordering::Relaxed);
+///     // SAFETY: a block of `alloc`'s.
+///     unsafe { libc::free(p) }
+/// }
+/// let old = PyObject_GetArenaAllocator();
+/// PyObject_SetArenaAllocator(&PyObjectArenaAllocator { ctx: core::ptr::null_mut(), alloc, free });
+/// // Small objects now live in malloc'd arenas.
+/// let blocks: Vec<_> = (0..100_000).map(|_| PyObject_Malloc(64)).collect();
+/// assert!(LIVE.load(Ordering::Relaxed) > 0);
+/// for b in blocks {
+///     // SAFETY: live Obj blocks, freed once.
+///     unsafe { PyObject_Free(b) };
+/// }
+/// pymalloc::pymem::HEAP.trim();
+/// PyObject_SetArenaAllocator(&old);
+/// ```
+pub fn PyObject_SetArenaAllocator(allocator: &PyObjectArenaAllocator) {
+    let mut current = CURRENT.lock();
+    if !core::ptr::fn_addr_eq(allocator.alloc, DEFAULT.alloc) {
+        CUSTOM.store(true, Relaxed);
+    }
+    *current = *allocator;
+}
+
+/// The pages of the PyMem heap: arenas from the installed arena allocator,
+/// everything else (medium chunks, huge blocks) from the OS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PyMemPages;
+
+impl PyMemPages {
+    /// Whether a request is for an arena (layer 1 maps nothing else with
+    /// this size and alignment: medium chunks are larger, huge blocks too).
+    fn is_arena(size: usize, align: usize) -> bool {
+        size == ARENA_SIZE && align == ARENA_SIZE
+    }
+}
+
+// SAFETY: arenas lie inside memory their allocator returned, aligned as
+// asked, zeroed (mapped fresh by the default allocator, or zeroed here),
+// and are not shared with anything else until freed; other requests go to
+// `OsPages`, which keeps the contract. Nothing is purged once an installed
+// allocator may own memory of the heap.
+unsafe impl PageSource for PyMemPages {
+    fn map(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        if !Self::is_arena(size, align) {
+            return OsPages.map(size, align);
+        }
+        let a = *CURRENT.lock();
+        let default = core::ptr::fn_addr_eq(a.alloc, DEFAULT.alloc);
+        // SAFETY: the allocator's contract.
+        let raw = NonNull::new(unsafe { (a.alloc)(a.ctx, ARENA_ALLOC_SIZE) }.cast::<u8>())?;
+        let arena = raw.map_addr(|r| {
+            let at = (r.get() + RECORD).next_multiple_of(ARENA_SIZE);
+            // Non-zero: above a non-null address.
+            core::num::NonZeroUsize::new(at).unwrap_or(r)
+        });
+        // SAFETY: `arena - RECORD .. arena + ARENA_SIZE` lies inside the
+        // `ARENA_ALLOC_SIZE` bytes just returned, which are ours.
+        unsafe {
+            arena
+                .as_ptr()
+                .sub(RECORD)
+                .cast::<Record>()
+                .write_unaligned(Record {
+                    magic: MAGIC,
+                    raw: raw.as_ptr().cast(),
+                    size: ARENA_ALLOC_SIZE,
+                    ctx: a.ctx,
+                    free: a.free,
+                });
+            if !default {
+                arena.as_ptr().write_bytes(0, ARENA_SIZE);
+            }
+        }
+        Some(arena)
+    }
+
+    unsafe fn unmap(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+        if !Self::is_arena(size, align) {
+            // SAFETY: caller's contract, with `OsPages`'s region.
+            return unsafe { OsPages.unmap(ptr, size, align) };
+        }
+        // SAFETY: an arena `map` placed, so its record precedes it.
+        let r = unsafe { ptr.as_ptr().sub(RECORD).cast::<Record>().read_unaligned() };
+        if r.magic != MAGIC {
+            crate::fatal::bad_pointer("PyMemPages::unmap (arena record)", ptr.as_ptr());
+        }
+        // SAFETY: exactly what the allocator returned, as its contract asks.
+        unsafe { (r.free)(r.ctx, r.raw, r.size) };
+    }
+
+    unsafe fn purge(&self, ptr: NonNull<u8>, size: usize) -> bool {
+        if CUSTOM.load(Relaxed) {
+            return false;
+        }
+        // SAFETY: caller's contract; default arenas and other regions are
+        // anonymous mappings of the OS.
+        unsafe { OsPages.purge(ptr, size) }
+    }
+}
