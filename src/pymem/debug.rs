@@ -136,13 +136,20 @@ pub(crate) fn wrap(
     })
 }
 
-/// The allocator `a` wraps if it is one of the debug hooks.
+/// The allocator `a` wraps if it is one of the debug hooks: its context is
+/// one of `CTX` (told by address: function addresses are not unique).
 pub(crate) fn wrapped(a: &PyMemAllocatorEx) -> Option<PyMemAllocatorEx> {
-    if !core::ptr::fn_addr_eq(a.malloc, debug_malloc as crate::pymem::MallocFn) {
+    let start = CTX.as_ptr().addr();
+    let offset = a.ctx.addr().checked_sub(start)?;
+    if offset >= size_of_val(&CTX) || offset % size_of::<DebugCtx>() != 0 {
         return None;
     }
-    // SAFETY: a debug allocator's context is one of `CTX`, published.
-    Some(unsafe { &*a.ctx.cast::<DebugCtx>() }.inner())
+    // SAFETY: a debug allocator's context is one of `CTX` (just checked),
+    // published before the allocator was installed; `a.ctx` is the pointer
+    // `wrap` made from it.
+    let c = unsafe { &*a.ctx.cast::<DebugCtx>() };
+    // SAFETY: as above: `inner` is set before publication.
+    unsafe { (*c.inner.get()).is_some() }.then(|| c.inner())
 }
 
 /// Records that the hooks are installed on every domain.
