@@ -61,7 +61,7 @@ pub const ARENA_ALLOC_SIZE: usize = 2 * ARENA_SIZE + RECORD;
 
 /// Bytes before each arena that hold its record.
 const RECORD: usize = 64;
-const MAGIC: usize = 0x7079_6d61_6c6c_6f63; // "pymalloc"
+const MAGIC: usize = 0x7079_6d61_6c6c_6f63_u64 as usize; // "pymalloc" (truncated on 32-bit)
 
 /// What an arena remembers of the allocation it lies in.
 #[repr(C)]
