@@ -1026,6 +1026,44 @@ mod tests {
         corrupt_freed_link(|p| p);
     }
 
+    /// A fresh pool carved while other pools wait on the purge queue must
+    /// leave the queue alone (a fresh header reads as "queued"), and every
+    /// queued pool is purged by `trim`.
+    #[test]
+    fn carving_a_pool_keeps_the_purge_queue() {
+        let heap = PrivateHeap::new();
+        let per_pool = Pool::SIZE / 512;
+        // Arena A full (63 pools of 512-byte blocks), arena B with 30.
+        let blocks: Vec<_> = (0..(Arena::POOLS + 30) * per_pool)
+            .map(|_| heap.alloc_sized(512, 8).unwrap().0)
+            .collect();
+        assert_eq!(heap.arenas().len(), 2);
+        // Empty 40 of A's pools: 39 go back to A and join the purge queue
+        // (the first stays cached); A now has more free pools than B.
+        for &b in &blocks[..40 * per_pool] {
+            // SAFETY: live blocks of `heap` requested with 512 bytes.
+            unsafe { heap.free_sized(b, 512) };
+        }
+        heap.validate();
+        // A new class needs a pool: B, the fullest, carves a fresh one.
+        let small = heap.alloc_sized(16, 8).unwrap().0;
+        heap.validate();
+        heap.trim();
+        assert!(
+            heap.stats().small.pools_purged >= 39,
+            "every queued pool is purged: {}",
+            heap.stats().small.pools_purged
+        );
+        // SAFETY: live blocks of `heap`, freed once.
+        unsafe {
+            heap.free_sized(small, 16);
+            for &b in &blocks[40 * per_pool..] {
+                heap.free_sized(b, 512);
+            }
+        }
+        heap.validate();
+    }
+
     #[test]
     fn arenas_show_each_pool() {
         let heap = PrivateHeap::new();

@@ -157,14 +157,16 @@ impl Arena {
 
     /// empty -> used, the arena's half: takes one empty pool, a used one
     /// from `freepools` before carving a fresh one. Returns its header
-    /// (not yet initialised for a class), where its blocks start, and
-    /// whether they read zero.
+    /// (not yet initialised for a class), where its blocks start, whether
+    /// they read zero, and whether the pool was used before (only such a
+    /// pool may be on the purge queue: a fresh header is all zero bytes,
+    /// which is not a valid "not queued").
     ///
     /// # Safety
     ///
     /// `arena` is live with `nfreepools > 0`; the caller holds the
     /// small-object lock, and takes the pool off the purge queue.
-    pub(super) unsafe fn take_pool(arena: *mut Arena) -> (*mut Pool, *mut u8, bool) {
+    pub(super) unsafe fn take_pool(arena: *mut Arena) -> (*mut Pool, *mut u8, bool, bool) {
         // SAFETY: caller's contract; the header of a pool on `freepools`
         // is live and its `next` links the rest.
         unsafe {
@@ -177,11 +179,12 @@ impl Arena {
                     Self::pool(arena, index),
                     Self::pool_data(arena, index),
                     true,
+                    false,
                 )
             } else {
                 let pool = (*arena).freepools;
                 (*arena).freepools = (*pool).next;
-                (pool, (*pool).base, (*pool).zeroed_tail)
+                (pool, (*pool).base, (*pool).zeroed_tail, true)
             }
         }
     }
@@ -218,13 +221,15 @@ impl Arena {
     }
 
     /// Checks `nfreepools` against the free and never-carved pools; panics
-    /// on a violation.
+    /// on a violation. Returns how many of its free pools say they are on
+    /// the purge queue.
     ///
     /// # Safety
     ///
     /// As for `for_each_free_pool`.
-    pub(super) unsafe fn validate(arena: *mut Arena) {
+    pub(super) unsafe fn validate(arena: *mut Arena) -> usize {
         let mut on_list = 0;
+        let mut queued = 0;
         // SAFETY: caller's contract.
         unsafe {
             Self::for_each_free_pool(arena, |pool| {
@@ -243,6 +248,9 @@ impl Arena {
                     on_list <= USABLE_POOLS_PER_ARENA,
                     "free pools of {arena:p} loop"
                 );
+                if (*pool).emptied_at.is_some() {
+                    queued += 1;
+                }
             });
             assert_eq!(
                 (*arena).nfreepools,
@@ -250,6 +258,7 @@ impl Arena {
                 "arena {arena:p}: nfreepools wrong"
             );
         }
+        queued
     }
 }
 

@@ -237,8 +237,9 @@ impl Arenas {
         }
     }
 
-    /// Checks the order of the usable list, `last_with`, and every usable
-    /// arena's own accounting (with `check_arena`); panics on a violation.
+    /// Checks the order of the usable list, `last_with`, the spares, and
+    /// every usable or spare arena's own accounting (with `check_arena`);
+    /// panics on a violation.
     ///
     /// # Safety
     ///
@@ -278,6 +279,7 @@ impl Arenas {
                     USABLE_POOLS_PER_ARENA,
                     "spare arena {s:p} is not empty"
                 );
+                check_arena(s);
                 spares += 1;
                 s = (*s).next;
             }

@@ -194,8 +194,10 @@ impl SmallHeap {
         // SAFETY: `arena` is a live usable arena, so it has an empty pool;
         // the pool leaves the purge queue before it is reinitialised.
         let pool = unsafe {
-            let (pool, base, zeroed) = Arena::take_pool(arena);
-            self.purge.remove(pool);
+            let (pool, base, zeroed, reused) = Arena::take_pool(arena);
+            if reused {
+                self.purge.remove(pool);
+            }
             self.arenas.lost_pool(arena);
             Pool::init(pool, base, class, zeroed, owner);
             pool
@@ -414,8 +416,13 @@ impl SmallHeap {
         // heap, and we hold the lock that guards these lists.
         unsafe {
             self.shared.validate(null_mut());
-            self.purge.validate();
-            self.arenas.validate(|arena| Arena::validate(arena));
+            let queue = self.purge.validate();
+            // Every pool that says it is queued is on the queue: free pools
+            // of usable and spare arenas (full arenas have none).
+            let mut queued = 0;
+            self.arenas
+                .validate(|arena| queued += Arena::validate(arena));
+            assert_eq!(queued, queue, "pools marked queued but off the purge queue");
         }
     }
 }

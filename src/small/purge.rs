@@ -104,12 +104,14 @@ impl PurgeQueue {
         self.head.is_null()
     }
 
-    /// Checks the invariants; panics on a violation.
+    /// Checks the invariants; panics on a violation. Returns the queue's
+    /// length.
     ///
     /// # Safety
     ///
     /// Every queued pool is live and quiescent.
-    pub(crate) unsafe fn validate(&self) {
+    pub(crate) unsafe fn validate(&self) -> usize {
+        let mut len = 0;
         let mut q = self.head;
         let mut prev_q: *mut Pool = null_mut();
         // SAFETY: caller's contract.
@@ -137,9 +139,11 @@ impl PurgeQueue {
                 }
                 prev_q = q;
                 q = pool.purge_next;
+                len += 1;
             }
         }
         assert_eq!(self.tail, prev_q, "purge queue's tail is not its last pool");
+        len
     }
 }
 
