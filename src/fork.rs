@@ -9,11 +9,14 @@
 //! Instead every lock of the crate is a [`ForkSafe`](crate::lock::ForkSafe)
 //! lock, whose holders pass a process-wide *gate*:
 //!
-//! * a thread taking its first crate lock enters the gate (one
-//!   compare-and-swap on a shared counter; nested locks only count a
-//!   thread-local depth);
-//! * the `prepare` handler closes the gate and waits until no thread is
-//!   inside: then no lock of any heap is held, and no thread can take one;
+//! * a thread about to hold its first crate lock enters the gate (one
+//!   atomic add on a shared counter), then *tries* the lock; if it is
+//!   taken, the thread leaves the gate and waits for it outside, so the
+//!   gate counts lock holders only. Nested locks count a thread-local
+//!   depth;
+//! * the `prepare` handler closes the gate and waits until no thread holds
+//!   a crate lock; meanwhile no thread can take one, except the forking
+//!   thread itself (other libraries' prepare handlers may allocate);
 //! * `parent` and `child` reopen it. The child starts with every structure
 //!   consistent and every lock free.
 //!
@@ -25,6 +28,10 @@
 //!
 //! Cost: two atomic read-modify-writes on one shared word per outermost
 //! lock acquisition (a slow path: the fast paths take no lock).
+//!
+//! Limit: a thread that forks while it holds a crate lock (a PyMem hook
+//! calling `fork`) waits for threads that hold other crate locks; if one of
+//! them waits for the forking thread's lock, they deadlock.
 
 use core::cell::Cell;
 use core::sync::atomic::AtomicUsize;
@@ -37,25 +44,41 @@ const CLOSED: usize = 1;
 const ONE: usize = 2;
 
 thread_local! {
-    /// Crate locks the calling thread holds (or is acquiring). No
-    /// destructor, `const`: readable at any time, set-up allocates nothing.
+    /// Crate locks the calling thread holds (or is acquiring), and whether
+    /// its outermost one counted in the gate. No destructor, `const`:
+    /// readable at any time, set-up allocates nothing.
     static DEPTH: Cell<u32> = const { Cell::new(0) };
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+    /// Set on the thread running the `prepare` handler while the gate is
+    /// closed: it passes without counting.
+    static CLOSER: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Registration state of the handlers: 0 none, 1 under way, 2 done.
 static HANDLERS: AtomicUsize = AtomicUsize::new(0);
 
-/// Called before taking a crate lock: enters the gate if this is the
-/// thread's outermost lock (waiting while a fork is being prepared).
+/// Before taking a crate lock: if the thread already holds one (or is the
+/// closer), counts the new one in its depth and returns `true`: the caller
+/// then takes the lock as it is. Otherwise returns `false` and the caller
+/// enters with [`enter_outer`] or [`try_enter_outer`].
 #[inline]
-pub(crate) fn enter() {
+pub(crate) fn enter_nested() -> bool {
     if HANDLERS.load(Relaxed) != 2 {
         register_handlers();
     }
-    let depth = DEPTH.try_with(|d| d.replace(d.get() + 1)).unwrap_or(0);
-    if depth > 0 {
-        return;
+    let depth = DEPTH.try_with(Cell::get).unwrap_or(0);
+    if depth > 0 || CLOSER.try_with(Cell::get).unwrap_or(false) {
+        let _ = DEPTH.try_with(|d| d.set(depth + 1));
+        return true;
     }
+    false
+}
+
+/// Enters the gate for a thread's outermost lock, waiting while a fork is
+/// being prepared. The caller then tries the lock, and [`leave`]s if it is
+/// taken.
+#[inline]
+pub(crate) fn enter_outer() {
     // Count ourselves in; if the gate turned out closed, count ourselves
     // out again and wait for it to reopen. The closer waits for the count,
     // so whoever got in before it closed is waited for.
@@ -63,6 +86,24 @@ pub(crate) fn enter() {
         GATE.fetch_sub(ONE, Relaxed);
         wait_open();
     }
+    mark_outer();
+}
+
+/// As [`enter_outer`], but gives up (`false`) instead of waiting.
+#[inline]
+pub(crate) fn try_enter_outer() -> bool {
+    if GATE.fetch_add(ONE, Acquire) & CLOSED != 0 {
+        GATE.fetch_sub(ONE, Relaxed);
+        return false;
+    }
+    mark_outer();
+    true
+}
+
+#[inline]
+fn mark_outer() {
+    let _ = DEPTH.try_with(|d| d.set(1));
+    let _ = COUNTED.try_with(|c| c.set(true));
 }
 
 #[cold]
@@ -73,16 +114,19 @@ fn wait_open() {
     }
 }
 
-/// Called after releasing a crate lock (or failing to take one): leaves
-/// the gate if it was the thread's outermost.
+/// After releasing a crate lock (or failing to take one): leaves the gate
+/// if it was the thread's outermost and it counted. If the thread-local is
+/// gone (thread exit), the entry counted (see `enter_outer`), so it leaves.
 #[inline]
 pub(crate) fn leave() {
-    let depth = DEPTH.try_with(|d| {
-        let n = d.get().saturating_sub(1);
-        d.set(n);
-        n
-    });
-    if depth.unwrap_or(0) == 0 {
+    let outermost = DEPTH
+        .try_with(|d| {
+            let n = d.get().saturating_sub(1);
+            d.set(n);
+            n == 0
+        })
+        .unwrap_or(true);
+    if outermost && COUNTED.try_with(|c| c.replace(false)).unwrap_or(true) {
         GATE.fetch_sub(ONE, Release);
     }
 }
@@ -94,13 +138,10 @@ fn close() {
         // Another thread is forking: wait for its turn to end.
         wait_open();
     }
+    let _ = CLOSER.try_with(|c| c.set(true));
     // A fork from inside a crate lock (a hook forking) must not wait for
     // itself.
-    let mine = if DEPTH.try_with(Cell::get).unwrap_or(0) > 0 {
-        ONE
-    } else {
-        0
-    };
+    let mine = counted_here();
     let mut spins = 0u32;
     while GATE.load(Acquire) & !CLOSED != mine {
         if spins < 64 {
@@ -112,20 +153,28 @@ fn close() {
     }
 }
 
+/// What the calling thread counts in the gate: `ONE` if it holds a crate
+/// lock it entered the gate for.
+fn counted_here() -> usize {
+    let holds = DEPTH.try_with(Cell::get).unwrap_or(0) > 0;
+    if holds && COUNTED.try_with(Cell::get).unwrap_or(false) {
+        ONE
+    } else {
+        0
+    }
+}
+
 /// Reopens the gate in the parent.
 fn reopen() {
+    let _ = CLOSER.try_with(|c| c.set(false));
     GATE.fetch_and(!CLOSED, Release);
 }
 
 /// Reopens the gate in the child: only the forking thread exists, and it
 /// is inside iff it was when it forked.
 fn reopen_in_child() {
-    let mine = if DEPTH.try_with(Cell::get).unwrap_or(0) > 0 {
-        ONE
-    } else {
-        0
-    };
-    GATE.store(mine, Release);
+    let _ = CLOSER.try_with(|c| c.set(false));
+    GATE.store(counted_here(), Release);
 }
 
 #[cold]
@@ -175,9 +224,10 @@ mod tests {
 
     #[test]
     fn closing_the_gate_waits_for_holders_and_stops_new_ones() {
-        enter();
+        assert!(!enter_nested());
+        enter_outer();
         assert!(handlers_registered());
-        enter(); // nested: depth only
+        assert!(enter_nested()); // nested: depth only
         assert!(GATE.load(Relaxed) >= ONE);
         let closed = Arc::new(AtomicBool::new(false));
         let c = closed.clone();
@@ -185,8 +235,10 @@ mod tests {
             close();
             c.store(true, Release);
             // While closed, no thread gets in.
+            assert!(!try_enter_outer(), "try_enter gives up while closed");
             let blocked = std::thread::spawn(|| {
-                enter();
+                assert!(!enter_nested());
+                enter_outer();
                 leave();
             });
             std::thread::sleep(std::time::Duration::from_millis(20));

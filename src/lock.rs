@@ -95,23 +95,39 @@ pub struct ForkSafe<R> {
     inner: R,
 }
 
-// SAFETY: mutual exclusion and its happens-before edges come from `R`,
-// whose `lock`/`unlock` pairs are kept; the gate calls around them only
-// delay acquisition.
+// SAFETY: mutual exclusion and its happens-before edges come from `R`:
+// every acquisition goes through `R::lock` or a successful `R::try_lock`,
+// every release through `R::unlock`; the gate calls around them only delay
+// acquisition. Guards are not `Send`: the gate counts per thread.
 unsafe impl<R: lock_api::RawMutex> lock_api::RawMutex for ForkSafe<R> {
     #[allow(clippy::declare_interior_mutable_const)]
     const INIT: Self = ForkSafe { inner: R::INIT };
-    type GuardMarker = R::GuardMarker;
+    type GuardMarker = lock_api::GuardNoSend;
 
     #[inline]
     fn lock(&self) {
-        crate::fork::enter();
-        self.inner.lock();
+        if crate::fork::enter_nested() {
+            self.inner.lock();
+            return;
+        }
+        // The outermost lock: be counted in the gate only while holding
+        // it, so that a fork waits for holders, never for waiters.
+        loop {
+            crate::fork::enter_outer();
+            if self.inner.try_lock() {
+                return;
+            }
+            crate::fork::leave();
+            self.wait_unlocked();
+        }
     }
 
     #[inline]
     fn try_lock(&self) -> bool {
-        crate::fork::enter();
+        let entered = crate::fork::enter_nested() || crate::fork::try_enter_outer();
+        if !entered {
+            return false;
+        }
         let taken = self.inner.try_lock();
         if !taken {
             crate::fork::leave();
@@ -129,6 +145,23 @@ unsafe impl<R: lock_api::RawMutex> lock_api::RawMutex for ForkSafe<R> {
     #[inline]
     fn is_locked(&self) -> bool {
         self.inner.is_locked()
+    }
+}
+
+impl<R: lock_api::RawMutex> ForkSafe<R> {
+    /// Waits, outside the gate, until the lock looks free.
+    #[cold]
+    #[inline(never)]
+    fn wait_unlocked(&self) {
+        let mut spins = 0u32;
+        while self.inner.is_locked() {
+            if spins < 64 {
+                spins += 1;
+                core::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 }
 
