@@ -41,7 +41,31 @@ pub unsafe trait PageSource {
     ///   page-aligned at both ends;
     /// * the caller no longer needs its contents.
     unsafe fn purge(&self, ptr: NonNull<u8>, size: usize) -> bool;
+
+    /// Maps an arena chunk for layer 2: `ARENA_SIZE` bytes aligned to
+    /// `ARENA_SIZE`, with `map`'s guarantees. A source may take arenas from
+    /// elsewhere (the PyMem heap's arena allocator hooks); by default,
+    /// `map`. The last `ARENA_SPARE` bytes of the arena's first pool are
+    /// the source's to use (layer 2 never touches them).
+    fn map_arena(&self) -> Option<NonNull<u8>> {
+        self.map(crate::config::ARENA_SIZE, crate::config::ARENA_SIZE)
+    }
+
+    /// Returns an arena chunk from `map_arena`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` was returned by `map_arena` on this source and not unmapped
+    /// since; nothing reads or writes the arena afterwards.
+    unsafe fn unmap_arena(&self, ptr: NonNull<u8>) {
+        // SAFETY: caller's contract: `map_arena`'s default mapped it so.
+        unsafe { self.unmap(ptr, crate::config::ARENA_SIZE, crate::config::ARENA_SIZE) }
+    }
 }
+
+/// Bytes at the end of an arena's first pool that layer 2 leaves to the
+/// page source (see [`PageSource::map_arena`]).
+pub const ARENA_SPARE: usize = 64;
 
 /// The operating system's page allocator (or `System` under Miri).
 #[derive(Debug, Clone, Copy, Default)]

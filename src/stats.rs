@@ -193,7 +193,8 @@ impl fmt::Display for Stats {
             format_args!("# bytes lost to quantization"),
             quantization,
         )?;
-        // Arenas are mapped aligned to their size: nothing is lost.
+        // Arenas are aligned to their size: nothing inside them is lost (an
+        // installed arena allocator's extra room lies outside them).
         total += printone(f, format_args!("# bytes lost to arena alignment"), 0)?;
         printone(f, format_args!("Total"), total)?;
         writeln!(f)?;

@@ -102,7 +102,7 @@ typedef struct {
     void *(*alloc)(void *ctx, size_t size);
     void (*free)(void *ctx, void *ptr, size_t size);
 } PyObjectArenaAllocator;
-#define PYMALLOC_ARENA_ALLOC_SIZE ((size_t)2 * 1024 * 1024 + 64)
+#define PYMALLOC_ARENA_ALLOC_SIZE ((size_t)2 * 1024 * 1024)
 void PyObject_GetArenaAllocator(PyObjectArenaAllocator *allocator);
 void PyObject_SetArenaAllocator(PyObjectArenaAllocator *allocator);
 

@@ -6,22 +6,24 @@
 //!
 //! pymalloc finds a block's arena by masking its address, so arenas must be
 //! `ARENA_SIZE`-aligned; the functions may return memory of any alignment,
-//! as in CPython. So each arena is asked for [`ARENA_ALLOC_SIZE`] bytes
-//! (two arenas' worth and a record), the arena is placed at the first
-//! aligned address inside, and a record just before it keeps the pointer,
-//! size and `free` function of that allocation: `free` later receives
-//! exactly the pointer and size `alloc` gave, even if another allocator was
-//! installed meanwhile. Every small block lies inside memory the functions
-//! returned. Memory from an installed allocator is zeroed before use (it
-//! may not be) and its pages are never purged (they may be file-backed or
-//! huge pages).
+//! as in CPython. So each arena asks an installed allocator for
+//! [`ARENA_ALLOC_SIZE`] bytes (two arenas' worth) and is placed at the
+//! first aligned address inside; a record at the end of its first pool
+//! (bytes layer 2 leaves to the page source) keeps the pointer, size and
+//! `free` function of that allocation: `free` later receives exactly the
+//! pointer and size `alloc` gave, even if another allocator was installed
+//! meanwhile. Every small block lies inside memory the functions returned.
+//! Memory from an installed allocator is zeroed before use (it may not be)
+//! and, once one was installed, no page of the heap is purged (they may be
+//! file-backed or huge pages). With the default allocator an arena is an
+//! aligned mapping of its own, as in every other heap.
 //!
 //! The functions run under the PyMem heap's layer-1 lock: they must not
 //! allocate from the PyMem heap.
 
-use crate::config::ARENA_SIZE;
+use crate::config::{ARENA_SIZE, POOL_SIZE};
 use crate::lock::GlobalLock;
-use crate::os::{OsPages, PageSource, page_size};
+use crate::os::{ARENA_SPARE, OsPages, PageSource, page_size};
 use core::ffi::c_void;
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::AtomicBool;
@@ -55,13 +57,13 @@ unsafe impl Send for PyObjectArenaAllocator {}
 // SAFETY: as above.
 unsafe impl Sync for PyObjectArenaAllocator {}
 
-/// Bytes each arena asks its allocator for: room for an `ARENA_SIZE`-aligned
-/// arena at any alignment of the returned memory, and the record before it.
-pub const ARENA_ALLOC_SIZE: usize = 2 * ARENA_SIZE + RECORD;
+/// Bytes each arena asks an installed allocator for: room for one
+/// `ARENA_SIZE`-aligned arena at any alignment of the returned memory.
+pub const ARENA_ALLOC_SIZE: usize = 2 * ARENA_SIZE;
 
-/// Bytes before each arena that hold its record.
-const RECORD: usize = 64;
-const MAGIC: usize = 0x7079_6d61_6c6c_6f63_u64 as usize; // "pymalloc" (truncated on 32-bit)
+/// Where an arena keeps its record: the end of its first pool, which
+/// layer 2 leaves to the page source (`os::ARENA_SPARE`).
+const RECORD_AT: usize = POOL_SIZE - ARENA_SPARE;
 
 /// What an arena remembers of the allocation it lies in.
 #[repr(C)]
@@ -72,7 +74,17 @@ struct Record {
     ctx: *mut c_void,
     free: unsafe extern "C" fn(*mut c_void, *mut c_void, usize),
 }
-const _: () = assert!(size_of::<Record>() <= RECORD);
+const _: () = assert!(size_of::<Record>() <= ARENA_SPARE);
+const MAGIC: usize = 0x7079_6d61_6c6c_6f63_u64 as usize; // "pymalloc" (truncated on 32-bit)
+
+/// Frees an arena the default path mapped aligned from the OS.
+unsafe extern "C" fn os_arena_free(_: *mut c_void, ptr: *mut c_void, size: usize) {
+    if let Some(p) = NonNull::new(ptr.cast::<u8>()) {
+        // SAFETY: mapped by `OsPages.map(size, ARENA_SIZE)` (the record's
+        // contract).
+        unsafe { OsPages.unmap(p, size, ARENA_SIZE) };
+    }
+}
 
 unsafe extern "C" fn default_alloc(_: *mut c_void, size: usize) -> *mut c_void {
     let size = size.next_multiple_of(page_size());
@@ -151,71 +163,25 @@ pub fn PyObject_SetArenaAllocator(allocator: &PyObjectArenaAllocator) {
     *current = *allocator;
 }
 
-/// The pages of the PyMem heap: arenas from the installed arena allocator,
-/// everything else (medium chunks, huge blocks) from the OS.
+/// The pages of the PyMem heap: arenas (`PageSource::map_arena`) from the
+/// installed arena allocator, everything else (medium chunks, huge blocks)
+/// from the OS.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PyMemPages;
 
-impl PyMemPages {
-    /// Whether a request is for an arena (layer 1 maps nothing else with
-    /// this size and alignment: medium chunks are larger, huge blocks too).
-    fn is_arena(size: usize, align: usize) -> bool {
-        size == ARENA_SIZE && align == ARENA_SIZE
-    }
-}
-
-// SAFETY: arenas lie inside memory their allocator returned, aligned as
-// asked, zeroed (mapped fresh by the default allocator, or zeroed here),
-// and are not shared with anything else until freed; other requests go to
-// `OsPages`, which keeps the contract. Nothing is purged once an installed
-// allocator may own memory of the heap.
+// SAFETY: arenas are `ARENA_SIZE`-aligned, zeroed (mapped fresh from the
+// OS, or zeroed here) but for the record in the spare bytes layer 2 leaves
+// to the source, and inside memory nothing else uses until freed; other
+// requests go to `OsPages`, which keeps the contract. Nothing is purged
+// once an installed allocator may own memory of the heap.
 unsafe impl PageSource for PyMemPages {
     fn map(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        if !Self::is_arena(size, align) {
-            return OsPages.map(size, align);
-        }
-        let a = *CURRENT.lock();
-        let default = core::ptr::fn_addr_eq(a.alloc, DEFAULT.alloc);
-        // SAFETY: the allocator's contract.
-        let raw = NonNull::new(unsafe { (a.alloc)(a.ctx, ARENA_ALLOC_SIZE) }.cast::<u8>())?;
-        let arena = raw.map_addr(|r| {
-            let at = (r.get() + RECORD).next_multiple_of(ARENA_SIZE);
-            // Non-zero: above a non-null address.
-            core::num::NonZeroUsize::new(at).unwrap_or(r)
-        });
-        // SAFETY: `arena - RECORD .. arena + ARENA_SIZE` lies inside the
-        // `ARENA_ALLOC_SIZE` bytes just returned, which are ours.
-        unsafe {
-            arena
-                .as_ptr()
-                .sub(RECORD)
-                .cast::<Record>()
-                .write_unaligned(Record {
-                    magic: MAGIC,
-                    raw: raw.as_ptr().cast(),
-                    size: ARENA_ALLOC_SIZE,
-                    ctx: a.ctx,
-                    free: a.free,
-                });
-            if !default {
-                arena.as_ptr().write_bytes(0, ARENA_SIZE);
-            }
-        }
-        Some(arena)
+        OsPages.map(size, align)
     }
 
     unsafe fn unmap(&self, ptr: NonNull<u8>, size: usize, align: usize) {
-        if !Self::is_arena(size, align) {
-            // SAFETY: caller's contract, with `OsPages`'s region.
-            return unsafe { OsPages.unmap(ptr, size, align) };
-        }
-        // SAFETY: an arena `map` placed, so its record precedes it.
-        let r = unsafe { ptr.as_ptr().sub(RECORD).cast::<Record>().read_unaligned() };
-        if r.magic != MAGIC {
-            crate::fatal::bad_pointer("PyMemPages::unmap (arena record)", ptr.as_ptr());
-        }
-        // SAFETY: exactly what the allocator returned, as its contract asks.
-        unsafe { (r.free)(r.ctx, r.raw, r.size) };
+        // SAFETY: caller's contract, with `OsPages`'s region.
+        unsafe { OsPages.unmap(ptr, size, align) }
     }
 
     unsafe fn purge(&self, ptr: NonNull<u8>, size: usize) -> bool {
@@ -225,5 +191,64 @@ unsafe impl PageSource for PyMemPages {
         // SAFETY: caller's contract; default arenas and other regions are
         // anonymous mappings of the OS.
         unsafe { OsPages.purge(ptr, size) }
+    }
+
+    fn map_arena(&self) -> Option<NonNull<u8>> {
+        let a = *CURRENT.lock();
+        let (arena, record) = if core::ptr::fn_addr_eq(a.alloc, DEFAULT.alloc) && a.ctx.is_null() {
+            // The default: an aligned mapping of the arena alone.
+            let arena = OsPages.map(ARENA_SIZE, ARENA_SIZE)?;
+            let record = Record {
+                magic: MAGIC,
+                raw: arena.as_ptr().cast(),
+                size: ARENA_SIZE,
+                ctx: null_mut(),
+                free: os_arena_free,
+            };
+            (arena, record)
+        } else {
+            // SAFETY: the allocator's contract.
+            let raw = NonNull::new(unsafe { (a.alloc)(a.ctx, ARENA_ALLOC_SIZE) }.cast::<u8>())?;
+            let arena = raw.map_addr(|r| {
+                // `next_multiple_of` of a non-zero address is non-zero.
+                core::num::NonZeroUsize::new(r.get().next_multiple_of(ARENA_SIZE)).unwrap_or(r)
+            });
+            // SAFETY: `arena .. arena + ARENA_SIZE` lies inside the
+            // `ARENA_ALLOC_SIZE` bytes just returned, which are ours and
+            // may hold anything.
+            unsafe { arena.as_ptr().write_bytes(0, ARENA_SIZE) };
+            let record = Record {
+                magic: MAGIC,
+                raw: raw.as_ptr().cast(),
+                size: ARENA_ALLOC_SIZE,
+                ctx: a.ctx,
+                free: a.free,
+            };
+            (arena, record)
+        };
+        // SAFETY: the spare bytes of the arena's first pool are ours.
+        unsafe {
+            arena
+                .as_ptr()
+                .add(RECORD_AT)
+                .cast::<Record>()
+                .write_unaligned(record)
+        };
+        Some(arena)
+    }
+
+    unsafe fn unmap_arena(&self, ptr: NonNull<u8>) {
+        // SAFETY: an arena `map_arena` made, so its record is in place.
+        let r = unsafe {
+            ptr.as_ptr()
+                .add(RECORD_AT)
+                .cast::<Record>()
+                .read_unaligned()
+        };
+        if r.magic != MAGIC {
+            crate::fatal::bad_pointer("PyMemPages::unmap_arena (arena record)", ptr.as_ptr());
+        }
+        // SAFETY: exactly what the allocator returned, as its contract asks.
+        unsafe { (r.free)(r.ctx, r.raw, r.size) };
     }
 }

@@ -71,7 +71,9 @@ struct DebugCtx {
 // SAFETY: `inner` is written once before publication, then only read.
 unsafe impl Sync for DebugCtx {}
 
-/// How many times each domain can be wrapped in a process.
+/// How many times each domain can be wrapped in a process; past it,
+/// `PyMem_SetupDebugHooks` leaves a newly set allocator of that domain
+/// unwrapped.
 const WRAPS: usize = 8;
 
 static CTX: [[DebugCtx; WRAPS]; 3] = [

@@ -128,17 +128,24 @@ fn initialise() {
     }
     let (malloc, debug) = env_mode();
     let c_library = if malloc { malloc_allocator() } else { None };
+    let mut hooked = c_library.is_some();
     for domain in DOMAINS {
-        let a = c_library.unwrap_or_else(|| default_allocator(domain));
+        let mut a = c_library.unwrap_or_else(|| default_allocator(domain));
+        // The debug hooks go in before any call can see the slots, so no
+        // block is made without them and freed through them.
+        if debug && let Some(wrapped) = debug::wrap(domain, a) {
+            a = wrapped;
+            hooked = true;
+        }
         SLOTS[domain as usize].write(&a);
     }
-    MODE.store(if c_library.is_some() { HOOKED } else { DEFAULT }, Release);
+    if debug {
+        debug::mark_installed();
+    }
+    MODE.store(if hooked { HOOKED } else { DEFAULT }, Release);
     drop(guard);
     if crate::stats::stats_requested() {
         print_stats_at_exit();
-    }
-    if debug {
-        install_debug_hooks();
     }
 }
 

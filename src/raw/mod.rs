@@ -657,14 +657,19 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         if total > self.limit.load(Ordering::Relaxed) {
             return None;
         }
-        let base = self.source.map(size, align)?;
+        let base = if kind == ChunkKind::Arena {
+            debug_assert!(size == ARENA_SIZE && align == ARENA_SIZE);
+            self.source.map_arena()?
+        } else {
+            self.source.map(size, align)?
+        };
         let header = base.cast::<ChunkHeader>();
         let owner = self.assign_id();
         // SAFETY: the mapping is fresh, ours, and larger than a header.
         unsafe { header.write(ChunkHeader::new(kind, owner, size, align)) };
         if !ARENA_MAP.register(header, base.as_ptr().addr(), size) {
             // SAFETY: just mapped, never published.
-            unsafe { self.source.unmap(base, size, align) };
+            unsafe { self.unmap_source(kind, base, size, align) };
             return None;
         }
         // SAFETY: `header` and the current list head are live chunk headers,
@@ -687,7 +692,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// `header` is a chunk of this heap (on `core.chunks`) that nothing uses.
     unsafe fn unmap_chunk(&self, core: &mut RawCore, header: NonNull<ChunkHeader>) {
         // SAFETY: `header` and its list neighbours are live chunk headers.
-        let (size, align) = unsafe {
+        let (kind, size, align) = unsafe {
             let h = header.as_ptr();
             let (next, prev) = ((*h).next, (*h).prev);
             if !next.is_null() {
@@ -698,13 +703,30 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             } else {
                 (*prev).next = next;
             }
-            ((*h).size, (*h).align)
+            ((*h).kind, (*h).size, (*h).align)
         };
         ARENA_MAP.unregister(header.as_ptr().addr(), size);
         core.stats.bytes_mapped -= size;
-        // SAFETY: the chunk was mapped by `self.source` with this size and
-        // alignment, and is no longer reachable.
-        unsafe { self.source.unmap(header.cast(), size, align) };
+        // SAFETY: the chunk was mapped by `self.source` as `kind` with this
+        // size and alignment, and is no longer reachable.
+        unsafe { self.unmap_source(kind, header.cast(), size, align) };
+    }
+
+    /// Gives a chunk back to the page source the way it was mapped.
+    ///
+    /// # Safety
+    ///
+    /// `base` was mapped by `map_chunk` as `kind` with `size` and `align`,
+    /// and nothing uses it any more.
+    unsafe fn unmap_source(&self, kind: ChunkKind, base: NonNull<u8>, size: usize, align: usize) {
+        // SAFETY: caller's contract.
+        unsafe {
+            if kind == ChunkKind::Arena {
+                self.source.unmap_arena(base);
+            } else {
+                self.source.unmap(base, size, align);
+            }
+        }
     }
 }
 

@@ -62,7 +62,9 @@ pub struct Arena {
 
 const POOL_HEADERS_OFFSET: usize = CHUNK_HEADER_SIZE * 4;
 const _: () = assert!(size_of::<Arena>() <= POOL_HEADERS_OFFSET);
-const _: () = assert!(POOL_HEADERS_OFFSET + POOLS_PER_ARENA * size_of::<Pool>() <= POOL_SIZE);
+const _: () = assert!(
+    POOL_HEADERS_OFFSET + POOLS_PER_ARENA * size_of::<Pool>() <= POOL_SIZE - crate::os::ARENA_SPARE
+);
 const _: () = assert!(crate::config::NB_SMALL_SIZE_CLASSES <= u8::MAX as usize);
 
 impl Arena {
