@@ -42,6 +42,12 @@ impl Message {
         self.push(&[hex[(b >> 4) as usize], hex[(b & 0xf) as usize]]);
     }
 
+    /// Writes what is buffered to standard error and empties the buffer.
+    pub(crate) fn flush(&mut self) {
+        write_stderr(&self.buf[..self.len]);
+        self.len = 0;
+    }
+
     /// Writes the message to standard error and aborts the process.
     pub(crate) fn abort(&self) -> ! {
         write_stderr(&self.buf[..self.len]);
@@ -58,6 +64,20 @@ impl Message {
             *d = b"0123456789abcdef"[nibble];
         }
         self.push(&digits);
+    }
+}
+
+/// Formatting into a message flushes it to standard error whenever it is
+/// full, so long reports (statistics) come out whole.
+impl core::fmt::Write for Message {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for chunk in s.as_bytes().chunks(self.buf.len()) {
+            if self.len + chunk.len() > self.buf.len() {
+                self.flush();
+            }
+            self.push(chunk);
+        }
+        Ok(())
     }
 }
 

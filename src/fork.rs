@@ -79,14 +79,12 @@ pub(crate) fn enter_nested() -> bool {
 /// taken.
 #[inline]
 pub(crate) fn enter_outer() {
-    // Count ourselves in; if the gate turned out closed, count ourselves
-    // out again and wait for it to reopen. The closer waits for the count,
-    // so whoever got in before it closed is waited for.
-    while GATE.fetch_add(ONE, Acquire) & CLOSED != 0 {
-        GATE.fetch_sub(ONE, Relaxed);
+    // A failed try counted us in and out again: the gate turned out
+    // closed. The closer waits for the count, so whoever got in before it
+    // closed is waited for.
+    while !try_enter_outer() {
         wait_open();
     }
-    mark_outer();
 }
 
 /// As [`enter_outer`], but gives up (`false`) instead of waiting.
@@ -109,9 +107,7 @@ fn mark_outer() {
 #[cold]
 #[inline(never)]
 fn wait_open() {
-    while GATE.load(Relaxed) & CLOSED != 0 {
-        std::thread::yield_now();
-    }
+    crate::backoff::wait_while(|| GATE.load(Relaxed) & CLOSED != 0);
 }
 
 /// After releasing a crate lock (or failing to take one): leaves the gate
@@ -142,15 +138,7 @@ fn close() {
     // A fork from inside a crate lock (a hook forking) must not wait for
     // itself.
     let mine = counted_here();
-    let mut spins = 0u32;
-    while GATE.load(Acquire) & !CLOSED != mine {
-        if spins < 64 {
-            spins += 1;
-            core::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-        }
-    }
+    crate::backoff::wait_while(|| GATE.load(Acquire) & !CLOSED != mine);
 }
 
 /// What the calling thread counts in the gate: `ONE` if it holds a crate

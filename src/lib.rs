@@ -86,6 +86,8 @@ pub mod os;
 pub mod lock;
 // Fatal error reports that do not allocate.
 mod fatal;
+// Spin-then-yield waiting, shared by the locks and the fork gate.
+mod backoff;
 // fork() without deadlocks: the gate every crate lock passes.
 mod fork;
 // Valgrind client requests (feature `valgrind`).

@@ -23,16 +23,8 @@ impl SpinLock {
     #[cold]
     #[inline(never)]
     fn lock_contended(&self) {
-        let mut spins = 0u32;
         loop {
-            while self.locked.load(Ordering::Relaxed) {
-                if spins < 64 {
-                    spins += 1;
-                    core::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
+            crate::backoff::wait_while(|| self.locked.load(Ordering::Relaxed));
             if self.try_lock_once() {
                 return;
             }
@@ -153,15 +145,7 @@ impl<R: lock_api::RawMutex> ForkSafe<R> {
     #[cold]
     #[inline(never)]
     fn wait_unlocked(&self) {
-        let mut spins = 0u32;
-        while self.inner.is_locked() {
-            if spins < 64 {
-                spins += 1;
-                core::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        crate::backoff::wait_while(|| self.inner.is_locked());
     }
 }
 

@@ -283,32 +283,7 @@ impl Stats {
     /// Prints the report to standard error through a buffer on the stack:
     /// nothing is allocated, so it may run inside the global allocator.
     pub(crate) fn print_to_stderr(&self) {
-        struct Stderr {
-            buf: [u8; 1024],
-            len: usize,
-        }
-        impl Stderr {
-            fn flush(&mut self) {
-                crate::fatal::write_stderr(&self.buf[..self.len]);
-                self.len = 0;
-            }
-        }
-        impl fmt::Write for Stderr {
-            fn write_str(&mut self, s: &str) -> fmt::Result {
-                for chunk in s.as_bytes().chunks(self.buf.len()) {
-                    if self.len + chunk.len() > self.buf.len() {
-                        self.flush();
-                    }
-                    self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
-                    self.len += chunk.len();
-                }
-                Ok(())
-            }
-        }
-        let mut out = Stderr {
-            buf: [0; 1024],
-            len: 0,
-        };
+        let mut out = crate::fatal::Message::new();
         let _ = fmt::write(&mut out, format_args!("{self}\n"));
         out.flush();
     }
