@@ -193,25 +193,26 @@ pub(crate) fn current_allocator_name() -> Option<&'static str> {
     if MODE.load(Acquire) == DEFAULT {
         return Some("pymalloc");
     }
-    let slots = DOMAINS.map(|d| (d, slot(d)));
-    let debug = slots.iter().all(|(_, a)| debug::wrapped(a).is_some());
-    let inner = |a: &PyMemAllocatorEx| debug::wrapped(a).unwrap_or(*a);
-    let all = |is: &dyn Fn(PyMemAllocatorDomain, &PyMemAllocatorEx) -> bool| {
-        slots.iter().all(|(d, a)| is(*d, &inner(a)))
+    let slots = DOMAINS.map(slot);
+    let hooked = slots.iter().filter(|a| debug::wrapped(a).is_some()).count();
+    if hooked != 0 && hooked != DOMAINS.len() {
+        return None; // debug hooks on some domains only
+    }
+    let debug = hooked != 0;
+    // Every domain runs `expected(domain)`, under the hooks or without them.
+    let all_run = |expected: &dyn Fn(PyMemAllocatorDomain) -> Option<PyMemAllocatorEx>| {
+        DOMAINS.iter().zip(&slots).all(|(&d, a)| {
+            let a = debug::wrapped(a).unwrap_or(*a);
+            expected(d).is_some_and(|e| same_functions(&a, &e))
+        })
     };
-    let malloc = malloc_allocator();
-    let name = if all(&|d, a| same_functions(a, &default_allocator(d))) {
-        "pymalloc"
-    } else if malloc.is_some_and(|m| all(&|_, a| same_functions(a, &m))) {
-        "malloc"
+    if all_run(&|d| Some(default_allocator(d))) {
+        Some(if debug { "pymalloc_debug" } else { "pymalloc" })
+    } else if all_run(&|_| malloc_allocator()) {
+        Some(if debug { "malloc_debug" } else { "malloc" })
     } else {
-        return None;
-    };
-    Some(match (name, debug) {
-        ("pymalloc", true) => "pymalloc_debug",
-        ("malloc", true) => "malloc_debug",
-        (name, _) => name,
-    })
+        None
+    }
 }
 
 /// `WRITER`, for the debug hooks' installation.
