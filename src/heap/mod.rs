@@ -346,6 +346,29 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
     }
 
+    /// Allocates `size` bytes at `align`: the allocation fast path of
+    /// `alloc` and `allocate`. A small request that the calling thread's
+    /// cached thread heap serves is inline (see `try_alloc`); everything
+    /// else is one call.
+    #[inline(always)]
+    fn alloc_fast(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        if let Some(class) = class_of(size, align)
+            && let Some(th) = local::cached(self.raw.id())
+            // SAFETY: the calling thread owns `th`.
+            && let Some(block) = unsafe { ThreadHeap::alloc_local(th, class, size) }
+        {
+            #[cfg(feature = "valgrind")]
+            crate::valgrind::malloclike(block.as_ptr(), size, false);
+            return Some(block);
+        }
+        self.alloc_outlined(size, align)
+    }
+
+    #[inline(never)]
+    fn alloc_outlined(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        self.alloc_sized(size, align).map(|(p, _)| p)
+    }
+
     /// Allocates `size` bytes at `align`; also tells whether the block is
     /// known to read zero.
     #[inline(always)]
@@ -363,14 +386,14 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 
     /// The allocation fast path, top to bottom: size class; the calling
     /// thread's thread heap from the first entry of its thread-local cache;
-    /// the head used pool of the class; pop its free list (or bump); count.
-    /// Plain loads and stores only. A medium request up to 128 KiB pops the
-    /// thread's medium cache. Anything else is a `#[cold]` call.
+    /// the head used pool of the class; pop its free list; count. Plain
+    /// loads and stores only. Carving a pool's never-used blocks onto its
+    /// free list, and a pool found full, are out of line. A medium request
+    /// up to 128 KiB pops the thread's medium cache. Anything else is a
+    /// `#[cold]` call. Small blocks never report reading zero: their first
+    /// word held a free-list link.
     ///
-    /// Cost: a 32-byte `GlobalAlloc::alloc` + `dealloc` pair is 92
-    /// instructions including a 20-instruction benchmark loop
-    /// (`suite/instructions.sh 32`, callgrind); a medium pair from the
-    /// thread's medium cache (1 KiB to 128 KiB) costs 145.
+    /// Cost: see `suite/instructions.sh` (callgrind) and the README.
     #[inline(always)]
     fn try_alloc(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
         if let Some(class) = class_of(size, align) {
@@ -453,7 +476,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ) -> Option<(NonNull<u8>, bool)> {
         // SAFETY: caller's contract.
         let block = unsafe { ThreadHeap::alloc_local(th, class, size) }?;
-        Some((block.ptr, block.zeroed))
+        Some((block, false))
     }
 
     /// Returns block `ptr` to `pool`, which thread heap `th` owns, counted.
@@ -514,7 +537,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 // SAFETY: the chain holds pools that left `th`'s table empty.
                 unsafe { self.small.lock().small.release_chain(&self.raw, emptied) };
             }
-            return Some((block.ptr, block.zeroed));
+            return Some((block, false));
         }
         let (pool, mapped) = {
             let mut shared = self.small.lock();
@@ -535,7 +558,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             ThreadHeap::link_pool(th, pool, class);
             ThreadHeap::alloc_local(th, class, size)
         }?;
-        Some((block.ptr, block.zeroed))
+        Some((block, false))
     }
 
     /// Allocation for a thread without a thread heap: the shared lists.
@@ -551,7 +574,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         if mapped {
             self.arena_mapped();
         }
-        Some((block.ptr, block.zeroed))
+        Some((block, false))
     }
 
     /// A new arena was mapped: with `PYMALLOCSTATS` set, print the
@@ -584,20 +607,59 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         self.try_alloc(size, align)
     }
 
-    /// Frees a live block that was requested with `size` bytes.
+    /// Frees a live block that was requested (or last resized) with `size`
+    /// bytes at alignment `align`: the free fast path of `dealloc` and
+    /// `deallocate`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live, non-zero-sized block of this heap, requested (or
+    /// last resized) with `size` bytes at `align`, and is not used
+    /// afterwards. A pointer of another heap is undefined behaviour here
+    /// (as `GlobalAlloc::dealloc` says): the arena map is not consulted.
+    ///
+    /// Top to bottom: a layout of a small size class means a small block
+    /// (a block changes between small and larger only by moving), so its
+    /// arena and pool header are found by masking its address
+    /// ([ref:arena-layout]); if the calling thread owns the pool, push the
+    /// block on the pool's free list and uncount it, with plain loads and
+    /// stores. A block of another thread's pool goes to that thread's inbox
+    /// (one CAS). Other layouts take the arena map ([`Self::free_sized`]).
+    #[inline(always)]
+    pub(crate) unsafe fn free_layout(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+        if class_of(size, align).is_none() {
+            // SAFETY: caller's contract.
+            return unsafe { self.free_sized(ptr, size) };
+        }
+        crate::valgrind::freelike(ptr.as_ptr());
+        // A small block carries its arena's provenance, so the headers in
+        // the arena's first pool are reachable from it.
+        let pool = Arena::pool_of(Arena::of_block(ptr.as_ptr()), ptr.as_ptr());
+        // SAFETY: `ptr` is a live small block (caller), so `pool` is its
+        // pool's header, live and owned by `owner` for as long as the block
+        // is ([ref:thread-heaps]).
+        unsafe {
+            if let Some(th) = local::cached(self.raw.id())
+                && Pool::owner(pool) == ThreadHeap::owner_id(th)
+            {
+                return self.free_local(th, pool, ptr, size);
+            }
+            self.free_small_slow(pool, ptr, size);
+        }
+    }
+
+    /// Frees a live block that was requested with `size` bytes, any
+    /// alignment.
     ///
     /// # Safety
     ///
     /// `ptr` is a live, non-zero-sized block of this heap, requested (or last
     /// resized) with `size` bytes, and is not used afterwards.
     ///
-    /// The free fast path, top to bottom: the chunk from the arena map
-    /// (which also rejects foreign pointers); its pool header; if the
-    /// calling thread owns the pool, push the block on the pool's free list
-    /// and count, with plain loads and stores. A block of another thread's
-    /// pool goes to that thread's inbox (one CAS); medium blocks go to the
-    /// calling thread's medium cache. Cost: see `try_alloc`.
-    #[inline(always)]
+    /// The chunk comes from the arena map, which also rejects foreign
+    /// pointers (reported, then abort); then as [`Self::free_layout`]; medium
+    /// blocks go to the calling thread's medium cache.
+    #[inline]
     pub(crate) unsafe fn free_sized(&self, ptr: NonNull<u8>, size: usize) {
         let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
         // SAFETY: as the caller's, with `header` the chunk of `ptr`.
@@ -859,8 +921,8 @@ impl<S: PageSource, R: RawMutex> Drop for PrivateHeap<S, R> {
 unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHeap<S, R> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.alloc_sized(layout.size(), layout.align())
-            .map_or(null_mut(), |(p, _)| p.as_ptr())
+        self.alloc_fast(layout.size(), layout.align())
+            .map_or(null_mut(), NonNull::as_ptr)
     }
 
     #[inline]
@@ -881,7 +943,7 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHea
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `ptr` is a live block of this heap allocated with `layout`
         // (GlobalAlloc::dealloc contract), hence non-null.
-        unsafe { self.free_sized(NonNull::new_unchecked(ptr), layout.size()) }
+        unsafe { self.free_layout(NonNull::new_unchecked(ptr), layout.size(), layout.align()) }
     }
 
     #[inline]
@@ -912,8 +974,8 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
         if layout.size() == 0 {
             return Ok(NonNull::slice_from_raw_parts(dangling(layout.align()), 0));
         }
-        let (p, _) = self
-            .alloc_sized(layout.size(), layout.align())
+        let p = self
+            .alloc_fast(layout.size(), layout.align())
             .ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
@@ -933,7 +995,7 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         if layout.size() != 0 {
             // SAFETY: a non-zero-sized block of this heap (Allocator contract).
-            unsafe { self.free_sized(ptr, layout.size()) }
+            unsafe { self.free_layout(ptr, layout.size(), layout.align()) }
         }
     }
 

@@ -61,6 +61,7 @@ pub struct Arena {
 }
 
 const POOL_HEADERS_OFFSET: usize = CHUNK_HEADER_SIZE * 4;
+const _: () = assert!(POOL_HEADERS_OFFSET.is_multiple_of(align_of::<Pool>()));
 const _: () = assert!(size_of::<Arena>() <= POOL_HEADERS_OFFSET);
 const _: () = assert!(
     POOL_HEADERS_OFFSET + POOLS_PER_ARENA * size_of::<Pool>() <= POOL_SIZE - crate::os::ARENA_SPARE
@@ -159,8 +160,8 @@ impl Arena {
 
     /// empty -> used, the arena's half: takes one empty pool, a used one
     /// from `freepools` before carving a fresh one. Returns its header
-    /// (not yet initialised for a class), where its blocks start, whether
-    /// they read zero, and whether the pool was used before (only such a
+    /// (not yet initialised for a class), where its blocks start, and
+    /// whether the pool was used before (only such a
     /// pool may be on the purge queue: a fresh header is all zero bytes,
     /// which is not a valid "not queued").
     ///
@@ -168,7 +169,7 @@ impl Arena {
     ///
     /// `arena` is live with `nfreepools > 0`; the caller holds the
     /// small-object lock, and takes the pool off the purge queue.
-    pub(super) unsafe fn take_pool(arena: *mut Arena) -> (*mut Pool, *mut u8, bool, bool) {
+    pub(super) unsafe fn take_pool(arena: *mut Arena) -> (*mut Pool, *mut u8, bool) {
         // SAFETY: caller's contract; the header of a pool on `freepools`
         // is live and its `next` links the rest.
         unsafe {
@@ -180,13 +181,12 @@ impl Arena {
                 (
                     Self::pool(arena, index),
                     Self::pool_data(arena, index),
-                    true,
                     false,
                 )
             } else {
                 let pool = (*arena).freepools;
                 (*arena).freepools = (*pool).next;
-                (pool, (*pool).base, (*pool).zeroed_tail, true)
+                (pool, (*pool).base, true)
             }
         }
     }

@@ -39,7 +39,7 @@ use crate::raw::chunk::ChunkHeader;
 use arenas::Arenas;
 use core::ptr::{NonNull, null_mut};
 use parking_lot::lock_api::RawMutex;
-use pool::{PoolChain, PoolOwner, SmallBlock};
+use pool::{PoolChain, PoolOwner};
 use purge::PurgeQueue;
 use size_class::{SizeClass, block_size};
 use std::time::Instant;
@@ -125,7 +125,7 @@ impl SmallHeap {
         raw: &RawHeap<S, R>,
         class: SizeClass,
         size: usize,
-    ) -> Option<SmallBlock> {
+    ) -> Option<NonNull<u8>> {
         // SAFETY: we hold the lock, so we own the shared lists.
         let block = match unsafe { self.shared.alloc_block(class) } {
             Some(block) => block,
@@ -194,12 +194,12 @@ impl SmallHeap {
         // SAFETY: `arena` is a live usable arena, so it has an empty pool;
         // the pool leaves the purge queue before it is reinitialised.
         let pool = unsafe {
-            let (pool, base, zeroed, reused) = Arena::take_pool(arena);
+            let (pool, base, reused) = Arena::take_pool(arena);
             if reused {
                 self.purge.remove(pool);
             }
             self.arenas.lost_pool(arena);
-            Pool::init(pool, base, class, zeroed, owner);
+            Pool::init(pool, base, class, owner);
             pool
         };
         self.counters.pools[class] += 1;
@@ -228,7 +228,6 @@ impl SmallHeap {
             (*pool)
                 .owner
                 .store(null_mut(), core::sync::atomic::Ordering::Relaxed);
-            (*pool).zeroed_tail = false;
             Arena::return_pool(arena, pool);
             self.purge.push(pool, now);
         }
@@ -320,7 +319,9 @@ impl SmallHeap {
             // arena that no block uses.
             unsafe {
                 let data = NonNull::new_unchecked((*pool).base);
-                (*pool).zeroed_tail = raw.purge(data, Pool::SIZE);
+                // Whether the pages now read zero does not matter: a
+                // pool's blocks are carved (their links written) before use.
+                let _ = raw.purge(data, Pool::SIZE);
             }
             self.counters.pools_purged += 1;
         }

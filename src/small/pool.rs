@@ -47,21 +47,28 @@ use core::sync::atomic::{AtomicPtr, AtomicU32};
 /// as [`PoolInfo`](crate::PoolInfo) values.
 ///
 /// Invariants:
-/// * `0 <= ref_count <= capacity`, and
-///   `ref_count + len(free list) + (capacity - bump) == capacity` (blocks
+/// * with `count = ref_count & !FULL`: `0 <= count <= capacity`, and
+///   `count + len(free list) + (capacity - bump) == capacity` (blocks
 ///   freed by other threads and not yet collected by the owner count as
-///   allocated);
+///   allocated); blocks `..bump` were carved (handed out or linked on the
+///   free list), blocks `bump..` never touched;
+/// * the `FULL` bit of `ref_count` is set iff the pool left its owner's
+///   used list because it had no free block left (used -> full); so a
+///   pool on a used list has it clear;
 /// * a pool with a live block has one owner for as long as it has one:
 ///   `owner` is a thread heap's identity or null for the heap's shared,
 ///   locked lists; only the owner touches `freeblock`, `bump`, `ref_count`,
 ///   `next` and `prev`;
 /// * `class` and `capacity` change only under the heap's small-object lock,
 ///   while the pool is empty and owned by no one;
-/// * `zeroed_tail` implies the never-used blocks `bump..capacity` read zero;
 /// * `emptied_at` is `Some` iff the pool is on the purge queue.
 ///
+/// Each header is 128 bytes, on cache lines of its own, so neighbouring
+/// pools of different owners do not share a line (and a block's header
+/// index scales by a shift).
+///
 /// [`Arena`]: crate::Arena
-#[repr(C)]
+#[repr(C, align(128))]
 pub struct Pool {
     /// Head of the list of freed blocks, linked through their first word.
     pub(super) freeblock: *mut u8,
@@ -71,14 +78,14 @@ pub struct Pool {
     pub(super) prev: *mut Pool,
     /// First byte of the pool's blocks.
     pub(super) base: *mut u8,
-    /// Written by the owner only (a load and a store, no read-modify-write);
-    /// atomic so that `stats()` may read it from any thread.
+    /// Allocated blocks, plus the `FULL` bit. Written by the owner only (a
+    /// load and a store, no read-modify-write); atomic so that `stats()`
+    /// may read it from any thread.
     pub(super) ref_count: AtomicU32,
     pub(super) capacity: u32,
     /// Index of the first never-used block.
     pub(super) bump: u32,
     pub(super) class: u8,
-    pub(super) zeroed_tail: bool,
     /// The owner (see the invariants). Set under the small-object lock when
     /// the pool leaves or rejoins its arena; read by any thread freeing one
     /// of its blocks.
@@ -110,17 +117,18 @@ pub enum PoolState {
     Full,
 }
 
-/// A block handed out by a pool.
-pub(crate) struct SmallBlock {
-    pub(crate) ptr: NonNull<u8>,
-    /// The block reads zero (it was never used since its pages were mapped
-    /// or purged).
-    pub(crate) zeroed: bool,
-}
+/// Bytes carved at once from a pool's never-used tail onto its free list:
+/// one page, so a fresh pool's pages are touched only as blocks are needed.
+const CARVE_BYTES: usize = 4096;
 
 impl Pool {
     /// Bytes per pool.
     pub const SIZE: usize = crate::config::POOL_SIZE;
+
+    /// The bit of `ref_count` that marks a full pool off its owner's list.
+    /// As the top bit, it makes the count negative as an `i32`, so `put`
+    /// tells "became empty or was full" with one signed comparison.
+    pub(super) const FULL: u32 = 1 << 31;
 
     /// empty -> used: makes `this` a pool of `class` with every block free,
     /// owned by `owner` (null: the shared lists), blocks starting at `base`.
@@ -128,13 +136,11 @@ impl Pool {
     /// # Safety
     ///
     /// `this` is the header of an empty pool of a live arena whose blocks
-    /// start at `base`, taken off its arena under the small-object lock;
-    /// `zeroed` only if the pool's blocks read zero.
+    /// start at `base`, taken off its arena under the small-object lock.
     pub(super) unsafe fn init(
         this: *mut Pool,
         base: *mut u8,
         class: SizeClass,
-        zeroed: bool,
         owner: *mut PoolOwner,
     ) {
         debug_assert!(class < NB_SMALL_SIZE_CLASSES);
@@ -149,7 +155,6 @@ impl Pool {
                 capacity: blocks_per_pool(class) as u32,
                 bump: 0,
                 class: class as u8,
-                zeroed_tail: zeroed,
                 owner: AtomicPtr::new(owner),
                 purge_next: null_mut(),
                 purge_prev: null_mut(),
@@ -158,61 +163,119 @@ impl Pool {
         }
     }
 
-    /// Takes one block of used pool `this` (of `class`): the head of its
-    /// free list, else the next never-used block. Returns the block and
-    /// whether the pool is now full.
+    /// Pops the head of `this`'s free list and counts it; `None` if the
+    /// list is empty (then [`Self::carve`] may refill it). The allocation
+    /// fast path: two loads, two stores.
     ///
     /// # Safety
     ///
-    /// The caller owns `this`, a used pool (not full) of class `class`.
-    /// Fields are accessed in place (no `&mut` to the header): `stats()`
-    /// may read `ref_count` concurrently.
+    /// The caller owns `this`, a used pool. Fields are accessed in place
+    /// (no `&mut` to the header): `stats()` may read `ref_count`
+    /// concurrently.
     #[inline(always)]
-    pub(super) unsafe fn take_block(this: *mut Pool, class: SizeClass) -> (SmallBlock, bool) {
-        // SAFETY: a used pool has a free block on its list (whose first word
-        // links the next one) or `bump < capacity` (invariant).
+    pub(super) unsafe fn pop(this: *mut Pool) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract; a free block's first word links the
+        // next one (invariant).
         unsafe {
-            let (ptr, zeroed) = if (*this).freeblock.is_null() {
-                let bump = (*this).bump;
-                (*this).bump = bump + 1;
-                (
-                    (*this).base.add(bump as usize * block_size(class)),
-                    (*this).zeroed_tail,
-                )
-            } else {
-                let block = (*this).freeblock;
-                crate::valgrind::defined(block, size_of::<usize>());
-                (*this).freeblock = block.cast::<*mut u8>().read();
-                (block, false)
-            };
-            let count = (*this).ref_count.load(Relaxed) + 1;
-            (*this).ref_count.store(count, Relaxed);
-            let block = SmallBlock {
-                ptr: NonNull::new_unchecked(ptr),
-                zeroed,
-            };
-            (block, count == (*this).capacity)
+            let block = NonNull::new((*this).freeblock)?;
+            crate::valgrind::defined(block.as_ptr(), size_of::<usize>());
+            (*this).freeblock = block.as_ptr().cast::<*mut u8>().read();
+            let count = (*this).ref_count.load(Relaxed);
+            (*this).ref_count.store(count + 1, Relaxed);
+            Some(block)
         }
     }
 
-    /// Returns block `ptr` to `this`. Returns (whether the pool was full,
-    /// whether it is now empty).
+    /// Links the next page's worth of never-used blocks (at least one) onto
+    /// the empty free list of `this`, in address order; `false` if every
+    /// block was carved already (the pool is full).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this`, a used pool of class `class` whose free list
+    /// is empty.
+    #[cold]
+    pub(super) unsafe fn carve(this: *mut Pool, class: SizeClass) -> bool {
+        // SAFETY: caller's contract; blocks `bump..capacity` are never-used
+        // memory of the pool, so ours to write.
+        unsafe {
+            debug_assert!((*this).freeblock.is_null());
+            let (bump, capacity) = ((*this).bump as usize, (*this).capacity as usize);
+            if bump == capacity {
+                return false;
+            }
+            let size = block_size(class);
+            let first = (*this).base.add(bump * size);
+            // Blocks that start before the end of the page the first lies in.
+            let page_end = (first.addr() | (CARVE_BYTES - 1)) + 1;
+            let count = (page_end - first.addr())
+                .div_ceil(size)
+                .min(capacity - bump);
+            let mut block = first;
+            for _ in 1..count {
+                let next = block.add(size);
+                block.cast::<*mut u8>().write(next);
+                crate::valgrind::noaccess(block, size_of::<usize>());
+                block = next;
+            }
+            block.cast::<*mut u8>().write(null_mut());
+            crate::valgrind::noaccess(block, size_of::<usize>());
+            (*this).freeblock = first;
+            (*this).bump = (bump + count) as u32;
+            true
+        }
+    }
+
+    /// Pushes block `ptr` on the free list of `this` and uncounts it.
+    /// Returns `true` if the pool needs its owner's attention: it is now
+    /// empty, or it was full (off its list, `FULL` set). The free fast
+    /// path: one load, three stores, one signed test.
     ///
     /// # Safety
     ///
     /// The caller owns `this` (used or full); `ptr` is a live block of it,
     /// not used afterwards.
     #[inline(always)]
-    pub(super) unsafe fn put_block(this: *mut Pool, ptr: NonNull<u8>) -> (bool, bool) {
+    pub(super) unsafe fn put(this: *mut Pool, ptr: NonNull<u8>) -> bool {
         // SAFETY: caller's contract; the block is at least a word long.
         unsafe {
-            let count = (*this).ref_count.load(Relaxed);
             crate::valgrind::defined(ptr.as_ptr(), size_of::<usize>());
             ptr.as_ptr().cast::<*mut u8>().write((*this).freeblock);
             crate::valgrind::noaccess(ptr.as_ptr(), size_of::<usize>());
             (*this).freeblock = ptr.as_ptr();
-            (*this).ref_count.store(count - 1, Relaxed);
-            (count == (*this).capacity, count == 1)
+            let count = (*this).ref_count.load(Relaxed).wrapping_sub(1);
+            (*this).ref_count.store(count, Relaxed);
+            count as i32 <= 0
+        }
+    }
+
+    /// used -> full: marks `this`, which has no free block left and leaves
+    /// its owner's list.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this`.
+    pub(super) unsafe fn mark_full(this: *mut Pool) {
+        // SAFETY: caller's contract.
+        unsafe {
+            let count = (*this).ref_count.load(Relaxed);
+            debug_assert_eq!(count, (*this).capacity);
+            (*this).ref_count.store(count | Self::FULL, Relaxed);
+        }
+    }
+
+    /// full -> used: clears the `FULL` mark of `this` if set; returns
+    /// whether it was (the caller relinks the pool).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this`.
+    pub(super) unsafe fn unmark_full(this: *mut Pool) -> bool {
+        // SAFETY: caller's contract.
+        unsafe {
+            let count = (*this).ref_count.load(Relaxed);
+            (*this).ref_count.store(count & !Self::FULL, Relaxed);
+            count & Self::FULL != 0
         }
     }
 
@@ -245,7 +308,7 @@ impl Pool {
     /// `this` is the header of a carved pool of a live arena.
     pub(crate) unsafe fn in_use(this: *const Pool) -> usize {
         // SAFETY: caller's contract; `ref_count` is atomic.
-        unsafe { (*this).ref_count.load(Relaxed) as usize }
+        unsafe { ((*this).ref_count.load(Relaxed) & !Self::FULL) as usize }
     }
 
     /// The state of `this`, from its block count.
@@ -286,11 +349,17 @@ impl Pool {
         unsafe {
             let pool = &*this;
             let class = pool.class as SizeClass;
-            let count = pool.ref_count.load(Relaxed);
+            let count = pool.ref_count.load(Relaxed) & !Self::FULL;
             assert!(
                 count <= pool.capacity,
                 "pool {this:p}: count above capacity"
             );
+            if pool.ref_count.load(Relaxed) & Self::FULL != 0 {
+                assert!(
+                    pool.freeblock.is_null() && pool.bump == pool.capacity,
+                    "pool {this:p}: marked full with free blocks"
+                );
+            }
             assert!(
                 pool.bump <= pool.capacity,
                 "pool {this:p}: bump past the end"
@@ -374,26 +443,45 @@ impl PoolChain {
 mod tests {
     use super::*;
 
+    /// A pool's blocks, pool-aligned as in an arena.
+    #[repr(C, align(16384))]
+    struct Data([u8; Pool::SIZE]);
+
     /// A pool header and its blocks in ordinary memory.
     struct Fake {
         header: Box<core::mem::MaybeUninit<Pool>>,
-        data: Vec<u128>,
+        data: Box<Data>,
     }
 
     impl Fake {
         fn new(class: SizeClass) -> Self {
             let mut fake = Fake {
                 header: Box::new(core::mem::MaybeUninit::uninit()),
-                data: vec![0; Pool::SIZE / 16],
+                data: Box::new(Data([0; Pool::SIZE])),
             };
-            let base = fake.data.as_mut_ptr().cast::<u8>();
+            let base = fake.data.0.as_mut_ptr();
             // SAFETY: the header and the blocks are ours.
-            unsafe { Pool::init(fake.pool(), base, class, true, null_mut()) };
+            unsafe { Pool::init(fake.pool(), base, class, null_mut()) };
             fake
         }
 
         fn pool(&mut self) -> *mut Pool {
             self.header.as_mut_ptr()
+        }
+    }
+
+    /// A block of `pool` as its owner's table takes one: pop, else carve
+    /// and pop; `None` when full.
+    unsafe fn take(pool: *mut Pool, class: SizeClass) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract.
+        unsafe {
+            if let Some(b) = Pool::pop(pool) {
+                return Some(b);
+            }
+            if Pool::carve(pool, class) {
+                return Pool::pop(pool);
+            }
+            None
         }
     }
 
@@ -409,28 +497,65 @@ mod tests {
             assert_eq!(capacity, blocks_per_pool(class));
             let mut blocks = Vec::new();
             for i in 0..capacity {
-                let (block, full) = Pool::take_block(pool, class);
-                assert!(block.zeroed, "never-used blocks of a zeroed pool read zero");
-                assert_eq!(full, i + 1 == capacity);
+                let block = take(pool, class).expect("a block left");
                 assert_eq!(Pool::in_use(pool), i + 1);
-                blocks.push(block.ptr);
+                // Carving goes a page at a time: 8 blocks of 512 bytes.
+                assert_eq!((*pool).bump as usize, (i / 8 + 1) * 8);
+                blocks.push(block);
                 Pool::validate(pool);
             }
+            assert!(take(pool, class).is_none());
             assert_eq!(Pool::state(pool), PoolState::Full);
-            let distinct: std::collections::BTreeSet<_> = blocks.iter().collect();
-            assert_eq!(distinct.len(), capacity);
-            let (was_full, empty) = Pool::put_block(pool, blocks[3]);
-            assert!(was_full && !empty);
+            // Blocks come in address order from a fresh pool.
+            assert!(
+                blocks
+                    .windows(2)
+                    .all(|w| w[1].as_ptr() == w[0].as_ptr().add(512))
+            );
+            Pool::mark_full(pool);
+            Pool::validate(pool);
+            assert_eq!(Pool::state(pool), PoolState::Full);
+            // Freeing a block of a full pool asks for attention; unmarking
+            // says it was full.
+            assert!(Pool::put(pool, blocks[3]));
+            assert!(Pool::unmark_full(pool));
             assert_eq!(Pool::state(pool), PoolState::Used);
-            // The freed block is reused first (LIFO), and is not zeroed.
-            let (again, _) = Pool::take_block(pool, class);
-            assert_eq!(again.ptr, blocks[3]);
-            assert!(!again.zeroed);
+            // The freed block is reused first (LIFO).
+            assert_eq!(take(pool, class), Some(blocks[3]));
             for (i, &b) in blocks.iter().enumerate() {
-                let (_, empty) = Pool::put_block(pool, b);
-                assert_eq!(empty, i + 1 == capacity);
+                assert_eq!(
+                    Pool::put(pool, b),
+                    i + 1 == capacity,
+                    "empty only at the last"
+                );
             }
+            assert!(!Pool::unmark_full(pool));
             assert_eq!(Pool::state(pool), PoolState::Empty);
+            Pool::validate(pool);
+        }
+    }
+
+    #[test]
+    fn carving_straddles_pages_by_one_block_at_most() {
+        let class = 2; // 48-byte blocks: not a divisor of the page
+        let mut fake = Fake::new(class);
+        let pool = fake.pool();
+        // SAFETY: the fake pool is ours and live throughout.
+        unsafe {
+            let base = (*pool).base;
+            let page_end = (base.addr() | 4095) + 1;
+            assert!(Pool::carve(pool, class));
+            // Every block that starts in the base's page, and no other.
+            let carved = (*pool).bump as usize;
+            assert!(base.addr() + (carved - 1) * 48 < page_end);
+            assert!(base.addr() + carved * 48 >= page_end);
+            let mut n = 0;
+            while Pool::pop(pool).is_some() {
+                n += 1;
+            }
+            assert_eq!(n, carved);
+            assert!(Pool::carve(pool, class));
+            assert!((*pool).bump as usize > carved);
             Pool::validate(pool);
         }
     }
@@ -442,15 +567,12 @@ mod tests {
         let pool = fake.pool();
         // SAFETY: the fake pool is ours; the corruption stays inside it.
         unsafe {
-            let (a, _) = Pool::take_block(pool, 1);
-            let (_b, _) = Pool::take_block(pool, 1);
-            Pool::put_block(pool, a.ptr);
+            let a = take(pool, 1).unwrap();
+            let _b = take(pool, 1).unwrap();
+            Pool::put(pool, a);
             // A use-after-free write: the freed block's link now points
             // into the middle of another block.
-            a.ptr
-                .as_ptr()
-                .cast::<*mut u8>()
-                .write(a.ptr.as_ptr().add(40));
+            a.as_ptr().cast::<*mut u8>().write(a.as_ptr().add(40));
             Pool::validate(pool);
         }
     }
@@ -462,7 +584,7 @@ mod tests {
         let pool = fake.pool();
         // SAFETY: the fake pool is ours.
         unsafe {
-            let _ = Pool::take_block(pool, 0);
+            let _ = take(pool, 0);
             (*pool).ref_count.store(5, Relaxed);
             Pool::validate(pool);
         }

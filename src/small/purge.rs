@@ -159,7 +159,7 @@ mod tests {
                 // SAFETY: the header is ours; it describes no real blocks,
                 // which the queue never touches.
                 unsafe {
-                    Pool::init(p.as_mut_ptr(), null_mut(), 0, false, null_mut());
+                    Pool::init(p.as_mut_ptr(), null_mut(), 0, null_mut());
                 }
                 p
             })

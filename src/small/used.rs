@@ -2,7 +2,7 @@
 //! fast path reads.
 
 use crate::config::NB_SMALL_SIZE_CLASSES;
-use crate::small::pool::{Pool, PoolChain, PoolOwner, SmallBlock};
+use crate::small::pool::{Pool, PoolChain, PoolOwner};
 use crate::small::size_class::SizeClass;
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::Ordering::Relaxed;
@@ -12,8 +12,10 @@ use core::sync::atomic::Ordering::Relaxed;
 /// shared lists and every thread heap have one.
 ///
 /// Invariants: every pool on `heads[class]` is of `class`, owned by this
-/// table's owner, and not full; at most one of them is empty (the class's
-/// cached empty pool), and if so it is the only pool of the list.
+/// table's owner, and not marked full (it may have every block allocated
+/// until an allocation finds it so and marks it); at most one of them is
+/// empty (the class's cached empty pool), and if so it is the only pool of
+/// the list.
 pub(crate) struct UsedPools {
     heads: [*mut Pool; NB_SMALL_SIZE_CLASSES],
 }
@@ -36,29 +38,58 @@ impl UsedPools {
     }
 
     /// Allocates a block of `class` from the first used pool; `None` if the
-    /// owner has no used pool of `class`. A pool that becomes full leaves
-    /// the table (used -> full).
+    /// owner has no used pool of `class` with a block left. The fast path is
+    /// a pop from the head pool's free list; refilling it from the pool's
+    /// never-used blocks, and moving a pool found full off the table
+    /// (used -> full), are out of line.
     ///
     /// # Safety
     ///
     /// The caller is the owner of this table (holds the small-object lock
     /// for the shared one; is the owning thread for a thread heap's).
     #[inline(always)]
-    pub(crate) unsafe fn alloc_block(&mut self, class: SizeClass) -> Option<SmallBlock> {
+    pub(crate) unsafe fn alloc_block(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
         debug_assert!(class < NB_SMALL_SIZE_CLASSES);
         // SAFETY: size classes are below `NB_SMALL_SIZE_CLASSES`.
         let pool = unsafe { *self.heads.get_unchecked(class) };
-        if pool.is_null() {
-            return None;
+        if !pool.is_null()
+            // SAFETY: a pool on the table is a used pool the caller owns.
+            && let Some(block) = unsafe { Pool::pop(pool) }
+        {
+            return Some(block);
         }
-        // SAFETY: a pool on the table is a used pool of `class` that the
-        // caller owns (invariant).
-        let (block, full) = unsafe { Pool::take_block(pool, class) };
-        if full {
-            // SAFETY: `pool` heads `heads[class]`.
-            unsafe { self.unlink(pool, class) };
+        // SAFETY: caller's contract.
+        unsafe { self.alloc_block_slow(class) }
+    }
+
+    /// The head pool of `class` has an empty free list (or there is none):
+    /// carve more of its never-used blocks, or mark it full, take it off
+    /// the table and try the next.
+    ///
+    /// # Safety
+    ///
+    /// As `alloc_block`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_block_slow(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
+        loop {
+            let pool = self.heads[class];
+            if pool.is_null() {
+                return None;
+            }
+            // SAFETY: a pool on the table is a used pool of `class` that the
+            // caller owns (invariant).
+            unsafe {
+                if let Some(block) = Pool::pop(pool) {
+                    return Some(block);
+                }
+                if Pool::carve(pool, class) {
+                    return Pool::pop(pool);
+                }
+                Pool::mark_full(pool);
+                self.unlink(pool, class);
+            }
         }
-        Some(block)
     }
 
     /// Returns block `ptr` to its pool `pool` (full -> used, or used ->
@@ -73,19 +104,38 @@ impl UsedPools {
     #[inline(always)]
     pub(crate) unsafe fn free_block(&mut self, pool: *mut Pool, ptr: NonNull<u8>) -> Freed {
         // SAFETY: caller's contract.
+        if unsafe { Pool::put(pool, ptr) } {
+            // SAFETY: as above.
+            return unsafe { self.free_block_slow(pool) };
+        }
+        Freed::Kept
+    }
+
+    /// `pool` was full (back on the table) or became empty (off the table
+    /// unless it is its class's only pool).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns this table and `pool`, one of its pools, whose
+    /// block was just put back.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_block_slow(&mut self, pool: *mut Pool) -> Freed {
+        // SAFETY: caller's contract.
         unsafe {
             let class = Pool::class(pool);
             debug_assert!(class < NB_SMALL_SIZE_CLASSES);
-            let (was_full, empty) = Pool::put_block(pool, ptr);
-            if was_full {
+            if Pool::unmark_full(pool) {
+                // A pool holds at least two blocks, so it is not empty.
                 self.link(pool, class);
+                return Freed::Kept;
             }
-            if empty && !(*self.heads.get_unchecked(class) == pool && (*pool).next.is_null()) {
-                self.unlink(pool, class);
-                return Freed::Emptied;
+            if self.heads[class] == pool && (*pool).next.is_null() {
+                return Freed::Kept;
             }
+            self.unlink(pool, class);
         }
-        Freed::Kept
+        Freed::Emptied
     }
 
     /// Puts used pool `pool`, on no list, at the head of its class's list.
@@ -182,7 +232,7 @@ impl UsedPools {
                         "pool {p:p} on a foreign list"
                     );
                     let count = pool.ref_count.load(Relaxed);
-                    assert!(count < pool.capacity, "full pool {p:p} on usedpools");
+                    assert!(count & Pool::FULL == 0, "full pool {p:p} on usedpools");
                     if count == 0 {
                         empties += 1;
                         assert!(empties <= 1, "two empty pools on usedpools[{class}]");

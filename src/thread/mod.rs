@@ -59,7 +59,7 @@ pub(crate) mod protocol;
 use crate::lock::GlobalLock;
 use crate::os::{OsPages, PageSource, page_size};
 use crate::small::arena::Arena;
-use crate::small::pool::{Pool, PoolChain, PoolOwner, SmallBlock};
+use crate::small::pool::{Pool, PoolChain, PoolOwner};
 use crate::small::size_class::SizeClass;
 use crate::small::used::{Freed, UsedPools};
 use core::ptr::{NonNull, null_mut};
@@ -129,7 +129,7 @@ impl ThreadHeap {
         th: *mut ThreadHeap,
         class: SizeClass,
         size: usize,
-    ) -> Option<SmallBlock> {
+    ) -> Option<NonNull<u8>> {
         // SAFETY: caller's contract: the table and the counter are ours.
         unsafe {
             let block = (*th).used.alloc_block(class)?;
