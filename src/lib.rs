@@ -80,6 +80,9 @@
 
 // Tunables: the heap's geometry, with compile-time checks.
 pub mod config;
+// The lock-free protocols of remote frees and thread-heap ownership,
+// model-checked with loom.
+mod protocol;
 // Layer 0: OS pages.
 pub mod os;
 // Locks that never allocate.

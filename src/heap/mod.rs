@@ -455,10 +455,34 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
         // SAFETY: the calling thread owns `th` (caller, or just looked up).
         unsafe {
-            if let Some(found) = Self::alloc_local(th, class, size) {
-                return Some(found);
+            // A slow path of the owner: collect what other threads freed
+            // into its pools, whatever their class.
+            self.collect_pending(th);
+            if let Some(block) = ThreadHeap::alloc_carved(th, class, size) {
+                return Some((block, false));
             }
             self.alloc_refill(th, class, size)
+        }
+    }
+
+    /// Frees locally the blocks other threads freed into `th`'s pools, if
+    /// any; pools that empty go back to their arenas.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th`.
+    #[inline]
+    unsafe fn collect_pending(&self, th: *mut ThreadHeap) {
+        // SAFETY: caller's contract.
+        unsafe {
+            if ThreadHeap::has_pending(th) {
+                let emptied = ThreadHeap::collect(th);
+                if !emptied.is_empty() {
+                    // SAFETY: the chain holds pools that left `th`'s table
+                    // empty.
+                    self.small.lock().small.release_chain(&self.raw, emptied);
+                }
+            }
         }
     }
 
@@ -495,8 +519,11 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ) {
         // SAFETY: caller's contract.
         if unsafe { ThreadHeap::free_local(th, pool, ptr, size) } == Freed::Emptied {
-            // SAFETY: it left `th`'s table, empty.
-            unsafe { self.release_pool(pool) };
+            // SAFETY: it left `th`'s table, empty; `th` is ours.
+            unsafe {
+                self.release_pool(pool);
+                self.collect_pending(th);
+            }
         }
     }
 
@@ -517,8 +544,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         local::lookup(key, || self.small.lock().threads.claim())
     }
 
-    /// The calling thread has no used pool of `class`: collect blocks other
-    /// threads freed, else take a new pool under the lock.
+    /// The calling thread has no used pool of `class` with a block left
+    /// (its pending pools collected): take a new pool under the lock.
     ///
     /// # Safety
     ///
@@ -529,20 +556,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         class: SizeClass,
         size: usize,
     ) -> Option<(NonNull<u8>, bool)> {
-        // SAFETY: the calling thread owns `th` (caller).
-        let emptied = unsafe { ThreadHeap::collect(th) };
-        // SAFETY: as above.
-        if let Some(block) = unsafe { ThreadHeap::alloc_local(th, class, size) } {
-            if !emptied.is_empty() {
-                // SAFETY: the chain holds pools that left `th`'s table empty.
-                unsafe { self.small.lock().small.release_chain(&self.raw, emptied) };
-            }
-            return Some((block, false));
-        }
         let (pool, mapped) = {
             let mut shared = self.small.lock();
-            // SAFETY: as above.
-            unsafe { shared.small.release_chain(&self.raw, emptied) };
             let before = shared.small.arenas_mapped();
             let pool = shared
                 .small
@@ -556,7 +571,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // on no list, and the calling thread owns `th`.
         let block = unsafe {
             ThreadHeap::link_pool(th, pool, class);
-            ThreadHeap::alloc_local(th, class, size)
+            ThreadHeap::alloc_carved(th, class, size)
         }?;
         Some((block, false))
     }
@@ -775,7 +790,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             return;
         }
         // SAFETY: `owner` owns the block's pool (caller).
-        unsafe { ThreadHeap::push_remote(owner, ptr) };
+        unsafe { ThreadHeap::push_remote(owner, pool, ptr) };
         // SAFETY: `th` is null or ours (caller).
         unsafe { self.account_to(th, size.wrapping_neg()) };
     }

@@ -26,6 +26,7 @@
 //!   carved); may be re-initialised for any class.
 
 use crate::config::NB_SMALL_SIZE_CLASSES;
+use crate::protocol::RemoteList;
 use crate::small::size_class::{SizeClass, block_size, blocks_per_pool};
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::Ordering::Relaxed;
@@ -61,7 +62,11 @@ use core::sync::atomic::{AtomicPtr, AtomicU32};
 ///   `next` and `prev`;
 /// * `class` and `capacity` change only under the heap's small-object lock,
 ///   while the pool is empty and owned by no one;
-/// * `emptied_at` is `Some` iff the pool is on the purge queue.
+/// * `emptied_at` is `Some` iff the pool is on the purge queue;
+/// * `remote` holds only blocks of this pool, each counted as allocated;
+///   its queued bit is set iff the pool is on its owner's inbox of pools
+///   or the thread that set it is about to push it there; so an empty pool
+///   has an empty, unqueued `remote`.
 ///
 /// Each header is 128 bytes, on cache lines of its own, so neighbouring
 /// pools of different owners do not share a line (and a block's header
@@ -92,6 +97,14 @@ pub struct Pool {
     pub(super) owner: AtomicPtr<PoolOwner>,
     /// Neighbours on the heap's purge queue of empty, not yet purged pools.
     pub(super) purge_next: *mut Pool,
+    // Second cache line: written by other threads' frees.
+    /// Blocks freed by threads other than the owner, not yet collected;
+    /// its queued bit is set while the pool is on its owner's inbox of
+    /// pools (or about to be pushed there).
+    pub(crate) remote: RemoteList<u8>,
+    /// Link on the owner's inbox of pools, written by the thread that
+    /// queues the pool.
+    pub(crate) pending_next: *mut Pool,
     pub(super) purge_prev: *mut Pool,
     /// When the pool became empty, iff it is on the purge queue.
     pub(super) emptied_at: Option<std::time::Instant>,
@@ -116,6 +129,14 @@ pub enum PoolState {
     /// Every block allocated: on no list until a block is freed.
     Full,
 }
+
+// The owner's fast-path fields and the fields other threads write are on
+// different cache lines.
+#[cfg(not(loom))]
+const _: () =
+    assert!(core::mem::offset_of!(Pool, remote) >= 64 && core::mem::offset_of!(Pool, owner) < 64);
+#[cfg(not(loom))]
+const _: () = assert!(size_of::<Pool>() == 128);
 
 /// Bytes carved at once from a pool's never-used tail onto its free list:
 /// one page, so a fresh pool's pages are touched only as blocks are needed.
@@ -157,6 +178,8 @@ impl Pool {
                 class: class as u8,
                 owner: AtomicPtr::new(owner),
                 purge_next: null_mut(),
+                remote: RemoteList::new(),
+                pending_next: null_mut(),
                 purge_prev: null_mut(),
                 emptied_at: None,
             })

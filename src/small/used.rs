@@ -38,40 +38,48 @@ impl UsedPools {
     }
 
     /// Allocates a block of `class` from the first used pool; `None` if the
-    /// owner has no used pool of `class` with a block left. The fast path is
-    /// a pop from the head pool's free list; refilling it from the pool's
-    /// never-used blocks, and moving a pool found full off the table
-    /// (used -> full), are out of line.
+    /// owner has no used pool of `class` with a block left.
     ///
     /// # Safety
     ///
     /// The caller is the owner of this table (holds the small-object lock
     /// for the shared one; is the owning thread for a thread heap's).
-    #[inline(always)]
+    #[inline]
     pub(crate) unsafe fn alloc_block(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract.
+        unsafe { self.pop_block(class).or_else(|| self.carve_block(class)) }
+    }
+
+    /// The allocation fast path: a pop from the free list of the head pool
+    /// of `class`; `None` if there is no pool or its free list is empty
+    /// (then [`Self::carve_block`]).
+    ///
+    /// # Safety
+    ///
+    /// As `alloc_block`.
+    #[inline(always)]
+    pub(crate) unsafe fn pop_block(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
         debug_assert!(class < NB_SMALL_SIZE_CLASSES);
         // SAFETY: size classes are below `NB_SMALL_SIZE_CLASSES`.
         let pool = unsafe { *self.heads.get_unchecked(class) };
-        if !pool.is_null()
-            // SAFETY: a pool on the table is a used pool the caller owns.
-            && let Some(block) = unsafe { Pool::pop(pool) }
-        {
-            return Some(block);
+        if pool.is_null() {
+            return None;
         }
-        // SAFETY: caller's contract.
-        unsafe { self.alloc_block_slow(class) }
+        // SAFETY: a pool on the table is a used pool the caller owns.
+        unsafe { Pool::pop(pool) }
     }
 
     /// The head pool of `class` has an empty free list (or there is none):
     /// carve more of its never-used blocks, or mark it full, take it off
-    /// the table and try the next.
+    /// the table and try the next; `None` if no pool of `class` has a block
+    /// left.
     ///
     /// # Safety
     ///
     /// As `alloc_block`.
     #[cold]
     #[inline(never)]
-    unsafe fn alloc_block_slow(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
+    pub(crate) unsafe fn carve_block(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
         loop {
             let pool = self.heads[class];
             if pool.is_null() {

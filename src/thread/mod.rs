@@ -10,20 +10,32 @@
 //! its arena and a thread (once per pool's worth of blocks).
 //!
 //! * **Remote frees.** A block freed by a thread that does not own its pool
-//!   is pushed onto the owner's `inbox`, an atomic stack, with one
-//!   compare-and-swap. The owner takes the whole stack with one swap when a
-//!   class of its runs dry, and frees those blocks locally. Nothing waits on
-//!   the owner.
+//!   is pushed onto the pool's own remote list with one compare-and-swap
+//!   (free-list sharding, as mimalloc's per-page thread-free lists), so
+//!   remote frees of different pools never contend on one cache line. The
+//!   first remote free after the owner last looked also queues the pool on
+//!   the owner's `pending` inbox (a second compare-and-swap, once per pool
+//!   per batch; `crate::protocol`). The owner takes its pending pools on
+//!   its slow paths (a pool to carve, a class run dry, a pool emptied or
+//!   refilled), whatever their class, and frees their blocks locally, so
+//!   pools emptied remotely go back to their arenas without waiting for
+//!   their class to run dry. Nothing waits on the owner.
+//!
+//!   Why not snmalloc's message queues: they batch remote frees per
+//!   destination in the freeing thread, which pays off when frees are
+//!   mostly remote, but holds freed memory in the freer until a batch
+//!   fills and needs a flush at thread exit; a per-pool list costs one
+//!   uncontended CAS per remote free and keeps memory where it belongs.
 //! * **Thread exit and adoption.** A thread heap is owned by a *claim
 //!   token*; the owning thread keeps `(heap key, thread heap, token)` in a
 //!   small thread-local cache. When the thread exits (or evicts the entry),
 //!   it clears the token with one compare-and-swap, and touches nothing else:
-//!   the thread heap becomes an *orphan* with its pools, its inbox still
-//!   reachable by remote frees. The next thread that needs a thread heap of
+//!   the thread heap becomes an *orphan* with its pools, its pools' remote
+//!   lists and its pending inbox still reachable by remote frees. The next thread that needs a thread heap of
 //!   that heap adopts an orphan before making a new one, so a program that
 //!   starts and joins any number of short threads holds at most as many
 //!   thread heaps as it ever ran threads at once. `stats`, `trim` and
-//!   `validate` collect orphans' inboxes.
+//!   `validate` collect orphans' pending pools.
 //! * **Memory of thread heaps.** Thread heaps come from a process-wide slab
 //!   that is never unmapped: a thread-local cache entry may outlive the heap
 //!   it names, and a thread's exit must be able to clear a token without
@@ -35,7 +47,7 @@
 //!   its destructor only does compare-and-swaps. It is read with `try_with`:
 //!   once the thread's thread-locals are being destroyed, or when a claim
 //!   fails, allocation falls back to the heap's shared, locked lists and
-//!   frees of owned pools go through the owner's inbox. std's guarantee
+//!   frees of owned pools go through the pools' remote lists. std's guarantee
 //!   (rust-lang/rust#144465: TLS machinery allocates through `System`) is
 //!   all that is assumed.
 //!
@@ -48,17 +60,16 @@
 //! | this file | [`ThreadHeap`], the [`Registry`] of a heap's thread heaps, the slab they live in |
 //! | `local.rs` | the thread-local cache of the calling thread's thread heaps, the exit guard |
 //! | `medium_cache.rs` | [`MediumCache`] |
-//! | `protocol.rs` | the lock-free inbox and claim protocols, checked with loom |
+//! | `../protocol.rs` | the lock-free remote-list, inbox and claim protocols, checked with loom |
 //!
 //! [`PrivateHeap`]: crate::PrivateHeap
 
 pub(crate) mod local;
 pub(crate) mod medium_cache;
-pub(crate) mod protocol;
 
 use crate::lock::GlobalLock;
 use crate::os::{OsPages, PageSource, page_size};
-use crate::small::arena::Arena;
+use crate::protocol::{Claim, Inbox, Linked};
 use crate::small::pool::{Pool, PoolChain, PoolOwner};
 use crate::small::size_class::SizeClass;
 use crate::small::used::{Freed, UsedPools};
@@ -67,7 +78,18 @@ use core::sync::atomic::Ordering::Relaxed;
 use core::sync::atomic::{AtomicU64, AtomicUsize};
 use medium_cache::{CacheCounters, MediumCache, add_owned};
 use parking_lot::lock_api::Mutex;
-use protocol::{Claim, Inbox, Linked};
+
+impl Linked for Pool {
+    unsafe fn set_next(this: *mut Self, next: *mut Self) {
+        // SAFETY: the caller may write `this`'s inbox link (it queued it).
+        unsafe { (*this).pending_next = next };
+    }
+
+    unsafe fn next(this: *mut Self) -> *mut Self {
+        // SAFETY: the caller took `this` from an inbox.
+        unsafe { (*this).pending_next }
+    }
+}
 
 /// A value alone on its cache lines, so that remote threads writing it do
 /// not slow the owner's fast path (false sharing).
@@ -84,8 +106,8 @@ struct Padded<T>(T);
 ///   one whose cache holds `token`), or, while `token == 0` (orphan), by a
 ///   holder of the heap's small-object lock;
 /// * every pool whose owner is this thread heap is on `used`, or full;
-/// * a block on `inbox` is a live-until-collected block of a pool owned by
-///   this thread heap, linked through its first word.
+/// * a pool on `pending` is owned by this thread heap and has its remote
+///   list's queued bit set.
 #[repr(C)]
 pub(crate) struct ThreadHeap {
     used: UsedPools,
@@ -101,8 +123,8 @@ pub(crate) struct ThreadHeap {
     /// Next thread heap on the slab's free list.
     free_next: *mut ThreadHeap,
     medium: MediumCache,
-    /// Blocks freed by other threads, not yet collected.
-    inbox: Padded<Inbox<u8>>,
+    /// Pools with blocks freed by other threads, not yet collected.
+    pending: Padded<Inbox<Pool>>,
 }
 
 impl ThreadHeap {
@@ -118,14 +140,35 @@ impl ThreadHeap {
         owner.cast()
     }
 
-    /// A block of `class` for `size` bytes from `th`'s used pools, counted;
-    /// `None` if it has none of `class`.
+    /// The allocation fast path: a block of `class` for `size` bytes from
+    /// the free list of `th`'s head pool of `class`, counted; `None` if
+    /// that list is empty (then [`Self::alloc_carved`]).
     ///
     /// # Safety
     ///
     /// The calling thread owns `th`.
     #[inline(always)]
     pub(crate) unsafe fn alloc_local(
+        th: *mut ThreadHeap,
+        class: SizeClass,
+        size: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract: the table and the counter are ours.
+        unsafe {
+            let block = (*th).used.pop_block(class)?;
+            add_owned(&(*th).requested, size);
+            Some(block)
+        }
+    }
+
+    /// A block of `class` for `size` bytes from any of `th`'s used pools
+    /// of `class`, carving never-used blocks as needed, counted; `None` if
+    /// none has a block left.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th`.
+    pub(crate) unsafe fn alloc_carved(
         th: *mut ThreadHeap,
         class: SizeClass,
         size: usize,
@@ -205,23 +248,42 @@ impl ThreadHeap {
         unsafe { MediumCache::add_requested(Self::medium(th), delta) }
     }
 
-    /// Pushes block `ptr`, freed by a thread that does not own its pool,
-    /// onto the inbox of its pool's owner `owner`: one successful
-    /// compare-and-swap.
+    /// Frees block `ptr` of `pool`, which another thread heap `owner` owns:
+    /// onto the pool's remote list with one compare-and-swap, and, if that
+    /// push queued the pool, onto the owner's pending inbox with another.
     ///
     /// # Safety
     ///
-    /// `owner` is a non-null owner identity made by `owner_id`; `ptr` is a
-    /// live block of a pool it owns, not used afterwards.
+    /// `owner` is a non-null owner identity made by `owner_id`, owner of
+    /// `pool`; `ptr` is a live block of `pool`, not used afterwards.
     #[inline]
-    pub(crate) unsafe fn push_remote(owner: *mut PoolOwner, ptr: NonNull<u8>) {
-        let th = Self::from_owner(owner);
-        // SAFETY: `th` is live (slab memory); the block is given up.
-        unsafe { (*th).inbox.0.push(ptr.as_ptr()) }
+    pub(crate) unsafe fn push_remote(owner: *mut PoolOwner, pool: *mut Pool, ptr: NonNull<u8>) {
+        // SAFETY: `pool` is live while `ptr` is; the block is given up.
+        // Once pushed, the pool cannot empty (the block counts as allocated)
+        // until its owner takes it from `pending`, which needs this push:
+        // so `pool` and its owner `th` (slab memory) are still the block's.
+        unsafe {
+            if (*pool).remote.push(ptr.as_ptr()) {
+                let th = Self::from_owner(owner);
+                (*th).pending.0.push(pool);
+            }
+        }
     }
 
-    /// Frees locally every block on the inbox. Pools that become empty
-    /// leave `used` and are returned, for the caller to release under the
+    /// Whether other threads freed blocks that `th` has not collected.
+    ///
+    /// # Safety
+    ///
+    /// `th` is a thread heap from the slab.
+    #[inline]
+    pub(crate) unsafe fn has_pending(th: *mut ThreadHeap) -> bool {
+        // SAFETY: slab memory is never unmapped.
+        unsafe { !(*th).pending.0.is_empty() }
+    }
+
+    /// Frees locally every block other threads freed into `th`'s pools
+    /// (the pending pools' remote lists). Pools that become empty leave
+    /// `used` and are returned, for the caller to release under the
     /// small-object lock.
     ///
     /// # Safety
@@ -229,19 +291,27 @@ impl ThreadHeap {
     /// The caller owns `th` (or holds the lock and `th` is an orphan).
     pub(crate) unsafe fn collect(th: *mut ThreadHeap) -> PoolChain {
         // SAFETY: `th` is live.
-        let mut block = unsafe { (*th).inbox.0.take_all() };
+        let mut pool = unsafe { (*th).pending.0.take_all() };
         let mut emptied = PoolChain::new();
-        while !block.is_null() {
-            // SAFETY: inbox blocks are live blocks of pools owned by `th`
-            // (invariant); each carries its arena chunk's provenance, so its
-            // pool header is reachable from it.
+        while !pool.is_null() {
+            // SAFETY: pending pools are owned by `th` (invariant). The link
+            // is read before the remote list is taken: taking it clears the
+            // queued bit, after which a remote free may queue the pool again
+            // and rewrite the link. Remote blocks are live blocks of the
+            // pool until freed here.
             unsafe {
-                let next = <u8 as Linked>::next(block);
-                let pool = Arena::pool_of(Arena::of_block(block), block);
-                if (*th).used.free_block(pool, NonNull::new_unchecked(block)) == Freed::Emptied {
-                    emptied.push(pool);
+                let next = <Pool as Linked>::next(pool);
+                let mut block = (*pool).remote.take_all();
+                while !block.is_null() {
+                    let after = <u8 as Linked>::next(block);
+                    if (*th).used.free_block(pool, NonNull::new_unchecked(block)) == Freed::Emptied
+                    {
+                        debug_assert!(after.is_null());
+                        emptied.push(pool);
+                    }
+                    block = after;
                 }
-                block = next;
+                pool = next;
             }
         }
         emptied
@@ -297,7 +367,7 @@ impl ThreadHeap {
             (&raw mut (*th).next).write(null_mut());
             (&raw mut (*th).free_next).write(null_mut());
             (&raw mut (*th).medium).write(MediumCache::new());
-            (&raw mut (*th).inbox).write(Padded(Inbox::new()));
+            (&raw mut (*th).pending).write(Padded(Inbox::new()));
             Some((th, Self::adopt(th)))
         }
     }
@@ -315,7 +385,7 @@ impl ThreadHeap {
             (*th).token.reset();
             (*th).used.clear();
             MediumCache::forget(Self::medium(th));
-            (*th).inbox.0.clear();
+            (*th).pending.0.clear();
         }
         SLAB.lock().give_back(th);
     }

@@ -1,13 +1,24 @@
-//! The two lock-free protocols of thread heaps ([ref:thread-heaps]), kept
-//! apart from the heap so that `loom` can check them over every
-//! interleaving (`RUSTFLAGS="--cfg loom" cargo test --release --lib loom`):
+//! The lock-free protocols of remote frees and thread heaps
+//! ([ref:thread-heaps]), kept apart from the heap so that `loom` can check
+//! them over every interleaving (`.ci/loom`, or
+//! `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`):
 //!
-//! * [`Inbox`]: remote frees. Any thread pushes a node with one successful
-//!   compare-and-swap (Release: the node's link and contents are visible to
-//!   whoever takes it); the owner takes the whole stack with one swap
-//!   (Acquire). A push-only stack drained by swap has no ABA problem: a
-//!   node is never popped alone, and a taken node is not pushed again
-//!   until its owner has processed it.
+//! * [`RemoteList`]: a pool's blocks freed by threads other than its owner
+//!   (free-list sharding, as mimalloc's per-page thread-free lists). Any
+//!   thread pushes a block with one successful compare-and-swap on the
+//!   pool's own list (Release: the block's link and contents are visible
+//!   to whoever takes it), so remote frees of different pools never touch
+//!   one line. The list's low bit says the pool is queued for its owner;
+//!   the one push that sets it is told so, and queues the pool.
+//! * [`Inbox`]: a multi-producer stack drained whole by its consumer. An
+//!   owner's inbox of pools with remote blocks: pushed once per pool per
+//!   batch of remote frees (by the push that set the queued bit), taken
+//!   with one swap (Acquire) on the owner's slow paths. For each pool taken
+//!   the owner reads the pool's inbox link, then takes its remote list
+//!   (clearing the bit), in that order: once the bit is clear another
+//!   thread may queue the pool again, rewriting the link. A push-only stack
+//!   drained by swap has no ABA problem: a node is never popped alone, and
+//!   a taken node is not pushed again until its owner has processed it.
 //! * [`Claim`]: ownership by token. The owner stores its token; at exit it
 //!   clears the token with a compare-and-swap (Release: everything it wrote
 //!   is visible to an adopter); an adopter sees the orphan with an Acquire
@@ -19,18 +30,22 @@
 
 use core::sync::atomic::Ordering::{self, Relaxed};
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicPtr, AtomicU64};
+use core::sync::atomic::{AtomicPtr, AtomicU64, fence};
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicPtr, AtomicU64};
+use loom::sync::atomic::{AtomicPtr, AtomicU64, fence};
 
 #[cfg(not(pymalloc_broken_ordering))]
 const RELEASE: Ordering = Ordering::Release;
 #[cfg(not(pymalloc_broken_ordering))]
 const ACQUIRE: Ordering = Ordering::Acquire;
+#[cfg(not(pymalloc_broken_ordering))]
+const ACQ_REL: Ordering = Ordering::AcqRel;
 #[cfg(pymalloc_broken_ordering)]
 const RELEASE: Ordering = Relaxed;
 #[cfg(pymalloc_broken_ordering)]
 const ACQUIRE: Ordering = Relaxed;
+#[cfg(pymalloc_broken_ordering)]
+const ACQ_REL: Ordering = Relaxed;
 
 /// A node that links to the next one through a field of its own (a freed
 /// block: its first word).
@@ -64,6 +79,73 @@ impl Linked for u8 {
         let next = unsafe { this.cast::<*mut u8>().read() };
         crate::valgrind::noaccess(this, size_of::<usize>());
         next
+    }
+}
+
+/// The queued bit of a [`RemoteList`]'s head (nodes are at least
+/// 2-aligned).
+const QUEUED: usize = 1;
+
+/// A multi-producer stack of nodes, taken whole by its single consumer,
+/// whose head carries a *queued* bit: set by a push, cleared by
+/// `take_all`. Between the two, the list's holder is queued for the
+/// consumer exactly once.
+pub(crate) struct RemoteList<T> {
+    head: AtomicPtr<T>,
+}
+
+impl<T: Linked> RemoteList<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            head: AtomicPtr::new(core::ptr::null_mut()),
+        }
+    }
+
+    /// Pushes `node` and sets the queued bit. Returns `true` if the bit was
+    /// clear: the caller must then queue the list's holder for the
+    /// consumer (and is the only one told to).
+    ///
+    /// # Safety
+    ///
+    /// `node` is live, at least 2-aligned, owned by the caller, and is
+    /// given up: only the list's consumer touches it afterwards.
+    #[inline]
+    pub(crate) unsafe fn push(&self, node: *mut T) -> bool {
+        debug_assert_eq!(node.addr() & QUEUED, 0);
+        let tagged = node.map_addr(|a| a | QUEUED);
+        let mut head = self.head.load(Relaxed);
+        loop {
+            // SAFETY: the node is still ours (caller).
+            unsafe { T::set_next(node, head.map_addr(|a| a & !QUEUED)) };
+            match self
+                .head
+                .compare_exchange_weak(head, tagged, RELEASE, Relaxed)
+            {
+                Ok(_) => {
+                    let queue = head.addr() & QUEUED == 0;
+                    if queue {
+                        // The consumer's last `take_all` (which we read
+                        // from) finished with the holder's queue link
+                        // before it released the bit: order our coming
+                        // write of that link after it.
+                        fence(ACQUIRE);
+                    }
+                    return queue;
+                }
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Takes every node pushed so far, as a list linked through `next`
+    /// (null if none), and clears the queued bit. Acquire: the pushers'
+    /// nodes are visible; Release: whatever the consumer did with the
+    /// holder's queue link before is ordered before the next queuer's.
+    #[inline]
+    pub(crate) fn take_all(&self) -> *mut T {
+        self.head
+            .swap(core::ptr::null_mut(), ACQ_REL)
+            .map_addr(|a| a & !QUEUED)
     }
 }
 
@@ -106,6 +188,13 @@ impl<T: Linked> Inbox<T> {
     #[inline]
     pub(crate) fn take_all(&self) -> *mut T {
         self.head.swap(core::ptr::null_mut(), ACQUIRE)
+    }
+
+    /// Whether nothing was pushed since the last `take_all` (a hint: a push
+    /// may land right after).
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.load(Relaxed).is_null()
     }
 
     /// Forgets the nodes (their memory is being released with the heap).
@@ -242,6 +331,104 @@ mod loom_tests {
             got += drain(&inbox);
             assert_eq!(got, 11);
         });
+    }
+
+    /// A pool in the model: its remote list and its link on the owner's
+    /// inbox of pools.
+    struct Pool {
+        remote: RemoteList<Node>,
+        pending_next: UnsafeCell<*mut Pool>,
+    }
+
+    impl Linked for Pool {
+        unsafe fn set_next(this: *mut Self, next: *mut Self) {
+            // SAFETY: caller's contract; loom checks the access.
+            unsafe { (*this).pending_next.with_mut(|p| *p = next) }
+        }
+        unsafe fn next(this: *mut Self) -> *mut Self {
+            // SAFETY: caller's contract; loom checks the access.
+            unsafe { (*this).pending_next.with(|p| *p) }
+        }
+    }
+
+    struct Owner {
+        pending: Inbox<Pool>,
+        pools: [Pool; 2],
+    }
+
+    // SAFETY: as for `Shared`.
+    unsafe impl Send for Owner {}
+    // SAFETY: as above.
+    unsafe impl Sync for Owner {}
+
+    /// A remote free as the heap does it: onto the pool's list, and the
+    /// pool onto the owner's inbox if that push queued it.
+    fn free_remote(owner: &Owner, pool: usize, value: u64) {
+        let p = (&raw const owner.pools[pool]).cast_mut();
+        // SAFETY: a fresh node, given up; the pool is queued only by the
+        // push that set its bit.
+        unsafe {
+            if owner.pools[pool].remote.push(node(value)) {
+                owner.pending.push(p);
+            }
+        }
+    }
+
+    /// The owner's collection: every pending pool's link read before its
+    /// remote list is taken. Returns the sum of the values.
+    fn collect(owner: &Owner) -> u64 {
+        let mut sum = 0;
+        let mut p = owner.pending.take_all();
+        while !p.is_null() {
+            // SAFETY: a taken pool's link is ours to read until its list is
+            // taken (loom checks that no queuer writes it meanwhile).
+            unsafe {
+                let next = Pool::next(p);
+                let mut b = (*p).remote.take_all();
+                while !b.is_null() {
+                    let after = Node::next(b);
+                    sum += (*b).value.with(|v| *v);
+                    drop(Box::from_raw(b));
+                    b = after;
+                }
+                p = next;
+            }
+        }
+        sum
+    }
+
+    /// Two threads free blocks of the owner's pools (both into one pool,
+    /// or one each) while the owner collects: every block arrives exactly
+    /// once, with its contents, and a pool is never queued twice at once
+    /// (loom would see two writers of its link).
+    #[test]
+    fn loom_remote_frees_into_pools_while_the_owner_collects() {
+        for (first, second) in [(0, 0), (0, 1)] {
+            loom::model(move || {
+                let pool = || Pool {
+                    remote: RemoteList::new(),
+                    pending_next: UnsafeCell::new(core::ptr::null_mut()),
+                };
+                let owner = Arc::new(Owner {
+                    pending: Inbox::new(),
+                    pools: [pool(), pool()],
+                });
+                let freers: Vec<_> = [(first, 1u64), (second, 10)]
+                    .into_iter()
+                    .map(|(p, v)| {
+                        let owner = owner.clone();
+                        thread::spawn(move || free_remote(&owner, p, v))
+                    })
+                    .collect();
+                let mut got = collect(&owner);
+                for f in freers {
+                    f.join().unwrap();
+                }
+                got += collect(&owner);
+                assert_eq!(got, 11);
+                assert!(owner.pending.take_all().is_null());
+            });
+        }
     }
 
     /// The owner exits (releases its claim) while a remote free is in
