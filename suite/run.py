@@ -20,7 +20,7 @@ import argparse, json, os, platform, random, re, statistics, subprocess, sys
 SUITE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(SUITE)
 TARGET = os.path.abspath(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
-PEERS = ["system", "mimalloc", "mimalloc-v2", "jemalloc", "snmalloc"]
+PEERS = ["system", "mimalloc", "mimalloc-v2", "jemalloc", "snmalloc", "rpmalloc"]
 ALLOCATORS = ["pymalloc"] + PEERS
 SINGLE_THREAD = ["churn", "binary_trees", "vec_string_growth", "btree_churn"]
 

@@ -45,7 +45,8 @@ define_select! {
     2 "mimalloc" => mimalloc::MiMalloc,
     3 "jemalloc" => tikv_jemallocator::Jemalloc,
     4 "snmalloc" => snmalloc_rs::SnMalloc,
-    5 "bump" => Bump,
+    5 "rpmalloc" => rpmalloc::RpMalloc,
+    6 "bump" => Bump,
 }
 
 #[global_allocator]
