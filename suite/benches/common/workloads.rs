@@ -491,6 +491,18 @@ pub fn micro() -> Vec<(String, Box<dyn Fn() -> u64>)> {
         .collect()
 }
 
+/// The micro and ordinary workloads selected by `filter`: `=NAME` is an
+/// exact name, anything else a substring ("" selects all).
+fn timed(filter: &str) -> Vec<(String, Box<dyn Fn() -> u64>)> {
+    let mut list: Vec<(String, Box<dyn Fn() -> u64>)> = micro();
+    list.extend(all().into_iter().map(|(n, f)| (n.to_string(), f)));
+    list.retain(|(n, _)| match filter.strip_prefix('=') {
+        Some(exact) => n == exact,
+        None => n.contains(filter),
+    });
+    list
+}
+
 /// Entry point of a workload binary whose global allocator is `name`;
 /// `pairs_direct(size, count)` runs the instruction-count loop on it, `trim`
 /// gives its unused memory back (if it can).
@@ -526,11 +538,24 @@ pub fn main(name: &str, pairs_direct: fn(usize, usize), trim: fn()) {
                 m.base, m.live, m.peak, m.kept, m.after_90, m.after_90_trim, m.after_all
             );
         }
+        Some("list") => {
+            // The workloads `time FILTER` would run, one name a line.
+            let filter = args.get(1).map_or("", String::as_str);
+            for (workload, _) in timed(filter) {
+                println!("{workload}");
+            }
+        }
         _ => {
-            let filter = args.get(1).cloned().unwrap_or_default();
-            let mut list: Vec<(String, Box<dyn Fn() -> u64>)> = micro();
-            list.extend(all().into_iter().map(|(n, f)| (n.to_string(), f)));
-            for (workload, f) in list.into_iter().filter(|(n, _)| n.contains(&filter)) {
+            // `time FILTER`: every workload whose name contains FILTER;
+            // `time =NAME`: exactly the workload NAME (run.py's one
+            // workload per process), an error if there is none.
+            let filter = args.get(1).map_or("", String::as_str);
+            let list = timed(filter);
+            if let (true, Some(exact)) = (list.is_empty(), filter.strip_prefix('=')) {
+                eprintln!("unknown workload {exact}");
+                std::process::exit(2);
+            }
+            for (workload, f) in list {
                 let start = std::time::Instant::now();
                 let checksum = black_box(f());
                 let secs = start.elapsed().as_secs_f64();
