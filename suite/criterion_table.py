@@ -12,7 +12,7 @@ import json, os, sys
 TARGET = os.environ.get("CARGO_TARGET_DIR",
                         os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target"))
 ROOT = os.path.join(os.path.abspath(TARGET), "criterion")
-PEERS = ["system", "mimalloc", "jemalloc", "snmalloc"]
+PEERS = ["system", "mimalloc", "jemalloc", "snmalloc", "rpmalloc"]
 
 
 def median_ns(group, alloc, param):

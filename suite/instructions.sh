@@ -4,7 +4,8 @@
 # dispatch, no Rust shims). Counts are taken at two loop lengths and
 # differenced, so start-up cancels. `bump` (a trivial bump allocator) gives
 # the loop's own cost; "net" subtracts it. snmalloc is left out: it cannot
-# start under valgrind.
+# start under valgrind. rpmalloc runs under it (its pthread_create and
+# start-up constructor run for every allocator alike, and cancel).
 #
 #   suite/instructions.sh [size=32]        (honours CARGO_TARGET_DIR)
 set -euo pipefail
@@ -28,7 +29,7 @@ per_pair() { # binary allocator
 }
 floor=$(per_pair "$main" bump)
 printf '%-12s %8s %8s   (%s-byte pairs; loop floor %s)\n' allocator total net "$size" "$floor"
-for a in pymalloc system mimalloc mimalloc-v2 jemalloc; do
+for a in pymalloc system mimalloc mimalloc-v2 jemalloc rpmalloc; do
     bin=$main; [ "$a" = mimalloc-v2 ] && bin=$v2
     total=$(per_pair "$bin" "$a")
     printf '%-12s %8s %8s\n' "$a" "$total" "$(python3 -c "print(round($total - $floor, 1))")"

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """The whole benchmark suite in one command. Runs the workloads for every
 allocator in interleaved rounds and prints median times and ratios
-(pymalloc vs mimalloc, the fastest peer and System), one process per
-allocator and round so each allocator is the real global allocator of its
-process; then the memory report (1 GiB workload, per-workload peak RSS) and
-the criterion micro-benchmarks. Writes suite/results.md and
-suite/results.json; `--chart` also draws suite/ratios.png (matplotlib).
+(pymalloc vs mimalloc, the fastest peer and System), one fresh process per
+workload, allocator and round, so each allocator is the real global
+allocator of its process and no workload inherits another's heap; then the
+memory report (1 GiB workload, per-workload peak RSS) and the criterion
+micro-benchmarks. Writes suite/results.md and suite/results.json; `--chart`
+also draws suite/ratios.png (matplotlib).
 
     python3 suite/run.py --chart         # everything, 4 rounds (~11 min)
     python3 suite/run.py --quick         # 2 rounds, workloads only
@@ -20,9 +21,9 @@ import argparse, json, os, platform, random, re, statistics, subprocess, sys
 SUITE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(SUITE)
 TARGET = os.path.abspath(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
-PEERS = ["system", "mimalloc", "mimalloc-v2", "jemalloc", "snmalloc"]
+PEERS = ["system", "mimalloc", "mimalloc-v2", "jemalloc", "snmalloc", "rpmalloc"]
 ALLOCATORS = ["pymalloc"] + PEERS
-SINGLE_THREAD = ["churn", "binary_trees", "vec_string_growth", "btree_churn"]
+SINGLE_THREAD = ["churn", "binary_trees", "vec_string_growth", "vec_growth_8x", "btree_churn"]
 
 
 def build():
@@ -56,12 +57,19 @@ def main():
     args = ap.parse_args()
     rounds = 2 if args.quick else args.rounds
     bins = build()
+    # The workloads whose names contain --filter, then each one run alone
+    # (`time =NAME`) in a fresh process per allocator: a workload measured
+    # after others in the same process would measure their leftovers too.
+    workloads = [w for (w,) in run(bins["pymalloc"], "pymalloc", "list", args.filter)]
+    if not workloads:
+        sys.exit(f"no workload matches --filter {args.filter!r}")
     times = {}
     order = list(ALLOCATORS)
     for r in range(rounds):
         random.Random(r).shuffle(order)
-        for alloc in order:
-            for tag, name, workload, secs, _ in run(bins[alloc], alloc, "time", args.filter):
+        for w in workloads:
+            for alloc in order:
+                (_, name, workload, secs, _), = run(bins[alloc], alloc, "time", "=" + w)
                 times.setdefault(workload, {}).setdefault(name, []).append(float(secs))
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     memory = {}

@@ -1,5 +1,6 @@
 //! Micro-benchmarks through `GlobalAlloc`, every allocator in one criterion
-//! run: pymalloc, `System`, mimalloc (v3 line), jemalloc and snmalloc.
+//! run: pymalloc, `System`, mimalloc (v3 line), jemalloc, snmalloc and
+//! rpmalloc.
 //! (mimalloc's v2 line cannot be linked beside v3; `suite/run.py` covers
 //! it with per-process runs.)
 //!
@@ -24,6 +25,7 @@ macro_rules! each_allocator {
         each_allocator!(@one $g, $param, "mimalloc", &mimalloc::MiMalloc, |$a| $body);
         each_allocator!(@one $g, $param, "jemalloc", &tikv_jemallocator::Jemalloc, |$a| $body);
         each_allocator!(@one $g, $param, "snmalloc", &snmalloc_rs::SnMalloc, |$a| $body);
+        each_allocator!(@one $g, $param, "rpmalloc", &rpmalloc::RpMalloc, |$a| $body);
     }};
     (@one $g:expr, $param:expr, $name:literal, $alloc:expr, |$a:ident| $body:expr) => {
         $g.bench_function(BenchmarkId::new($name, $param), |b| {

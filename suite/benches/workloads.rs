@@ -4,7 +4,10 @@
 //! `suite/run.py` runs this binary for every allocator in interleaved
 //! rounds and reports median ratios; run alone it prints one round.
 //!
-//! Usage: `PYMALLOC_BENCH_ALLOC=<name> workloads [time|memory] [filter]`.
+//! Usage: `PYMALLOC_BENCH_ALLOC=<name> workloads [time] [FILTER]` (every
+//! workload whose name contains FILTER; `=NAME` for exactly one),
+//! `workloads list [FILTER]` (their names), `workloads memory`,
+//! `workloads peak NAME`, `workloads pairs SIZE COUNT`.
 
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)] // a bench binary, not an API
 
@@ -45,7 +48,8 @@ define_select! {
     2 "mimalloc" => mimalloc::MiMalloc,
     3 "jemalloc" => tikv_jemallocator::Jemalloc,
     4 "snmalloc" => snmalloc_rs::SnMalloc,
-    5 "bump" => Bump,
+    5 "rpmalloc" => rpmalloc::RpMalloc,
+    6 "bump" => Bump,
 }
 
 #[global_allocator]

@@ -1,10 +1,12 @@
 //! pymalloc's side-by-side benchmark suite: pymalloc against
-//! `std::alloc::System` (glibc), mimalloc (v3 and v2 lines), jemalloc and
-//! snmalloc. This library is empty; the suite is its benchmarks and scripts:
+//! `std::alloc::System` (glibc), mimalloc (v3 and v2 lines), jemalloc,
+//! snmalloc and rpmalloc. This library is empty; the suite is its
+//! benchmarks and scripts:
 //!
 //! * `benches/workloads.rs`: workloads with one allocator per process as the
-//!   real `#[global_allocator]`, driven by `run.py`, which runs it for every
-//!   allocator in interleaved rounds and writes `results.md`;
+//!   real `#[global_allocator]`, driven by `run.py`, which runs each
+//!   workload in a fresh process for every allocator in interleaved rounds
+//!   and writes `results.md`;
 //! * `benches/micro.rs`: criterion micro-benchmarks, all allocators but
 //!   mimalloc v2 in one run (`cargo bench -p pymalloc-suite --bench micro`);
 //! * `benches/objects.rs`: `ObjectPool` against the heap, System and

@@ -78,6 +78,18 @@ pub fn binary_trees(max_depth: u32) -> u64 {
     sum + check(&long_lived)
 }
 
+/// Binary trees on `threads` threads at once, each building and checking its
+/// own trees (a long-lived one and many short-lived ones): the single-thread
+/// test with every thread's heap busy together; nothing crosses threads.
+pub fn binary_trees_threads(threads: usize, max_depth: u32) -> u64 {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| s.spawn(move || binary_trees(max_depth)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    })
+}
+
 /// `Vec` and `String` growth: buffers grown element by element, from empty
 /// to 8 B … 1 MiB, many small and a few large.
 pub fn vec_string_growth(rounds: usize) -> u64 {
@@ -100,6 +112,124 @@ pub fn vec_string_growth(rounds: usize) -> u64 {
         sum = sum.wrapping_add(v[n - 1] + s.len() as u64);
     }
     sum
+}
+
+/// Realloc-heavy growth of 8 buffers side by side (4 `Vec<u64>` grown by
+/// `push`, 4 `String`s by `push_str` of 1–24 bytes), taking turns, so their
+/// reallocations interleave and no buffer just grows at the top of the heap.
+/// Each round gives every buffer a fresh target, log-uniform from 64 B to
+/// 4 MiB, so most reallocations are small and most bytes copied are in
+/// large ones (hundreds of KiB to MiB, where allocators switch to mmap).
+pub fn vec_growth_8x(rounds: usize) -> u64 {
+    const PIECE: &str = "pymalloc-growth-pymalloc";
+    let mut rng = Rng::new(5);
+    let mut sum = 0u64;
+    for _ in 0..rounds {
+        // Targets in bytes: 2^(6 + x), x uniform in [0, 16).
+        let mut targets = [0usize; 8];
+        for t in &mut targets {
+            let bits = 6 + rng.below(16);
+            *t = (1 << bits) + rng.below(1 << bits);
+        }
+        let mut vecs: [Vec<u64>; 4] = Default::default();
+        let mut strings: [String; 4] = Default::default();
+        let mut busy = true;
+        while busy {
+            busy = false;
+            for (v, &t) in vecs.iter_mut().zip(&targets[..4]) {
+                if v.len() * 8 < t {
+                    // 16 pushes a turn: the loop's overhead stays small.
+                    for _ in 0..16 {
+                        v.push(v.len() as u64);
+                    }
+                    busy = true;
+                }
+            }
+            for (st, &t) in strings.iter_mut().zip(&targets[4..]) {
+                if st.len() < t {
+                    for k in 0..16 {
+                        st.push_str(&PIECE[..1 + (st.len() + k) % PIECE.len()]);
+                    }
+                    busy = true;
+                }
+            }
+        }
+        for v in &vecs {
+            sum = sum.wrapping_add(v.len() as u64 + v[v.len() - 1]);
+        }
+        for st in &strings {
+            sum = sum.wrapping_add(st.len() as u64 + st.as_bytes()[st.len() / 2] as u64);
+        }
+    }
+    sum
+}
+
+/// A JSON document of about `bytes` bytes when serialised, as nested
+/// `serde_json::Value`s (`Vec<Value>` arrays, `String`s, `BTreeMap` objects):
+/// an array of records with strings, numbers, a tag array and a nested
+/// object of their own.
+fn json_document(rng: &mut Rng, bytes: usize) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    let mut records = Vec::new();
+    let mut size = 0;
+    while size < bytes {
+        let id = records.len();
+        let mut record = Map::new();
+        record.insert("id".into(), Value::from(id));
+        let name = format!("record-{id}-{}", "x".repeat(rng.below(40)));
+        size += name.len();
+        record.insert("name".into(), Value::String(name));
+        record.insert(
+            "score".into(),
+            Value::from(rng.below(1_000_000) as f64 / 7.0),
+        );
+        record.insert("active".into(), Value::Bool(rng.below(2) == 0));
+        let tags: Vec<Value> = (0..rng.below(12))
+            .map(|t| Value::String(format!("tag{t}-{}", rng.below(1000))))
+            .collect();
+        let mut nested = Map::new();
+        for k in 0..rng.below(8) {
+            nested.insert(
+                format!("field_{k}"),
+                Value::Array((0..rng.below(6)).map(|x| Value::from(x * k)).collect()),
+            );
+        }
+        size += 80 + 12 * tags.len() + 20 * nested.len();
+        record.insert("tags".into(), Value::Array(tags));
+        record.insert("nested".into(), Value::Object(nested));
+        records.push(Value::Object(record));
+    }
+    let mut root = Map::new();
+    root.insert("version".into(), Value::from(1));
+    root.insert("records".into(), Value::Array(records));
+    Value::Object(root)
+}
+
+/// JSON on `threads` threads at once: each builds documents of 2–6 MB (see
+/// `json_document`), serialises each to a `String` and parses it back, so
+/// the heap sees the tree's many small blocks, a growing multi-MiB string
+/// and the parser's nested collections.
+pub fn json_threads(threads: usize, documents: usize) -> u64 {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut rng = Rng::new(30 + t as u64);
+                    let mut sum = 0u64;
+                    for _ in 0..documents {
+                        let bytes = (2 << 20) + rng.below(4 << 20);
+                        let doc = json_document(&mut rng, bytes);
+                        let text = serde_json::to_string(&doc).unwrap();
+                        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+                        let records = back["records"].as_array().map_or(0, Vec::len);
+                        sum = sum.wrapping_add(text.len() as u64 + records as u64);
+                    }
+                    sum
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    })
 }
 
 /// `BTreeMap<String, Vec<u64>>` churn: inserts and removes random keys.
@@ -226,7 +356,9 @@ pub fn all() -> Vec<Workload> {
     vec![
         ("churn", Box::new(|| churn(2_000_000))),
         ("binary_trees", Box::new(|| binary_trees(17))),
+        ("binary_trees_2t", Box::new(|| binary_trees_threads(2, 16))),
         ("vec_string_growth", Box::new(|| vec_string_growth(80_000))),
+        ("vec_growth_8x", Box::new(|| vec_growth_8x(150))),
         ("btree_churn", Box::new(|| btree_churn(400_000))),
         ("larson_2t", Box::new(|| larson(2, 1_000_000))),
         ("larson_4t", Box::new(|| larson(4, 500_000))),
@@ -238,6 +370,7 @@ pub fn all() -> Vec<Workload> {
             "producer_consumer_4t",
             Box::new(|| producer_consumer(4, 250_000)),
         ),
+        ("json_2t", Box::new(|| json_threads(2, 2))),
         (
             "false_sharing_2t",
             Box::new(|| false_sharing(2, 50_000_000)),
@@ -358,6 +491,18 @@ pub fn micro() -> Vec<(String, Box<dyn Fn() -> u64>)> {
         .collect()
 }
 
+/// The micro and ordinary workloads selected by `filter`: `=NAME` is an
+/// exact name, anything else a substring ("" selects all).
+fn timed(filter: &str) -> Vec<(String, Box<dyn Fn() -> u64>)> {
+    let mut list: Vec<(String, Box<dyn Fn() -> u64>)> = micro();
+    list.extend(all().into_iter().map(|(n, f)| (n.to_string(), f)));
+    list.retain(|(n, _)| match filter.strip_prefix('=') {
+        Some(exact) => n == exact,
+        None => n.contains(filter),
+    });
+    list
+}
+
 /// Entry point of a workload binary whose global allocator is `name`;
 /// `pairs_direct(size, count)` runs the instruction-count loop on it, `trim`
 /// gives its unused memory back (if it can).
@@ -393,11 +538,24 @@ pub fn main(name: &str, pairs_direct: fn(usize, usize), trim: fn()) {
                 m.base, m.live, m.peak, m.kept, m.after_90, m.after_90_trim, m.after_all
             );
         }
+        Some("list") => {
+            // The workloads `time FILTER` would run, one name a line.
+            let filter = args.get(1).map_or("", String::as_str);
+            for (workload, _) in timed(filter) {
+                println!("{workload}");
+            }
+        }
         _ => {
-            let filter = args.get(1).cloned().unwrap_or_default();
-            let mut list: Vec<(String, Box<dyn Fn() -> u64>)> = micro();
-            list.extend(all().into_iter().map(|(n, f)| (n.to_string(), f)));
-            for (workload, f) in list.into_iter().filter(|(n, _)| n.contains(&filter)) {
+            // `time FILTER`: every workload whose name contains FILTER;
+            // `time =NAME`: exactly the workload NAME (run.py's one
+            // workload per process), an error if there is none.
+            let filter = args.get(1).map_or("", String::as_str);
+            let list = timed(filter);
+            if let (true, Some(exact)) = (list.is_empty(), filter.strip_prefix('=')) {
+                eprintln!("unknown workload {exact}");
+                std::process::exit(2);
+            }
+            for (workload, f) in list {
                 let start = std::time::Instant::now();
                 let checksum = black_box(f());
                 let secs = start.elapsed().as_secs_f64();
