@@ -334,6 +334,17 @@ impl Pool {
         unsafe { ((*this).ref_count.load(Relaxed) & !Self::FULL) as usize }
     }
 
+    /// `ref_count` as is, `FULL` bit included (the owner's view).
+    ///
+    /// # Safety
+    ///
+    /// `this` is the header of a carved pool of a live arena.
+    #[inline(always)]
+    pub(super) unsafe fn in_use_raw(this: *const Pool) -> u32 {
+        // SAFETY: caller's contract; `ref_count` is atomic.
+        unsafe { (*this).ref_count.load(Relaxed) }
+    }
+
     /// The state of `this`, from its block count.
     ///
     /// # Safety

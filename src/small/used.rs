@@ -112,9 +112,19 @@ impl UsedPools {
     #[inline(always)]
     pub(crate) unsafe fn free_block(&mut self, pool: *mut Pool, ptr: NonNull<u8>) -> Freed {
         // SAFETY: caller's contract.
-        if unsafe { Pool::put(pool, ptr) } {
-            // SAFETY: as above.
-            return unsafe { self.free_block_slow(pool) };
+        unsafe {
+            if Pool::put(pool, ptr) {
+                // Inline, the case of a class with one pool whose last
+                // block comes back: it stays cached (an alloc/free pair
+                // must not cost a call).
+                if Pool::in_use_raw(pool) == 0
+                    && *self.heads.get_unchecked(Pool::class(pool)) == pool
+                    && (*pool).next.is_null()
+                {
+                    return Freed::Kept;
+                }
+                return self.free_block_slow(pool);
+            }
         }
         Freed::Kept
     }

@@ -66,12 +66,28 @@ macro_rules! define_select {
         /// `count` alloc+free pairs of `size` bytes, calling the selected
         /// allocator's `GlobalAlloc` methods directly (monomorphised, no
         /// dispatch), after one warm-up pair. For instruction counts.
+        /// With `PYMALLOC_BENCH_LIVE=n`, `n` blocks of the same size stay
+        /// live meanwhile (the steady state: the size's page or pool is not
+        /// emptied by each free).
         pub fn pairs_direct(size: usize, count: usize) {
             let layout = core::alloc::Layout::from_size_align(size, 8).unwrap();
+            let live: usize = std::env::var("PYMALLOC_BENCH_LIVE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut held = Vec::with_capacity(live);
             match choice() {
                 $($index => {
+                    for _ in 0..live {
+                        // SAFETY: a non-zero layout; freed below.
+                        held.push(unsafe { core::alloc::GlobalAlloc::alloc(&$alloc, layout) });
+                    }
                     pairs_loop(&$alloc, layout, 1);
                     pairs_loop(&$alloc, layout, count);
+                    for p in held.drain(..) {
+                        // SAFETY: allocated above with `layout`.
+                        unsafe { core::alloc::GlobalAlloc::dealloc(&$alloc, p, layout) };
+                    }
                 })+
                 _ => std::process::abort(),
             }
