@@ -45,6 +45,13 @@ pub const PURGE_DELAY: core::time::Duration = core::time::Duration::from_millis(
 /// again and again reuses its arenas instead of mapping and faulting them
 /// in every time. Beyond this, empty arenas are unmapped at once.
 pub const SPARE_ARENAS: usize = 4;
+/// Empty pools a thread heap keeps for reuse without the heap's lock, and
+/// takes from the arenas at once when it needs a pool: threads that fill
+/// and empty pools fast (building and dropping a tree) take the lock once
+/// per this many pools instead of once per pool. What it pins is bounded:
+/// `THREAD_SPARE_POOLS * POOL_SIZE` (128 KiB) per thread heap, of which
+/// freshly taken pools are untouched address space.
+pub const THREAD_SPARE_POOLS: usize = 8;
 /// Largest alignment the medium allocator serves; larger alignments are
 /// served by a direct, suitably aligned mapping.
 pub const MEDIUM_MAX_ALIGN: usize = 64 * 1024;

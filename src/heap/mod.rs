@@ -520,10 +520,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // SAFETY: caller's contract.
         if unsafe { ThreadHeap::free_local(th, pool, ptr, size) } == Freed::Emptied {
             // SAFETY: it left `th`'s table, empty; `th` is ours.
-            unsafe {
-                self.release_pool(pool);
-                self.collect_pending(th);
-            }
+            unsafe { self.pool_emptied(th, pool) };
         }
     }
 
@@ -556,13 +553,40 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         class: SizeClass,
         size: usize,
     ) -> Option<(NonNull<u8>, bool)> {
-        let (pool, mapped) = {
-            let mut shared = self.small.lock();
-            let before = shared.small.arenas_mapped();
-            let pool = shared
-                .small
-                .take_pool(&self.raw, class, ThreadHeap::owner_id(th))?;
-            (pool, shared.small.arenas_mapped() != before)
+        let owner = ThreadHeap::owner_id(th);
+        // SAFETY: the calling thread owns `th` (caller).
+        let spare = unsafe { ThreadHeap::take_spare(th, class) };
+        let (pool, mapped) = match spare {
+            Some(pool) => (pool, false),
+            None => {
+                let mut shared = self.small.lock();
+                let before = shared.small.arenas_mapped();
+                // Every pool transition under the lock purges what is due.
+                shared.small.purge_expired(&self.raw);
+                // SAFETY: as above; a spare is an empty pool `th` owns.
+                let pool = match unsafe { ThreadHeap::take_any_spare(th) } {
+                    Some(pool) => {
+                        // SAFETY: as above.
+                        unsafe { shared.small.retype_pool(pool, class, owner) };
+                        pool
+                    }
+                    None => {
+                        let pool = shared.small.take_pool(&self.raw, class, owner)?;
+                        // Spares for the next refills, in the same lock
+                        // hold, from arenas already mapped.
+                        // SAFETY: as above.
+                        for _ in 0..unsafe { ThreadHeap::spare_room(th) } {
+                            let Some(extra) = shared.small.take_pool_mapped(class, owner) else {
+                                break;
+                            };
+                            // SAFETY: a fresh empty pool owned by `th`.
+                            unsafe { ThreadHeap::keep_spare(th, extra) };
+                        }
+                        pool
+                    }
+                };
+                (pool, shared.small.arenas_mapped() != before)
+            }
         };
         if mapped {
             self.arena_mapped();
@@ -818,16 +842,25 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
     }
 
-    /// Gives a thread's pool that became empty back to its arena.
+    /// A pool of thread heap `th` became empty: keep it as a spare; past
+    /// `THREAD_SPARE_POOLS`, give the spares back to their arenas under one
+    /// lock hold. Also collects `th`'s pending remote frees (a slow path).
     ///
     /// # Safety
     ///
-    /// `pool` is a pool of this heap that left its owner's table empty.
+    /// The calling thread owns `th`; `pool` is a pool of `th` that left its
+    /// table empty.
     #[cold]
     #[inline(never)]
-    unsafe fn release_pool(&self, pool: *mut Pool) {
-        // SAFETY: the pool left its owner's lists, empty.
-        unsafe { self.small.lock().small.release_pool(&self.raw, pool) };
+    unsafe fn pool_emptied(&self, th: *mut ThreadHeap, pool: *mut Pool) {
+        // SAFETY: caller's contract.
+        unsafe {
+            if ThreadHeap::keep_spare(th, pool) {
+                let spares = ThreadHeap::take_spares(th);
+                self.small.lock().small.release_chain(&self.raw, spares);
+            }
+            self.collect_pending(th);
+        }
     }
 
     /// Moves or resizes a live block from `old_size` bytes to `new_size`
@@ -1159,7 +1192,11 @@ mod tests {
             .filter(|p| p.class.is_some())
             .collect();
         // 600 blocks of 32 bytes: one full pool of 512 and one used one.
-        let of_32: Vec<_> = pools.iter().filter(|p| p.block_size == 32).collect();
+        // (Other pools the thread took are its empty spares.)
+        let of_32: Vec<_> = pools
+            .iter()
+            .filter(|p| p.block_size == 32 && p.state != PoolState::Empty)
+            .collect();
         assert_eq!(of_32.len(), 2);
         assert_eq!(of_32.iter().map(|p| p.blocks_in_use).sum::<usize>(), 600);
         assert!(
@@ -1167,13 +1204,18 @@ mod tests {
                 .iter()
                 .any(|p| p.state == PoolState::Full && p.capacity == 512)
         );
-        let of_512: Vec<_> = pools.iter().filter(|p| p.block_size == 512).collect();
+        let of_512: Vec<_> = pools
+            .iter()
+            .filter(|p| p.block_size == 512 && p.state != PoolState::Empty)
+            .collect();
         assert_eq!(of_512.len(), 1);
         assert_eq!(
             (of_512[0].blocks_in_use, of_512[0].state),
             (3, PoolState::Used)
         );
-        assert_eq!(arenas[0].free_pools, Arena::POOLS - 3);
+        let spares = pools.iter().filter(|p| p.state == PoolState::Empty).count();
+        assert!(spares <= crate::config::THREAD_SPARE_POOLS);
+        assert_eq!(arenas[0].free_pools, Arena::POOLS - 3 - spares);
         assert_eq!(
             arenas[0].bytes_in_use(),
             heap.stats().small.bytes_in_use,

@@ -11,6 +11,9 @@ use crate::small::size_class::block_size;
 pub struct PoolInfo {
     /// Its size class while it has an owner (blocks of `16 * (class + 1)`
     /// bytes); `None` for a pool on its arena's free list or never used.
+    /// An empty pool that a thread keeps as a spare (up to
+    /// [`THREAD_SPARE_POOLS`](crate::config::THREAD_SPARE_POOLS) per
+    /// thread) shows the class it was last given, with no block in use.
     pub class: Option<usize>,
     /// Empty, used or full.
     pub state: PoolState,

@@ -75,7 +75,6 @@ pub struct SmallStats {
 /// are summed from pool headers by [`SmallHeap::snapshot`].
 #[derive(Clone, Copy)]
 struct Counters {
-    pools: [usize; NB_SMALL_SIZE_CLASSES],
     pools_purged: usize,
     arenas_allocated: usize,
     arenas_reclaimed: usize,
@@ -110,7 +109,6 @@ impl SmallHeap {
             arenas: Arenas::new(),
             purge: PurgeQueue::new(),
             counters: Counters {
-                pools: [0; NB_SMALL_SIZE_CLASSES],
                 pools_purged: 0,
                 arenas_allocated: 0,
                 arenas_reclaimed: 0,
@@ -190,6 +188,19 @@ impl SmallHeap {
             // SAFETY: a wholly empty arena, on no list.
             unsafe { self.arenas.insert(arena) };
         }
+        self.take_pool_mapped(class, owner)
+    }
+
+    /// As [`Self::take_pool`], but only from arenas already usable (no
+    /// arena mapped or taken from the spares); `None` if there is none.
+    pub(crate) fn take_pool_mapped(
+        &mut self,
+        class: SizeClass,
+        owner: *mut PoolOwner,
+    ) -> Option<*mut Pool> {
+        if self.arenas.fullest().is_null() {
+            return None;
+        }
         let arena = self.arenas.fullest();
         // SAFETY: `arena` is a live usable arena, so it has an empty pool;
         // the pool leaves the purge queue before it is reinitialised.
@@ -202,8 +213,28 @@ impl SmallHeap {
             Pool::init(pool, base, class, owner);
             pool
         };
-        self.counters.pools[class] += 1;
         Some(pool)
+    }
+
+    /// Re-initialises `pool`, an empty pool its owner kept as a spare, for
+    /// `class` (empty -> used, without going through its arena).
+    ///
+    /// # Safety
+    ///
+    /// `pool` is a live empty pool of this heap owned by `owner`, on no
+    /// list.
+    pub(crate) unsafe fn retype_pool(
+        &mut self,
+        pool: *mut Pool,
+        class: SizeClass,
+        owner: *mut PoolOwner,
+    ) {
+        // SAFETY: caller's contract; we hold the lock, under which classes
+        // change.
+        unsafe {
+            debug_assert_eq!(Pool::in_use(pool), 0);
+            Pool::init(pool, (*pool).base, class, owner);
+        }
     }
 
     /// used -> empty: the pool's last block was freed and it left its
@@ -224,7 +255,6 @@ impl SmallHeap {
         // arena is live.
         unsafe {
             debug_assert_eq!(Pool::in_use(pool), 0);
-            self.counters.pools[Pool::class(pool)] -= 1;
             (*pool)
                 .owner
                 .store(null_mut(), core::sync::atomic::Ordering::Relaxed);
@@ -327,7 +357,7 @@ impl SmallHeap {
         }
     }
 
-    fn purge_expired<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>) {
+    pub(crate) fn purge_expired<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>) {
         if !self.purge.is_empty() {
             self.purge_due(raw, Instant::now(), Some(PURGE_DELAY));
         }
@@ -351,14 +381,13 @@ impl SmallHeap {
         }
     }
 
-    /// The counters, with the per-block ones summed from the pool headers
+    /// The counters, with the per-pool and per-block ones summed from the pool headers
     /// of every arena (O(arenas); keeps counters off the fast path), and
     /// the bytes requested through the shared lists only (the heap adds
     /// its thread heaps').
     pub(crate) fn snapshot<S: PageSource, R: RawMutex>(&self, raw: &RawHeap<S, R>) -> SmallStats {
         let c = self.counters;
         let mut s = SmallStats {
-            pools: c.pools,
             pools_purged: c.pools_purged,
             arenas_allocated: c.arenas_allocated,
             arenas_reclaimed: c.arenas_reclaimed,
@@ -375,7 +404,9 @@ impl SmallHeap {
             unsafe {
                 for index in 1..=Arena::carved(arena) {
                     let pool = Arena::pool(arena, index);
-                    s.blocks_in_use[Pool::class(pool)] += Pool::in_use(pool);
+                    let (class, in_use) = (Pool::class(pool), Pool::in_use(pool));
+                    s.blocks_in_use[class] += in_use;
+                    s.pools[class] += usize::from(in_use > 0);
                 }
             }
         });

@@ -157,7 +157,8 @@ impl Pool {
     /// # Safety
     ///
     /// `this` is the header of an empty pool of a live arena whose blocks
-    /// start at `base`, taken off its arena under the small-object lock.
+    /// start at `base`, taken off its arena (or off its owner's spares)
+    /// under the small-object lock.
     pub(super) unsafe fn init(
         this: *mut Pool,
         base: *mut u8,
@@ -462,6 +463,24 @@ impl PoolChain {
         // SAFETY: caller's contract: `next` is free to use.
         unsafe { (*pool).next = self.head };
         self.head = pool;
+    }
+
+    /// Takes the first pool for which `f` holds off the chain.
+    pub(crate) fn take_first(&mut self, mut f: impl FnMut(*mut Pool) -> bool) -> Option<*mut Pool> {
+        let mut link: *mut *mut Pool = &mut self.head;
+        // SAFETY: pools on the chain are live (invariant); `link` points at
+        // the head or at a chained pool's `next`.
+        unsafe {
+            while !(*link).is_null() {
+                let pool = *link;
+                if f(pool) {
+                    *link = (*pool).next;
+                    return Some(pool);
+                }
+                link = &raw mut (*pool).next;
+            }
+        }
+        None
     }
 
     /// Takes a pool off the chain.

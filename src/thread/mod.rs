@@ -105,7 +105,9 @@ struct Padded<T>(T);
 /// * `used` and the pools on it are touched only by the owning thread (the
 ///   one whose cache holds `token`), or, while `token == 0` (orphan), by a
 ///   holder of the heap's small-object lock;
-/// * every pool whose owner is this thread heap is on `used`, or full;
+/// * every pool whose owner is this thread heap is on `used`, full, or
+///   empty on `spare` (at most `THREAD_SPARE_POOLS` of them, counted by
+///   `spares`);
 /// * a pool on `pending` is owned by this thread heap and has its remote
 ///   list's queued bit set.
 #[repr(C)]
@@ -123,6 +125,9 @@ pub(crate) struct ThreadHeap {
     /// Next thread heap on the slab's free list.
     free_next: *mut ThreadHeap,
     medium: MediumCache,
+    /// Empty pools of any class kept for reuse (linked through `next`).
+    spare: PoolChain,
+    spares: usize,
     /// Pools with blocks freed by other threads, not yet collected.
     pending: Padded<Inbox<Pool>>,
 }
@@ -211,6 +216,75 @@ impl ThreadHeap {
     pub(crate) unsafe fn link_pool(th: *mut ThreadHeap, pool: *mut Pool, class: SizeClass) {
         // SAFETY: caller's contract.
         unsafe { (*th).used.link(pool, class) }
+    }
+
+    /// Takes a spare pool of `class` off `th`'s spares, if it has one.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th`.
+    pub(crate) unsafe fn take_spare(th: *mut ThreadHeap, class: SizeClass) -> Option<*mut Pool> {
+        // SAFETY: caller's contract: the spares are ours and live.
+        unsafe {
+            let pool = (*th).spare.take_first(|p| Pool::class(p) == class)?;
+            (*th).spares -= 1;
+            Some(pool)
+        }
+    }
+
+    /// Takes any spare pool off `th`'s spares, if it has one.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th`.
+    pub(crate) unsafe fn take_any_spare(th: *mut ThreadHeap) -> Option<*mut Pool> {
+        // SAFETY: caller's contract.
+        unsafe {
+            let pool = (*th).spare.pop()?;
+            (*th).spares -= 1;
+            Some(pool)
+        }
+    }
+
+    /// Spare pools `th` may still take.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th`.
+    pub(crate) unsafe fn spare_room(th: *mut ThreadHeap) -> usize {
+        // SAFETY: caller's contract.
+        crate::config::THREAD_SPARE_POOLS.saturating_sub(unsafe { (*th).spares })
+    }
+
+    /// Keeps empty pool `pool` (owned by `th`, on no list) as a spare.
+    /// Returns whether `th` now holds more than `THREAD_SPARE_POOLS` (the
+    /// caller then gives them back with [`Self::take_spares`]).
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th`, which owns `pool`, empty and on no
+    /// list.
+    pub(crate) unsafe fn keep_spare(th: *mut ThreadHeap, pool: *mut Pool) -> bool {
+        // SAFETY: caller's contract.
+        unsafe {
+            (*th).spare.push(pool);
+            (*th).spares += 1;
+            (*th).spares > crate::config::THREAD_SPARE_POOLS
+        }
+    }
+
+    /// Takes all of `th`'s spare pools.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th` (or holds the lock and `th` is an
+    /// orphan).
+    pub(crate) unsafe fn take_spares(th: *mut ThreadHeap) -> PoolChain {
+        // SAFETY: caller's contract.
+        unsafe {
+            (*th).spares = 0;
+            core::mem::replace(&mut (*th).spare, PoolChain::new())
+        }
     }
 
     /// `th`'s medium cache.
@@ -367,6 +441,8 @@ impl ThreadHeap {
             (&raw mut (*th).next).write(null_mut());
             (&raw mut (*th).free_next).write(null_mut());
             (&raw mut (*th).medium).write(MediumCache::new());
+            (&raw mut (*th).spare).write(PoolChain::new());
+            (&raw mut (*th).spares).write(0);
             (&raw mut (*th).pending).write(Padded(Inbox::new()));
             Some((th, Self::adopt(th)))
         }
@@ -384,6 +460,7 @@ impl ThreadHeap {
         unsafe {
             (*th).token.reset();
             (*th).used.clear();
+            Self::take_spares(th);
             MediumCache::forget(Self::medium(th));
             (*th).pending.0.clear();
         }
@@ -460,6 +537,10 @@ impl Registry {
                 }
                 if release_cached {
                     (*th).used.take_empty(chain);
+                    let mut spares = ThreadHeap::take_spares(th);
+                    while let Some(pool) = spares.pop() {
+                        chain.push(pool);
+                    }
                     MediumCache::drain(ThreadHeap::medium(th), &mut free_medium);
                 }
             }
