@@ -13,6 +13,8 @@ use crate::config::ALIGNMENT;
 use crate::heap::PrivateHeap;
 use crate::os::PageSource;
 use crate::raw::chunk::ChunkKind;
+use crate::small::arena::Arena;
+use crate::small::pool::Pool;
 use crate::small::size_class::{block_size, class_of};
 use crate::thread::ThreadHeap;
 use core::alloc::Layout;
@@ -31,6 +33,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// // SAFETY: `p` is a live block of `heap`, freed once.
     /// unsafe { heap.free(p) };
     /// ```
+    #[inline]
     pub fn malloc(&self, n: usize) -> *mut u8 {
         self.malloc_with(n, false)
     }
@@ -72,18 +75,37 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         self.malloc_in(n, align.max(ALIGNMENT), false)
     }
 
+    #[inline(always)]
     fn malloc_with(&self, n: usize, zeroed: bool) -> *mut u8 {
         self.malloc_in(n, ALIGNMENT, zeroed)
     }
 
+    /// The C-style allocation: a small request, for its whole block, takes
+    /// the inline fast path of `alloc`; the rest is out of line.
+    #[inline(always)]
     fn malloc_in(&self, n: usize, align: usize, zeroed: bool) -> *mut u8 {
+        // A small request asks for its whole block, so it needs no
+        // correction of the requested bytes afterwards.
+        if let Some(class) = class_of(n.max(1), align) {
+            let size = block_size(class);
+            let Some(p) = self.alloc_fast(size, align) else {
+                return core::ptr::null_mut();
+            };
+            if zeroed {
+                // SAFETY: the block holds `size` bytes.
+                unsafe { p.as_ptr().write_bytes(0, size) };
+            }
+            return p.as_ptr();
+        }
+        self.malloc_large(n, align, zeroed)
+    }
+
+    #[inline(never)]
+    fn malloc_large(&self, n: usize, align: usize, zeroed: bool) -> *mut u8 {
         if n > isize::MAX as usize {
             return core::ptr::null_mut();
         }
-        // A small request asks for its whole block, so it needs no
-        // correction of the requested bytes afterwards.
-        let small = class_of(n.max(1), align).map(block_size);
-        let size = small.unwrap_or(n.max(1));
+        let size = n.max(1);
         if Layout::from_size_align(size, align).is_err() {
             return core::ptr::null_mut();
         }
@@ -94,10 +116,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             // SAFETY: the block holds at least `size` bytes.
             unsafe { p.as_ptr().write_bytes(0, size) };
         }
-        if small.is_none() {
-            // SAFETY: `p` is a live block of this heap requested with `size`.
-            unsafe { self.count_whole_block(p, size) };
-        }
+        // SAFETY: `p` is a live block of this heap requested with `size`.
+        unsafe { self.count_whole_block(p, size) };
         p.as_ptr()
     }
 
@@ -153,12 +173,20 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ///
     /// `p` is null or a live block of this heap from `malloc`, `calloc` or
     /// `resize`, not used afterwards.
+    #[inline]
     pub unsafe fn free(&self, p: *mut u8) {
         if let Some(p) = NonNull::new(p) {
             let (header, p) = self.raw().find_own_block(p, "PrivateHeap::free");
             // SAFETY: a live size-less block in chunk `header`, counted with
-            // its usable size.
-            unsafe { self.free_in_chunk(header, p, Self::block_usable(header, p)) }
+            // its usable size. A small block's chunk is its arena.
+            unsafe {
+                if (*header.as_ptr()).kind == ChunkKind::Arena {
+                    let pool = Arena::pool_of(header.as_ptr().cast(), p.as_ptr());
+                    self.free_small(pool, p, block_size(Pool::class(pool)));
+                } else {
+                    self.free_in_chunk(header, p, Self::block_usable(header, p));
+                }
+            }
         }
     }
 

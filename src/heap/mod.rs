@@ -351,7 +351,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// cached thread heap serves is inline (see `try_alloc`); everything
     /// else is one call.
     #[inline(always)]
-    fn alloc_fast(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+    pub(crate) fn alloc_fast(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
         if let Some(class) = class_of(size, align)
             && let Some(th) = local::cached(self.raw.id())
             // SAFETY: the calling thread owns `th`.
@@ -670,13 +670,27 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             // SAFETY: caller's contract.
             return unsafe { self.free_sized(ptr, size) };
         }
-        crate::valgrind::freelike(ptr.as_ptr());
         // A small block carries its arena's provenance, so the headers in
         // the arena's first pool are reachable from it.
         let pool = Arena::pool_of(Arena::of_block(ptr.as_ptr()), ptr.as_ptr());
-        // SAFETY: `ptr` is a live small block (caller), so `pool` is its
-        // pool's header, live and owned by `owner` for as long as the block
-        // is ([ref:thread-heaps]).
+        // SAFETY: `ptr` is a live small block of `pool` (caller).
+        unsafe { self.free_small(pool, ptr, size) }
+    }
+
+    /// Frees small block `ptr` of `pool`, requested with `size` bytes: if
+    /// the calling thread owns the pool, onto its free list with plain
+    /// loads and stores; otherwise out of line.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live small block of this heap in `pool`, requested (or
+    /// counted) with `size` bytes, not used afterwards.
+    #[inline(always)]
+    pub(crate) unsafe fn free_small(&self, pool: *mut Pool, ptr: NonNull<u8>, size: usize) {
+        crate::valgrind::freelike(ptr.as_ptr());
+        // SAFETY: `pool` is the header of a live block's pool, so it is
+        // live and owned by `owner` for as long as the block is
+        // ([ref:thread-heaps]).
         unsafe {
             if let Some(th) = local::cached(self.raw.id())
                 && Pool::owner(pool) == ThreadHeap::owner_id(th)

@@ -44,6 +44,7 @@ impl Drop for ExitGuard {
                 l.heaps[i].set(null_mut());
             }
         });
+        front_changed(NO_KEY, null_mut());
     }
 }
 
@@ -63,10 +64,132 @@ thread_local! {
 /// recently used one (then never null).
 #[inline(always)]
 pub(crate) fn cached(key: usize) -> Option<*mut ThreadHeap> {
+    #[cfg(all(
+        feature = "initial-exec-tls",
+        target_arch = "x86_64",
+        target_os = "linux",
+        not(miri)
+    ))]
+    {
+        initial_exec::cached(key)
+    }
+    #[cfg(not(all(
+        feature = "initial-exec-tls",
+        target_arch = "x86_64",
+        target_os = "linux",
+        not(miri)
+    )))]
     LOCAL
         .try_with(|l| (l.keys[0].get() == key).then(|| l.heaps[0].get()))
         .ok()
         .flatten()
+}
+
+/// Entry 0 of the cache changed: mirror it where `cached` reads it.
+#[inline]
+fn front_changed(key: usize, th: *mut ThreadHeap) {
+    #[cfg(all(
+        feature = "initial-exec-tls",
+        target_arch = "x86_64",
+        target_os = "linux",
+        not(miri)
+    ))]
+    initial_exec::set(key, th);
+    #[cfg(not(all(
+        feature = "initial-exec-tls",
+        target_arch = "x86_64",
+        target_os = "linux",
+        not(miri)
+    )))]
+    let _ = (key, th);
+}
+
+/// With the `initial-exec-tls` feature on x86_64 Linux (the `LD_PRELOAD`
+/// library): the front cache entry in a thread-local of the *initial-exec*
+/// model, read at a fixed offset from the thread pointer, where a shared
+/// library's `thread_local!` takes the general-dynamic model and calls
+/// `__tls_get_addr` on every access (about 11 instructions each way).
+/// mimalloc does the same. The slot is static TLS: it has no destructor
+/// and outlives every other thread-local, so the exit guard clears it.
+/// A library with initial-exec TLS may fail to `dlopen` late in a
+/// process when static TLS space is exhausted (it needs 16 bytes); it is
+/// meant to be preloaded.
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(miri)
+))]
+mod initial_exec {
+    use super::{NO_KEY, ThreadHeap};
+
+    // The slot: the key of the front entry (initially `NO_KEY`) and its
+    // thread heap, in `.tdata` (initialised TLS). Global, so that every
+    // codegen unit of the crate links to it; hidden, so that it is not
+    // exported and two copies of the library keep two slots.
+    core::arch::global_asm!(
+        ".pushsection .tdata,\"awT\",@progbits",
+        ".p2align 4",
+        ".globl pymalloc_front_slot",
+        ".hidden pymalloc_front_slot",
+        "pymalloc_front_slot:",
+        ".quad -1",
+        ".quad 0",
+        ".popsection",
+    );
+    const _: () = assert!(NO_KEY == usize::MAX);
+
+    /// The slot's offset from the thread pointer.
+    #[inline(always)]
+    fn offset() -> usize {
+        let off: usize;
+        // SAFETY: loads the slot's TLS offset from the GOT (filled in by the
+        // dynamic loader); touches nothing else.
+        unsafe {
+            core::arch::asm!(
+                "mov {off}, qword ptr [rip + pymalloc_front_slot@GOTTPOFF]",
+                off = out(reg) off,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        off
+    }
+
+    #[inline(always)]
+    pub(super) fn cached(key: usize) -> Option<*mut ThreadHeap> {
+        let off = offset();
+        let (k, th): (usize, usize);
+        // SAFETY: the slot is this thread's, 16 bytes at `fs:off`; only
+        // this thread reads or writes it.
+        unsafe {
+            core::arch::asm!(
+                "mov {k}, qword ptr fs:[{off}]",
+                "mov {th}, qword ptr fs:[{off} + 8]",
+                off = in(reg) off,
+                k = out(reg) k,
+                th = out(reg) th,
+                options(readonly, nostack, preserves_flags),
+            );
+        }
+        // The pointer was exposed by `set`.
+        (k == key).then(|| core::ptr::with_exposed_provenance_mut(th))
+    }
+
+    pub(super) fn set(key: usize, th: *mut ThreadHeap) {
+        let off = offset();
+        let th = th.expose_provenance();
+        // SAFETY: as in `cached`.
+        unsafe {
+            core::arch::asm!(
+                "mov qword ptr fs:[{off}], {k}",
+                "mov qword ptr fs:[{off} + 8], {th}",
+                off = in(reg) off,
+                k = in(reg) key,
+                th = in(reg) th,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
 }
 
 /// The calling thread's thread heap for heap `key` (non-zero): from the
@@ -122,6 +245,7 @@ fn lookup_entered(
             l.keys[0].set(key);
             l.heaps[0].set(th);
             l.tokens[0].set(token);
+            front_changed(key, th);
             th
         })
         .unwrap_or(null_mut())
