@@ -182,6 +182,73 @@ fn the_owner_reuses_blocks_freed_remotely() {
     assert_eq!(s.bytes_in_use, 0);
 }
 
+/// Blocks of one class freed by another thread go back to their pools, and
+/// pools they empty back to their arenas, when the owner next takes a slow
+/// path of *any* class: here it never allocates the freed class again.
+#[test]
+fn remotely_emptied_pools_return_without_their_class_running_dry() {
+    let heap = PrivateHeap::new();
+    let n = scale(20_000); // 40 pools of 32-byte blocks
+    let layout = core::alloc::Layout::new::<[u64; 4]>();
+    let class_of_32 = |heap: &PrivateHeap| {
+        heap.arenas()
+            .iter()
+            .flat_map(|a| a.pools.iter())
+            .filter(|p| p.block_size == 32)
+            .map(|p| p.blocks_in_use)
+            .sum::<usize>()
+    };
+    std::thread::scope(|s| {
+        let heap = &heap;
+        let (tx, rx) = mpsc::channel::<std::vec::Vec<Sent>>();
+        let (back, done) = mpsc::channel::<()>();
+        s.spawn(move || {
+            let blocks = rx.recv().unwrap();
+            for b in blocks {
+                // SAFETY: allocated with `layout` by the owner, freed once.
+                unsafe { allocator_api2::alloc::Allocator::deallocate(&heap, b.0, layout) };
+            }
+            back.send(()).unwrap();
+        });
+        let blocks: std::vec::Vec<Sent> = (0..n)
+            .map(|_| {
+                Sent(
+                    allocator_api2::alloc::Allocator::allocate(&heap, layout)
+                        .unwrap()
+                        .cast(),
+                )
+            })
+            .collect();
+        tx.send(blocks).unwrap();
+        done.recv().unwrap();
+        // Freed remotely, not yet collected: still counted in their pools.
+        assert_eq!(class_of_32(heap), n);
+        // The owner allocates another class until it carves a new page.
+        let other = core::alloc::Layout::new::<[u64; 8]>();
+        let mut kept = std::vec::Vec::new();
+        for _ in 0..(4096 / 64 + 1) {
+            kept.push(allocator_api2::alloc::Allocator::allocate(&heap, other).unwrap());
+        }
+        assert_eq!(class_of_32(heap), 0, "remote frees collected");
+        let pools_of_32 = heap
+            .arenas()
+            .iter()
+            .flat_map(|a| a.pools.iter())
+            .filter(|p| p.block_size == 32)
+            .count();
+        assert!(
+            pools_of_32 <= pymalloc::config::THREAD_SPARE_POOLS + 1,
+            "{pools_of_32} pools of 32-byte blocks left with the owner"
+        );
+        for p in kept {
+            // SAFETY: allocated above with `other`, freed once.
+            unsafe { allocator_api2::alloc::Allocator::deallocate(&heap, p.cast(), other) };
+        }
+    });
+    heap.validate();
+    assert_eq!(heap.stats().bytes_in_use, 0);
+}
+
 static LATE: PrivateHeap = PrivateHeap::new();
 static DESTRUCTORS_RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
