@@ -500,19 +500,28 @@ mod tests {
     #[repr(C, align(16384))]
     struct Data([u8; Pool::SIZE]);
 
-    /// A pool header and its blocks in ordinary memory.
+    /// A pool header and its blocks in ordinary memory (the blocks behind a
+    /// raw pointer: moving a `Box` would retag it and invalidate the
+    /// pointers into it).
     struct Fake {
         header: Box<core::mem::MaybeUninit<Pool>>,
-        data: Box<Data>,
+        data: *mut Data,
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            // SAFETY: from `Box::into_raw` in `new`, freed once.
+            drop(unsafe { Box::from_raw(self.data) });
+        }
     }
 
     impl Fake {
         fn new(class: SizeClass) -> Self {
             let mut fake = Fake {
                 header: Box::new(core::mem::MaybeUninit::uninit()),
-                data: Box::new(Data([0; Pool::SIZE])),
+                data: Box::into_raw(Box::new(Data([0; Pool::SIZE]))),
             };
-            let base = fake.data.0.as_mut_ptr();
+            let base = fake.data.cast::<u8>();
             // SAFETY: the header and the blocks are ours.
             unsafe { Pool::init(fake.pool(), base, class, null_mut()) };
             fake

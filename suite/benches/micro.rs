@@ -25,7 +25,7 @@ macro_rules! each_allocator {
         each_allocator!(@one $g, $param, "mimalloc", &mimalloc::MiMalloc, |$a| $body);
         each_allocator!(@one $g, $param, "jemalloc", &tikv_jemallocator::Jemalloc, |$a| $body);
         each_allocator!(@one $g, $param, "snmalloc", &snmalloc_rs::SnMalloc, |$a| $body);
-        each_allocator!(@one $g, $param, "rpmalloc", &rpmalloc::RpMalloc, |$a| $body);
+        each_allocator!(@one $g, $param, "rpmalloc", &pymalloc_suite::peers::RpMalloc, |$a| $body);
     }};
     (@one $g:expr, $param:expr, $name:literal, $alloc:expr, |$a:ident| $body:expr) => {
         $g.bench_function(BenchmarkId::new($name, $param), |b| {

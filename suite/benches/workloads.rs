@@ -48,7 +48,7 @@ define_select! {
     2 "mimalloc" => mimalloc::MiMalloc,
     3 "jemalloc" => tikv_jemallocator::Jemalloc,
     4 "snmalloc" => snmalloc_rs::SnMalloc,
-    5 "rpmalloc" => rpmalloc::RpMalloc,
+    5 "rpmalloc" => pymalloc_suite::peers::RpMalloc,
     6 "bump" => Bump,
 }
 
