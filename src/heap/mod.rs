@@ -670,9 +670,17 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             // SAFETY: caller's contract.
             return unsafe { self.free_sized(ptr, size) };
         }
-        // A small block carries its arena's provenance, so the headers in
-        // the arena's first pool are reachable from it.
-        let pool = Arena::pool_of(Arena::of_block(ptr.as_ptr()), ptr.as_ptr());
+        // The arena by masking, with the arena's provenance (the pointer
+        // given may carry only the block's); under Miri, from the arena map.
+        // SAFETY: `ptr` is a live small block (caller).
+        #[cfg(not(miri))]
+        let (arena, ptr) = unsafe { Arena::of_freed_block(ptr) };
+        #[cfg(miri)]
+        let (arena, ptr) = {
+            let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
+            (header.as_ptr().cast::<Arena>(), ptr)
+        };
+        let pool = Arena::pool_of(arena, ptr.as_ptr());
         // SAFETY: `ptr` is a live small block of `pool` (caller).
         unsafe { self.free_small(pool, ptr, size) }
     }

@@ -85,6 +85,9 @@ impl Arena {
     /// nothing else uses.
     pub(crate) unsafe fn init(base: NonNull<u8>) -> *mut Arena {
         let arena = base.as_ptr().cast::<Arena>();
+        // `of_freed_block` recovers the arena's provenance from a block's
+        // address alone.
+        let _ = base.as_ptr().expose_provenance();
         // SAFETY: the header fits in pool 0 of a live chunk (caller).
         unsafe {
             debug_assert!((*arena).chunk.kind == ChunkKind::Arena);
@@ -105,9 +108,29 @@ impl Arena {
 
     /// The arena a small block lies in, by masking its address (the block
     /// must carry its arena chunk's provenance for the result to be used).
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn of_block(ptr: *const u8) -> *mut Arena {
         ptr.cast_mut().map_addr(|a| a & !(ARENA_SIZE - 1)).cast()
+    }
+
+    /// The arena of small block `ptr`, found by masking its address, and
+    /// `ptr` with the arena's provenance. For `dealloc`, whose pointer may
+    /// carry only the block's own provenance (a `Box`'s, retagged to the
+    /// block): the arena's was exposed by [`Self::init`]. Under Miri (strict
+    /// provenance) the caller looks the chunk up in the arena map instead.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live small block of some arena.
+    #[cfg(not(miri))]
+    #[inline(always)]
+    pub(crate) unsafe fn of_freed_block(ptr: NonNull<u8>) -> (*mut Arena, NonNull<u8>) {
+        let arena: *mut Arena =
+            core::ptr::with_exposed_provenance_mut(ptr.as_ptr().addr() & !(ARENA_SIZE - 1));
+        // SAFETY: non-null: `ptr` is.
+        let ptr =
+            unsafe { NonNull::new_unchecked(arena.cast::<u8>().with_addr(ptr.as_ptr().addr())) };
+        (arena, ptr)
     }
 
     /// Index of the pool containing `addr` within `arena`.
