@@ -97,6 +97,9 @@ pub struct Pool {
     pub(super) owner: AtomicPtr<PoolOwner>,
     /// Neighbours on the heap's purge queue of empty, not yet purged pools.
     pub(super) purge_next: *mut Pool,
+    /// Pads the fields above (six pointers and 16 bytes) to a cache line
+    /// on 32-bit targets too.
+    _line: [u8; 48 - 6 * size_of::<usize>()],
     // Second cache line: written by other threads' frees.
     /// Blocks freed by threads other than the owner, not yet collected;
     /// its queued bit is set while the pool is on its owner's inbox of
@@ -179,6 +182,7 @@ impl Pool {
                 class: class as u8,
                 owner: AtomicPtr::new(owner),
                 purge_next: null_mut(),
+                _line: [0; 48 - 6 * size_of::<usize>()],
                 remote: RemoteList::new(),
                 pending_next: null_mut(),
                 purge_prev: null_mut(),
