@@ -145,7 +145,11 @@ impl UsedPools {
             debug_assert!(class < NB_SMALL_SIZE_CLASSES);
             if Pool::unmark_full(pool) {
                 // A pool holds at least two blocks, so it is not empty.
-                self.link(pool, class);
+                // Behind the head: at the head, its one free block would
+                // be taken by the next allocation and the one after would
+                // find it full again (random frees into nearly full pools
+                // would flip them on every other allocation).
+                self.link_second(pool, class);
                 return Freed::Kept;
             }
             if self.heads[class] == pool && (*pool).next.is_null() {
@@ -175,6 +179,31 @@ impl UsedPools {
                 (*head).prev = pool;
             }
             *self.heads.get_unchecked_mut(class) = pool;
+        }
+    }
+
+    /// Puts used pool `pool`, on no list, second on its class's list (first
+    /// if the list is empty).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::link`].
+    unsafe fn link_second(&mut self, pool: *mut Pool, class: SizeClass) {
+        let head = self.heads[class];
+        if head.is_null() {
+            // SAFETY: caller's contract.
+            return unsafe { self.link(pool, class) };
+        }
+        // SAFETY: `pool` and `head` (and its successor, if any) are live
+        // pools of this owner.
+        unsafe {
+            let next = (*head).next;
+            (*pool).prev = head;
+            (*pool).next = next;
+            if !next.is_null() {
+                (*next).prev = pool;
+            }
+            (*head).next = pool;
         }
     }
 
