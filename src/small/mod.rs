@@ -249,8 +249,22 @@ impl SmallHeap {
         raw: &RawHeap<S, R>,
         pool: *mut Pool,
     ) {
+        // SAFETY: caller's contract.
+        unsafe { self.release_pool_at(raw, pool, Instant::now()) }
+    }
+
+    /// `release_pool` with the clock already read (once per chain).
+    ///
+    /// # Safety
+    ///
+    /// As for `release_pool`.
+    unsafe fn release_pool_at<S: PageSource, R: RawMutex>(
+        &mut self,
+        raw: &RawHeap<S, R>,
+        pool: *mut Pool,
+        now: Instant,
+    ) {
         let arena = Arena::of_pool(pool);
-        let now = Instant::now();
         // SAFETY: `pool` is a live empty pool on no list (caller); its
         // arena is live.
         unsafe {
@@ -279,9 +293,13 @@ impl SmallHeap {
         raw: &RawHeap<S, R>,
         mut chain: PoolChain,
     ) {
+        if chain.is_empty() {
+            return;
+        }
+        let now = Instant::now();
         while let Some(pool) = chain.pop() {
             // SAFETY: caller's contract; off the chain, it is on no list.
-            unsafe { self.release_pool(raw, pool) };
+            unsafe { self.release_pool_at(raw, pool, now) };
         }
     }
 
