@@ -45,6 +45,22 @@ pub const PURGE_DELAY: core::time::Duration = core::time::Duration::from_millis(
 /// again and again reuses its arenas instead of mapping and faulting them
 /// in every time. Beyond this, empty arenas are unmapped at once.
 pub const SPARE_ARENAS: usize = 4;
+/// Freed huge mappings (blocks over `MEDIUM_MAX`) layer 1 keeps for reuse
+/// instead of unmapping them: a later huge request that fits one (at most
+/// twice its size, alignment compatible) takes it without a system call.
+/// Eight covers a program that churns a handful of large buffers (the
+/// growth of a few vectors side by side frees one mapping per doubling);
+/// more would mostly hold address space nobody asks for again.
+pub const HUGE_CACHE_MAPPINGS: usize = 8;
+/// Most bytes of freed huge mappings kept at once (and the largest mapping
+/// kept at all). Their pages are purged after `PURGE_DELAY`, so past that
+/// what they hold is address space, not memory; still they count in
+/// `bytes_mapped` and against a heap's limit (a bounded heap drops them
+/// before refusing a mapping). 64 MiB: the cost a cache saves is a
+/// `mmap`/`munmap` pair (microseconds); a mapping much larger than this
+/// costs far more to fault in and fill than to map, so caching it saves
+/// nothing worth the address space.
+pub const HUGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Empty pools a thread heap keeps for reuse without the heap's lock, and
 /// takes from the arenas at once when it needs a pool: threads that fill
 /// and empty pools fast (building and dropping a tree) take the lock once
@@ -80,3 +96,4 @@ const _: () = assert!(MEDIUM_MAX_ALIGN.is_power_of_two() && MEDIUM_MAX_ALIGN <= 
 const _: () = assert!(SMALL_REQUEST_THRESHOLD.is_power_of_two());
 const _: () = assert!(MEDIUM_CACHE_MAX.is_power_of_two() && MEDIUM_CACHE_MAX <= MEDIUM_MAX);
 const _: () = assert!(MEDIUM_CACHE_BIN_STEPS.is_power_of_two());
+const _: () = assert!(HUGE_CACHE_MAPPINGS > 0 && HUGE_CACHE_BYTES > MEDIUM_MAX);

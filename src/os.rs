@@ -42,6 +42,43 @@ pub unsafe trait PageSource {
     /// * the caller no longer needs its contents.
     unsafe fn purge(&self, ptr: NonNull<u8>, size: usize) -> bool;
 
+    /// Resizes the live region at `ptr` from `old_size` to `new_size`
+    /// bytes without copying its bytes: in place if it can, else by moving
+    /// its pages to a fresh region of this source aligned to `align` (on
+    /// Linux, `mremap`: the kernel moves page-table entries).
+    ///
+    /// Before changing anything it calls `accept` with the address the
+    /// region will have (possibly more than once: in place first, then a
+    /// destination); if `accept` says `false`, that attempt is dropped. The
+    /// caller prepares there whatever it indexes by address (the arena map),
+    /// so that nothing can fail after the pages moved.
+    ///
+    /// On `Some(p)` the region is `new_size` bytes at `p`, aligned to
+    /// `align` (what `unmap` must be given from then on): its first
+    /// `min(old_size, new_size)` bytes are the old ones, the rest read zero;
+    /// if `p != ptr` the old region is gone. On `None` the region is
+    /// unchanged at `ptr`, whether `accept` was called or not. The default
+    /// (a source without the means, and [`OsPages`] off Linux or under Miri)
+    /// returns `None` at once.
+    ///
+    /// # Safety
+    ///
+    /// * `ptr`, `old_size` and `align` describe a live region of this source
+    ///   (from `map`, or from an earlier `remap`);
+    /// * `new_size` is a non-zero multiple of the page size;
+    /// * when shrinking, nothing uses the bytes past `new_size` any more.
+    unsafe fn remap(
+        &self,
+        ptr: NonNull<u8>,
+        old_size: usize,
+        new_size: usize,
+        align: usize,
+        accept: &mut dyn FnMut(NonNull<u8>) -> bool,
+    ) -> Option<NonNull<u8>> {
+        let _ = (ptr, old_size, new_size, align, accept);
+        None
+    }
+
     /// Maps an arena chunk for layer 2: `ARENA_SIZE` bytes aligned to
     /// `ARENA_SIZE`, with `map`'s guarantees. A source may take arenas from
     /// elsewhere (the PyMem heap's arena allocator hooks); by default,
@@ -112,6 +149,42 @@ unsafe impl PageSource for OsPages {
     unsafe fn purge(&self, ptr: NonNull<u8>, size: usize) -> bool {
         // SAFETY: forwarded from the caller's contract.
         unsafe { sys::purge(ptr, size) }
+    }
+
+    /// `mremap` rather than reserving address space ahead (mapping a block
+    /// with room to grow, `PROT_NONE` past its end): a reservation must
+    /// guess how far a block will grow, holds address space (and arena-map
+    /// slots) nobody may use, and still needs a move once outgrown; `mremap`
+    /// grows in place when the address space after the block happens to be
+    /// free and otherwise moves the page-table entries to a fresh aligned
+    /// region, a cost in the number of pages, with no byte copied and no
+    /// page faulted in again.
+    #[cfg(all(target_os = "linux", not(miri)))]
+    unsafe fn remap(
+        &self,
+        ptr: NonNull<u8>,
+        old_size: usize,
+        new_size: usize,
+        align: usize,
+        accept: &mut dyn FnMut(NonNull<u8>) -> bool,
+    ) -> Option<NonNull<u8>> {
+        let align = align.max(page_size());
+        // SAFETY: `ptr..ptr + old_size` is a live mapping of ours (caller);
+        // a shrink drops only bytes the caller no longer uses.
+        if accept(ptr) && unsafe { sys::remap_in_place(ptr, old_size, new_size) } {
+            return Some(ptr);
+        }
+        if new_size <= old_size {
+            return None;
+        }
+        let to = sys::map(new_size, align)?;
+        if !accept(to) {
+            // SAFETY: mapped just above, never published.
+            unsafe { sys::unmap(to, new_size, align) };
+            return None;
+        }
+        // SAFETY: two distinct live mappings of ours; `to` is unused.
+        unsafe { sys::remap_onto(ptr, old_size, to, new_size) }.then_some(to)
     }
 }
 
@@ -233,6 +306,94 @@ mod sys {
         let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), size, libc::MADV_DONTNEED) };
         // On Linux, private anonymous pages read zero after MADV_DONTNEED.
         rc == 0 && cfg!(any(target_os = "linux", target_os = "android"))
+    }
+
+    /// Resizes a mapping where it is (`mremap` without `MREMAP_MAYMOVE`):
+    /// a shrink always succeeds; a growth only if the address space after
+    /// the mapping is free.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + old_size` is a live mapping of ours; on a shrink nothing
+    /// uses its bytes past `new_size` any more.
+    #[cfg(target_os = "linux")]
+    pub(super) unsafe fn remap_in_place(
+        ptr: NonNull<u8>,
+        old_size: usize,
+        new_size: usize,
+    ) -> bool {
+        // SAFETY: the caller guarantees a live mapping of ours; without
+        // MREMAP_MAYMOVE the kernel either resizes it in place or fails and
+        // leaves it as it was.
+        let p = unsafe { libc::mremap(ptr.as_ptr().cast(), old_size, new_size, 0) };
+        p.addr() == ptr.as_ptr().addr()
+    }
+
+    /// Moves a mapping's pages onto another mapping of ours, `to`
+    /// (`MREMAP_MAYMOVE | MREMAP_FIXED`: the kernel replaces `to` and moves
+    /// the page-table entries; no byte is copied). `false` if the kernel
+    /// refused: `from` is then intact and `to` has been given back (or, if
+    /// that cannot be told safely, left to the process: see below).
+    ///
+    /// # Safety
+    ///
+    /// `from..from + old_size` and `to..to + new_size` are distinct live
+    /// mappings of ours; nothing uses `to` afterwards unless this returns
+    /// `true`.
+    #[cfg(target_os = "linux")]
+    pub(super) unsafe fn remap_onto(
+        from: NonNull<u8>,
+        old_size: usize,
+        to: NonNull<u8>,
+        new_size: usize,
+    ) -> bool {
+        // SAFETY: both ranges are ours (caller); MREMAP_FIXED only replaces
+        // `to..to + new_size`, which is ours and unused.
+        let p = unsafe {
+            libc::mremap(
+                from.as_ptr().cast(),
+                old_size,
+                new_size,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to.as_ptr().cast::<libc::c_void>(),
+            )
+        };
+        if p.addr() == to.as_ptr().addr() {
+            return true;
+        }
+        // The kernel may have unmapped `to` before failing (it does so
+        // before checking the commit charge of the growth), and another
+        // thread may map there since: unmapping `to` blindly could take
+        // someone else's pages. Claim the range back without replacing
+        // anything: if that works it was free, and is ours to unmap; if
+        // something is there, it is `to` untouched only when the kernel
+        // failed early (EINVAL); otherwise leave it (untouched address
+        // space, on a path that is already out of memory).
+        let early = std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL);
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+        let back = unsafe {
+            libc::mmap(
+                to.as_ptr().cast(),
+                new_size,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if back != libc::MAP_FAILED {
+            // SAFETY: `back` is the mapping just made (at `to` if the kernel
+            // honoured the flag, elsewhere on kernels before 4.17), ours.
+            unsafe { libc::munmap(back, new_size) };
+            if back.addr() == to.as_ptr().addr() {
+                return false;
+            }
+        }
+        if early {
+            // SAFETY: the kernel failed before touching `to`, still ours.
+            unsafe { libc::munmap(to.as_ptr().cast(), new_size) };
+        }
+        false
     }
 }
 

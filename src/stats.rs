@@ -231,6 +231,11 @@ impl fmt::Display for Stats {
         )?;
         printone(
             f,
+            format_args!("# bytes in cached huge mappings"),
+            self.raw.huge_cached_bytes,
+        )?;
+        printone(
+            f,
             format_args!("# bytes requested (all blocks)"),
             self.bytes_requested,
         )?;

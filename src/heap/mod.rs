@@ -912,10 +912,18 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         {
             return Some(ptr);
         }
+        // SAFETY: as above; a huge block remapped is not used at its old place.
+        if let Some((p, _)) = unsafe {
+            self.raw
+                .realloc_huge(header, ptr, old_size, new_size, new_align)
+        } {
+            return Some(p);
+        }
         let (new, _) = self.alloc_sized(new_size, new_align)?;
         // SAFETY: both blocks are live, distinct, and hold at least
         // `min(old_size, new_size)` bytes; the old one is freed once.
         unsafe {
+            self.raw.count_copy(header, old_size.min(new_size));
             core::ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old_size.min(new_size));
             self.free_sized(ptr, old_size);
         }

@@ -80,8 +80,14 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 self.add_requested(usable - size);
                 return old.as_ptr();
             }
+            if let Some((moved, usable)) = self.realloc_huge(header, old, old_size, size, ALIGNMENT)
+            {
+                self.add_requested(usable - size);
+                return moved.as_ptr();
+            }
             let new = self.malloc(size);
             if !new.is_null() {
+                self.count_copy(header, old_size.min(size));
                 core::ptr::copy_nonoverlapping(old.as_ptr(), new, old_size.min(size));
                 crate::valgrind::freelike(old.as_ptr());
                 self.free_block(header, old, old_size);

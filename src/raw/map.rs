@@ -106,19 +106,22 @@ impl ArenaMap {
     /// Points every slot of `base..base + size` at `header`. Returns `false`
     /// (and registers nothing) if the range is not mappable.
     pub(crate) fn register(&self, header: NonNull<ChunkHeader>, base: usize, size: usize) -> bool {
-        let slots = Self::slot_count(size);
-        for i in 0..slots {
-            if self.slot(base + (i << CHUNK_SHIFT), true).is_none() {
-                self.unregister_slots(base, i);
-                return false;
-            }
+        if !self.prepare(base, size) {
+            return false;
         }
-        for i in 0..slots {
+        for i in 0..Self::slot_count(size) {
             if let Some(s) = self.slot(base + (i << CHUNK_SHIFT), false) {
                 s.store(header.as_ptr(), Ordering::Release);
             }
         }
         true
+    }
+
+    /// Creates the leaves that slots of `base..base + size` live in (so
+    /// that registering that range cannot fail afterwards), changing no
+    /// slot. `false` if the range is not mappable.
+    pub(crate) fn prepare(&self, base: usize, size: usize) -> bool {
+        (0..Self::slot_count(size)).all(|i| self.slot(base + (i << CHUNK_SHIFT), true).is_some())
     }
 
     /// Clears the slots of a chunk `base..base + size` that `register`

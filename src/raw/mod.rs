@@ -5,9 +5,13 @@
 //!   `MEDIUM_MAX_ALIGN`) come from a TLSF allocator ([`crate::raw::medium`]) over
 //!   `MEDIUM_CHUNK_SIZE` chunks, so they cost no system call. One wholly free
 //!   medium chunk is kept; further ones are unmapped.
-//! * **Huge** requests get a mapping of their own, unmapped on free. The
-//!   chunk header sits at the mapping's base; the block starts at the first
-//!   suitably aligned offset after it.
+//! * **Huge** requests get a mapping of their own. The chunk header sits at
+//!   the mapping's base; the block starts at the first suitably aligned
+//!   offset after it. A freed huge mapping is kept for reuse by a later huge
+//!   request that fits it (at most `HUGE_CACHE_MAPPINGS` of them, at most
+//!   `HUGE_CACHE_BYTES` in all; their pages purged after `PURGE_DELAY`),
+//!   and a huge block that grows or shrinks past its mapping is remapped
+//!   ([`PageSource::remap`]: `mremap` on Linux) rather than copied.
 //! * **Arena** chunks for layer 2 are `ARENA_SIZE`-aligned mappings.
 //!
 //! Every chunk is registered in the arena map and linked on the heap's chunk
@@ -23,7 +27,8 @@ pub(crate) mod map;
 pub(crate) mod medium;
 
 use crate::config::{
-    ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN,
+    ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, HUGE_CACHE_BYTES, HUGE_CACHE_MAPPINGS, MEDIUM_CHUNK_SIZE,
+    MEDIUM_MAX, MEDIUM_MAX_ALIGN, PURGE_DELAY,
 };
 use crate::lock::{ForkSafe, SpinLock};
 use crate::os::{OsPages, PageSource, checked_align_up, page_size};
@@ -57,6 +62,14 @@ pub struct RawStats {
     /// in neither `bytes_in_use` nor `medium_blocks`. Always 0 for a bare
     /// `RawHeap`.
     pub bytes_cached: usize,
+    /// Bytes of freed huge mappings kept for reuse (see
+    /// [`HUGE_CACHE_BYTES`](crate::config::HUGE_CACHE_BYTES)); part of
+    /// `bytes_mapped`, and given back by [`RawHeap::trim`].
+    pub huge_cached_bytes: usize,
+    /// Bytes copied, so far, out of huge blocks that a reallocation moved
+    /// by copying (when the page source cannot remap them, or they changed
+    /// kind). A move by remapping pages copies nothing and is not counted.
+    pub huge_bytes_copied: usize,
 }
 
 /// See [`RawHeap::purge_spare_chunk`].
@@ -70,6 +83,29 @@ pub(crate) struct RawBlock {
     pub(crate) zeroed: bool,
 }
 
+/// A freed huge mapping kept for reuse: off the chunk list and out of the
+/// arena map, still counted in `bytes_mapped`.
+#[derive(Clone, Copy)]
+struct CachedMapping {
+    base: *mut u8,
+    size: usize,
+    align: usize,
+    /// When it was freed; `None` once its pages were purged.
+    freed: Option<std::time::Instant>,
+    /// Its pages read zero (purged by a source that says so).
+    zeroed: bool,
+}
+
+impl CachedMapping {
+    const EMPTY: Self = Self {
+        base: null_mut(),
+        size: 0,
+        align: 0,
+        freed: None,
+        zeroed: false,
+    };
+}
+
 /// Layer-1 state, under the raw heap's lock.
 pub(crate) struct RawCore {
     tlsf: Tlsf,
@@ -81,6 +117,10 @@ pub(crate) struct RawCore {
     /// Medium operations so far (wrapping); the clock is read on every
     /// `PURGE_CHECK_INTERVAL`-th only.
     ops: u32,
+    /// Freed huge mappings kept for reuse, oldest first; the first
+    /// `huge_cached` entries are live.
+    huge_cache: [CachedMapping; HUGE_CACHE_MAPPINGS],
+    huge_cached: usize,
     stats: RawStats,
 }
 
@@ -126,6 +166,8 @@ pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     /// (`usize::MAX`: unbounded). Invariant, under the lock:
     /// `stats.bytes_mapped <= limit` after every `map_chunk`.
     limit: AtomicUsize,
+    /// `RawStats::huge_bytes_copied`, counted without the lock.
+    huge_copied: AtomicUsize,
 }
 
 /// Source of heap identities; 0 means "not assigned yet".
@@ -170,6 +212,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                     chunks: null_mut(),
                     spare_since: None,
                     ops: 0,
+                    huge_cache: [CachedMapping::EMPTY; HUGE_CACHE_MAPPINGS],
+                    huge_cached: 0,
                     stats: RawStats {
                         bytes_requested: 0,
                         bytes_mapped: 0,
@@ -179,11 +223,14 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                         medium_chunks: 0,
                         arena_chunks: 0,
                         bytes_cached: 0,
+                        huge_cached_bytes: 0,
+                        huge_bytes_copied: 0,
                     },
                 },
             ),
             id: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
+            huge_copied: AtomicUsize::new(0),
         }
     }
 
@@ -222,10 +269,11 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     }
 
     /// Gives back to the OS what layer 1 holds but does not use: the spare
-    /// wholly free medium chunk is unmapped, and the whole pages inside
-    /// free medium blocks are purged.
+    /// wholly free medium chunk and the cached huge mappings are unmapped,
+    /// and the whole pages inside free medium blocks are purged.
     pub fn trim(&self) {
         let mut core = self.core.lock();
+        self.release_huge_cache(&mut core);
         while let Some(chunk) = core.tlsf.any_empty_chunk() {
             // SAFETY: the chunk is wholly free and registered; nothing refers
             // to it once taken out of the index.
@@ -302,7 +350,23 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> RawStats {
-        self.core.lock().stats
+        let mut stats = self.core.lock().stats;
+        stats.huge_bytes_copied = self.huge_copied.load(Ordering::Relaxed);
+        stats
+    }
+
+    /// Counts `bytes` copied out of the live block of chunk `header` by a
+    /// reallocation that moves it, if it is a huge block.
+    ///
+    /// # Safety
+    ///
+    /// `header` is a live chunk of this heap.
+    #[inline]
+    pub(crate) unsafe fn count_copy(&self, header: NonNull<ChunkHeader>, bytes: usize) {
+        // SAFETY: a live chunk header (caller).
+        if unsafe { (*header.as_ptr()).kind } == ChunkKind::Huge {
+            self.huge_copied.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Allocates a block for `layout` (any size, any power-of-two alignment).
@@ -418,15 +482,146 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         if map_size > isize::MAX as usize {
             return None;
         }
+        let chunk_align = align.max(CHUNK_SIZE);
         let mut core = self.core.lock();
-        let header = self.map_chunk(&mut core, ChunkKind::Huge, map_size, align.max(CHUNK_SIZE))?;
-        let usable = map_size - offset;
+        self.purge_huge_cache(&mut core);
+        let (header, zeroed) = match self.take_cached_huge(&mut core, map_size, chunk_align) {
+            Some(found) => found,
+            None => (
+                self.map_chunk(&mut core, ChunkKind::Huge, map_size, chunk_align)?,
+                true,
+            ),
+        };
+        // SAFETY: a live chunk header, ours.
+        let usable = unsafe { (*header.as_ptr()).size } - offset;
         core.stats.bytes_in_use += usable;
         core.stats.bytes_requested = core.stats.bytes_requested.wrapping_add(size);
         core.stats.huge_blocks += 1;
         // SAFETY: `offset < map_size`, inside the mapping.
         let ptr = unsafe { header.cast::<u8>().add(offset) };
-        Some(RawBlock { ptr, zeroed: true })
+        Some(RawBlock { ptr, zeroed })
+    }
+
+    /// Takes the smallest cached huge mapping that holds `map_size` bytes
+    /// aligned to `align` and is at most twice that (the waste a huge
+    /// block may keep in place, as in `resize_in_place`), and makes it a
+    /// chunk again: a fresh header, registered and linked. Returns the
+    /// header and whether the block reads zero.
+    fn take_cached_huge(
+        &self,
+        core: &mut RawCore,
+        map_size: usize,
+        align: usize,
+    ) -> Option<(NonNull<ChunkHeader>, bool)> {
+        let mut best: Option<usize> = None;
+        for (i, c) in core.huge_cache[..core.huge_cached].iter().enumerate() {
+            if c.size >= map_size
+                && c.size / 2 <= map_size
+                && c.base.addr() & (align - 1) == 0
+                && best.is_none_or(|b| c.size < core.huge_cache[b].size)
+            {
+                best = Some(i);
+            }
+        }
+        let c = Self::remove_cached(core, best?);
+        // Cached entries are non-null mappings.
+        let header = NonNull::new(c.base)?.cast::<ChunkHeader>();
+        // SAFETY: the mapping is ours, mapped with `c.size` and `c.align`,
+        // and nothing refers to it while cached.
+        unsafe {
+            header.write(ChunkHeader::new(
+                ChunkKind::Huge,
+                self.assign_id(),
+                c.size,
+                c.align,
+            ))
+        };
+        if !ARENA_MAP.register(header, c.base.addr(), c.size) {
+            self.release_cached(core, c);
+            return None;
+        }
+        // SAFETY: a live chunk header, not on the list.
+        unsafe { Self::link(core, header) };
+        Some((header, c.zeroed))
+    }
+
+    /// Takes entry `i` out of the huge cache.
+    fn remove_cached(core: &mut RawCore, i: usize) -> CachedMapping {
+        let c = core.huge_cache[i];
+        core.huge_cache.copy_within(i + 1..core.huge_cached, i);
+        core.huge_cached -= 1;
+        core.stats.huge_cached_bytes -= c.size;
+        c
+    }
+
+    /// Unmaps a mapping taken out of the huge cache.
+    fn release_cached(&self, core: &mut RawCore, c: CachedMapping) {
+        core.stats.bytes_mapped -= c.size;
+        // SAFETY: a cached mapping is a huge chunk's mapping that nothing
+        // refers to; it was mapped with this size and alignment.
+        unsafe {
+            self.unmap_source(
+                ChunkKind::Huge,
+                NonNull::new_unchecked(c.base),
+                c.size,
+                c.align,
+            )
+        };
+    }
+
+    /// Unmaps every cached huge mapping.
+    fn release_huge_cache(&self, core: &mut RawCore) {
+        while core.huge_cached > 0 {
+            let c = Self::remove_cached(core, core.huge_cached - 1);
+            self.release_cached(core, c);
+        }
+    }
+
+    /// Keeps the mapping of a freed huge chunk (unlinked and unregistered)
+    /// for reuse, evicting the oldest ones to stay within the bounds, or
+    /// unmaps it if it alone is over them.
+    fn cache_huge(&self, core: &mut RawCore, base: NonNull<u8>, size: usize, align: usize) {
+        let c = CachedMapping {
+            base: base.as_ptr(),
+            size,
+            align,
+            freed: Some(std::time::Instant::now()),
+            zeroed: false,
+        };
+        if size > HUGE_CACHE_BYTES {
+            self.release_cached(core, c);
+            return;
+        }
+        while core.huge_cached == HUGE_CACHE_MAPPINGS
+            || core.stats.huge_cached_bytes + size > HUGE_CACHE_BYTES
+        {
+            let oldest = Self::remove_cached(core, 0);
+            self.release_cached(core, oldest);
+        }
+        core.huge_cache[core.huge_cached] = c;
+        core.huge_cached += 1;
+        core.stats.huge_cached_bytes += size;
+    }
+
+    /// Purges the pages of cached huge mappings freed `PURGE_DELAY` ago or
+    /// more. Checked on huge allocations and frees (no background thread);
+    /// reads the clock only while some cached mapping waits.
+    fn purge_huge_cache(&self, core: &mut RawCore) {
+        let n = core.huge_cached;
+        if !core.huge_cache[..n].iter().any(|c| c.freed.is_some()) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        for c in &mut core.huge_cache[..n] {
+            if let Some(freed) = c.freed
+                && now.saturating_duration_since(freed) >= PURGE_DELAY
+            {
+                // SAFETY: the whole of a cached mapping of this source
+                // (page-aligned at both ends), whose contents nobody needs.
+                c.zeroed = unsafe { self.source.purge(NonNull::new_unchecked(c.base), c.size) };
+                c.freed = None;
+            }
+        }
     }
 
     /// Frees a medium or huge block that was requested with `size` bytes.
@@ -471,8 +666,15 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 // SAFETY: a live huge block (caller).
                 core.stats.bytes_in_use -= unsafe { Self::block_usable_size(header, ptr) };
                 core.stats.huge_blocks -= 1;
-                // SAFETY: the block was the chunk's only content.
-                unsafe { self.unmap_chunk(&mut core, header) };
+                // SAFETY: the block was the chunk's only content: nothing
+                // refers to the chunk once unlinked and unregistered.
+                let (size, align) = unsafe {
+                    Self::unlink(&mut core, header);
+                    ((*header.as_ptr()).size, (*header.as_ptr()).align)
+                };
+                ARENA_MAP.unregister(header.as_ptr().addr(), size);
+                self.cache_huge(&mut core, header.cast(), size, align);
+                self.purge_huge_cache(&mut core);
             }
             ChunkKind::Arena => {
                 crate::fatal::bad_pointer("layer 1 free of a small block", ptr.as_ptr())
@@ -550,6 +752,128 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
     }
 
+    /// Resizes live huge block `ptr` to `size` bytes, keeping its contents,
+    /// by remapping its pages ([`PageSource::remap`]): in place when the
+    /// mapping can grow or shrink where it is, else moved to a fresh
+    /// mapping with no byte copied. Returns the block (at the same offset
+    /// from its mapping's base) and its usable size, or `None` — the block
+    /// untouched — when the source cannot remap, the heap's bound forbids
+    /// the growth, `size` is not a huge size, or the block's offset does
+    /// not suit `align`. Called by reallocation once resizing in place
+    /// without the OS failed; memcheck is told of the resize or move.
+    ///
+    /// On success `header` and `ptr` are stale if the block moved.
+    ///
+    /// # Safety
+    ///
+    /// As for [`RawHeap::free_block`]; `old_size` is what the block was
+    /// requested (or last resized) with.
+    pub(crate) unsafe fn realloc_huge(
+        &self,
+        header: NonNull<ChunkHeader>,
+        ptr: NonNull<u8>,
+        old_size: usize,
+        size: usize,
+        align: usize,
+    ) -> Option<(NonNull<u8>, usize)> {
+        let h = header.as_ptr();
+        // SAFETY: `header` is a live chunk of ours (caller); its fields do
+        // not change while we hold the lock below or the block is live.
+        let (kind, old_map, chunk_align) = unsafe { ((*h).kind, (*h).size, (*h).align) };
+        let offset = ptr.as_ptr().addr() - header.as_ptr().addr();
+        if kind != ChunkKind::Huge
+            || size <= MEDIUM_MAX
+            || align > chunk_align
+            || !offset.is_multiple_of(align)
+        {
+            return None;
+        }
+        let new_map = checked_align_up(offset.checked_add(size)?, page_size())?;
+        if new_map > isize::MAX as usize {
+            return None;
+        }
+        let mut core = self.core.lock();
+        if new_map > old_map && !self.room_for(&mut core, new_map - old_map) {
+            return None;
+        }
+        let base = header.cast::<u8>();
+        let (mut shrunk, mut unregistered) = (false, false);
+        let moved = {
+            let mut accept = |dest: NonNull<u8>| {
+                if dest == base {
+                    if new_map < old_map {
+                        // Shrink: the tail leaves the map (and the header's
+                        // range) before its pages go.
+                        let keep = new_map.next_multiple_of(CHUNK_SIZE);
+                        // SAFETY: our live header; only the block's owner
+                        // looks its range up, and it is resizing.
+                        unsafe { (*h).size = new_map };
+                        if keep < old_map {
+                            ARENA_MAP.unregister(base.as_ptr().addr() + keep, old_map - keep);
+                        }
+                        shrunk = true;
+                        true
+                    } else {
+                        ARENA_MAP.prepare(base.as_ptr().addr(), new_map)
+                    }
+                } else if ARENA_MAP.prepare(dest.as_ptr().addr(), new_map) {
+                    debug_assert!(dest.as_ptr().addr().is_multiple_of(chunk_align));
+                    ARENA_MAP.unregister(base.as_ptr().addr(), old_map);
+                    unregistered = true;
+                    true
+                } else {
+                    false
+                }
+            };
+            // SAFETY: the chunk's mapping is live and ours, mapped with
+            // `old_map` and `chunk_align`; `new_map` is a non-zero multiple
+            // of the page size; on a shrink, the bytes past `new_map` are
+            // past the block's new end, unused.
+            unsafe {
+                self.source
+                    .remap(base, old_map, new_map, chunk_align, &mut accept)
+            }
+        };
+        let Some(dest) = moved else {
+            // SAFETY: our live header, as before the attempt; its leaves
+            // exist, so registering its range again cannot fail.
+            unsafe { (*h).size = old_map };
+            if shrunk || unregistered {
+                ARENA_MAP.register(header, base.as_ptr().addr(), old_map);
+            }
+            return None;
+        };
+        let new_header = dest.cast::<ChunkHeader>();
+        // SAFETY: the chunk's pages, header and links included, are now at
+        // `dest` (`remap`'s contract), its leaves prepared by `accept`.
+        unsafe {
+            (*new_header.as_ptr()).size = new_map;
+            if dest != base {
+                Self::relink_moved(&mut core, h, new_header);
+            }
+        }
+        if new_map > old_map || dest != base {
+            let done = ARENA_MAP.register(new_header, dest.as_ptr().addr(), new_map);
+            debug_assert!(done, "leaves prepared");
+        }
+        let usable = new_map - offset;
+        let s = &mut core.stats;
+        s.bytes_mapped = s.bytes_mapped - old_map + new_map;
+        s.bytes_in_use = s.bytes_in_use - (old_map - offset) + usable;
+        s.bytes_requested = s.bytes_requested.wrapping_sub(old_size).wrapping_add(size);
+        drop(core);
+        // SAFETY: `offset < new_map`, inside the chunk at `dest`.
+        let block = unsafe { dest.add(offset) };
+        if dest == base {
+            crate::valgrind::resized(ptr.as_ptr(), old_size, size);
+        } else {
+            crate::valgrind::freelike(ptr.as_ptr());
+            crate::valgrind::malloclike(block.as_ptr(), size, false);
+            crate::valgrind::defined(block.as_ptr(), old_size.min(size));
+        }
+        Some((block, usable))
+    }
+
     /// Checks every invariant of layer 1 — the chunk list, the arena map's
     /// entries for it, every medium block, the free lists, the counters —
     /// and panics with a description on the first violation. O(blocks); for
@@ -597,7 +921,21 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 "free blocks missing from the lists"
             );
         }
+        let mut cached = 0;
+        for c in &core.huge_cache[..core.huge_cached] {
+            assert!(!c.base.is_null() && c.base.addr() % CHUNK_SIZE == 0);
+            assert_eq!(c.base.addr() % c.align, 0);
+            assert!(c.size <= HUGE_CACHE_BYTES);
+            assert_eq!(
+                ARENA_MAP.lookup(c.base.addr()),
+                None,
+                "a cached mapping is still registered"
+            );
+            cached += c.size;
+        }
+        mapped += cached;
         let s = &core.stats;
+        assert_eq!(s.huge_cached_bytes, cached);
         assert_eq!(s.bytes_mapped, mapped);
         assert_eq!(
             (s.arena_chunks, s.medium_chunks, s.huge_blocks),
@@ -653,15 +991,25 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         align: usize,
     ) -> Option<NonNull<ChunkHeader>> {
         debug_assert!(align >= CHUNK_SIZE && align.is_power_of_two());
-        let total = core.stats.bytes_mapped.checked_add(size)?;
-        if total > self.limit.load(Ordering::Relaxed) {
+        if !self.room_for(core, size) {
             return None;
         }
-        let base = if kind == ChunkKind::Arena {
-            debug_assert!(size == ARENA_SIZE && align == ARENA_SIZE);
-            self.source.map_arena()?
-        } else {
-            self.source.map(size, align)?
+        let map = || {
+            if kind == ChunkKind::Arena {
+                debug_assert!(size == ARENA_SIZE && align == ARENA_SIZE);
+                self.source.map_arena()
+            } else {
+                self.source.map(size, align)
+            }
+        };
+        let base = match map() {
+            Some(base) => base,
+            // The OS refuses: what the cache holds may be what it lacks.
+            None if core.huge_cached > 0 => {
+                self.release_huge_cache(core);
+                map()?
+            }
+            None => return None,
         };
         let header = base.cast::<ChunkHeader>();
         let owner = self.assign_id();
@@ -672,27 +1020,55 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             unsafe { self.unmap_source(kind, base, size, align) };
             return None;
         }
+        // SAFETY: a fresh chunk header, not on the list.
+        unsafe { Self::link(core, header) };
+        core.stats.bytes_mapped += size;
+        Some(header)
+    }
+
+    /// Whether `size` more bytes may be mapped under the heap's bound, once
+    /// the cached huge mappings are dropped if that is what it takes.
+    fn room_for(&self, core: &mut RawCore, size: usize) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let fits = |core: &RawCore| {
+            core.stats
+                .bytes_mapped
+                .checked_add(size)
+                .is_some_and(|total| total <= limit)
+        };
+        if fits(core) {
+            return true;
+        }
+        self.release_huge_cache(core);
+        fits(core)
+    }
+
+    /// Puts a chunk at the head of the heap's chunk list.
+    ///
+    /// # Safety
+    ///
+    /// `header` is a live chunk header of this heap, not on the list.
+    unsafe fn link(core: &mut RawCore, header: NonNull<ChunkHeader>) {
         // SAFETY: `header` and the current list head are live chunk headers,
         // and we hold the lock that guards the list.
         unsafe {
+            (*header.as_ptr()).prev = null_mut();
             (*header.as_ptr()).next = core.chunks;
             if !core.chunks.is_null() {
                 (*core.chunks).prev = header.as_ptr();
             }
         }
         core.chunks = header.as_ptr();
-        core.stats.bytes_mapped += size;
-        Some(header)
     }
 
-    /// Unlinks, unregisters and unmaps a chunk.
+    /// Takes a chunk off the heap's chunk list.
     ///
     /// # Safety
     ///
-    /// `header` is a chunk of this heap (on `core.chunks`) that nothing uses.
-    unsafe fn unmap_chunk(&self, core: &mut RawCore, header: NonNull<ChunkHeader>) {
+    /// `header` is a chunk of this heap, on `core.chunks`.
+    unsafe fn unlink(core: &mut RawCore, header: NonNull<ChunkHeader>) {
         // SAFETY: `header` and its list neighbours are live chunk headers.
-        let (kind, size, align) = unsafe {
+        unsafe {
             let h = header.as_ptr();
             let (next, prev) = ((*h).next, (*h).prev);
             if !next.is_null() {
@@ -703,6 +1079,43 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             } else {
                 (*prev).next = next;
             }
+        }
+    }
+
+    /// Points the list neighbours of a chunk whose header moved from `old`
+    /// to `new` (pages remapped, links and all) at its new place.
+    ///
+    /// # Safety
+    ///
+    /// `new` is the live header of a chunk on `core.chunks` that was at
+    /// `old`; its links are those it had there.
+    unsafe fn relink_moved(core: &mut RawCore, old: *mut ChunkHeader, new: NonNull<ChunkHeader>) {
+        // SAFETY: the neighbours are live chunk headers of this heap.
+        unsafe {
+            let (next, prev) = ((*new.as_ptr()).next, (*new.as_ptr()).prev);
+            debug_assert!(next != old && prev != old);
+            if !next.is_null() {
+                (*next).prev = new.as_ptr();
+            }
+            if prev.is_null() {
+                debug_assert_eq!(core.chunks, old);
+                core.chunks = new.as_ptr();
+            } else {
+                (*prev).next = new.as_ptr();
+            }
+        }
+    }
+
+    /// Unlinks, unregisters and unmaps a chunk.
+    ///
+    /// # Safety
+    ///
+    /// `header` is a chunk of this heap (on `core.chunks`) that nothing uses.
+    unsafe fn unmap_chunk(&self, core: &mut RawCore, header: NonNull<ChunkHeader>) {
+        // SAFETY: `header` is a live chunk header on the list (caller).
+        let (kind, size, align) = unsafe {
+            Self::unlink(core, header);
+            let h = header.as_ptr();
             ((*h).kind, (*h).size, (*h).align)
         };
         ARENA_MAP.unregister(header.as_ptr().addr(), size);
@@ -734,6 +1147,12 @@ impl<S: PageSource, R: RawMutex> Drop for RawHeap<S, R> {
     fn drop(&mut self) {
         let source = &self.source;
         let core = self.core.get_mut();
+        for c in &core.huge_cache[..core.huge_cached] {
+            // SAFETY: a cached mapping of this source, mapped with this size
+            // and alignment, that nothing refers to.
+            unsafe { source.unmap(NonNull::new_unchecked(c.base), c.size, c.align) };
+        }
+        core.huge_cached = 0;
         let mut chunk = core.chunks;
         while let Some(h) = NonNull::new(chunk) {
             // SAFETY: every chunk on the list is live; with `&mut self`
@@ -789,14 +1208,16 @@ mod tests {
             (0, 0, 0)
         );
         assert!(
-            s.bytes_mapped <= MEDIUM_CHUNK_SIZE,
-            "a huge block is unmapped at once"
+            s.huge_cached_bytes > MEDIUM_MAX
+                && s.bytes_mapped <= MEDIUM_CHUNK_SIZE + s.huge_cached_bytes,
+            "a huge block's mapping is kept for reuse: {s:?}"
         );
+        raw.validate();
         raw.trim();
         assert_eq!(
             raw.stats().bytes_mapped,
             0,
-            "trim unmaps the spare medium chunk"
+            "trim unmaps the spare medium chunk and the cached mapping"
         );
         raw.validate();
     }
@@ -846,5 +1267,369 @@ mod tests {
             unsafe { raw.free_block(h, p, n) };
         }
         raw.validate();
+    }
+
+    /// Counts what a heap asks of its page source (the OS's pages).
+    #[derive(Default)]
+    struct Counting {
+        maps: AtomicUsize,
+        unmaps: AtomicUsize,
+        purges: AtomicUsize,
+        remaps: AtomicUsize,
+    }
+
+    impl Counting {
+        fn counts(&self) -> [usize; 4] {
+            [&self.maps, &self.unmaps, &self.purges, &self.remaps]
+                .map(|c| c.load(Ordering::Relaxed))
+        }
+    }
+
+    // SAFETY: forwards every call to `OsPages`, which upholds the contract.
+    unsafe impl PageSource for &Counting {
+        fn map(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+            self.maps.fetch_add(1, Ordering::Relaxed);
+            OsPages.map(size, align)
+        }
+        unsafe fn unmap(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+            self.unmaps.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: forwarded contract.
+            unsafe { OsPages.unmap(ptr, size, align) }
+        }
+        unsafe fn purge(&self, ptr: NonNull<u8>, size: usize) -> bool {
+            self.purges.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: forwarded contract.
+            unsafe { OsPages.purge(ptr, size) }
+        }
+        unsafe fn remap(
+            &self,
+            ptr: NonNull<u8>,
+            old_size: usize,
+            new_size: usize,
+            align: usize,
+            accept: &mut dyn FnMut(NonNull<u8>) -> bool,
+        ) -> Option<NonNull<u8>> {
+            self.remaps.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: forwarded contract.
+            unsafe { OsPages.remap(ptr, old_size, new_size, align, accept) }
+        }
+    }
+
+    /// Frees a block of `raw` requested with `size` bytes.
+    fn free<S: PageSource>(raw: &RawHeap<S>, p: NonNull<u8>, size: usize) {
+        let (h, p) = raw.find_own_block(p, "test");
+        // SAFETY: a live block of `raw` requested with `size`, freed once
+        // (the tests' own blocks).
+        unsafe { raw.free_block(h, p, size) };
+    }
+
+    /// The byte a test pattern puts at `i`.
+    fn mark(i: usize) -> u8 {
+        (i as u8) ^ ((i >> 16) as u8) ^ 0x5A
+    }
+
+    #[test]
+    fn a_freed_huge_mapping_is_kept_and_reused_without_a_map() {
+        let pages = Counting::default();
+        let raw = RawHeap::<&Counting>::with_source(&pages);
+        let size = 3 * CHUNK_SIZE;
+        let a = raw.alloc_block(size, ALIGNMENT).unwrap();
+        assert!(a.zeroed);
+        // SAFETY: a live block of `size` bytes.
+        unsafe { a.ptr.as_ptr().write_bytes(0xAB, size) };
+        free(&raw, a.ptr, size);
+        let s = raw.stats();
+        assert_eq!(pages.counts()[..2], [1, 0], "kept, not unmapped");
+        assert!(
+            s.huge_cached_bytes > size && s.bytes_mapped == s.huge_cached_bytes,
+            "{s:?}"
+        );
+        assert_eq!((s.huge_blocks, s.bytes_in_use), (0, 0));
+        raw.validate();
+        // A smaller request that the mapping holds without wasting half of
+        // it takes it: no new mapping.
+        let smaller = size - CHUNK_SIZE / 2;
+        let b = raw.alloc_block(smaller, ALIGNMENT).unwrap();
+        assert_eq!(pages.counts()[..2], [1, 0]);
+        assert_eq!(b.ptr, a.ptr, "the same mapping, at the same offset");
+        assert!(!b.zeroed, "the old contents were not purged yet");
+        let s = raw.stats();
+        assert_eq!((s.huge_cached_bytes, s.huge_blocks), (0, 1));
+        // SAFETY: a live block of `raw`.
+        assert!(unsafe { raw.usable_size(b.ptr) } >= smaller);
+        raw.validate();
+        // A request more than twice as large maps anew.
+        free(&raw, b.ptr, smaller);
+        let c = raw.alloc_block(3 * size, ALIGNMENT).unwrap();
+        assert_eq!(pages.counts()[..2], [2, 0]);
+        free(&raw, c.ptr, 3 * size);
+        // And a request less than half as large does not take it either.
+        let d = raw.alloc_block(MEDIUM_MAX + 1, ALIGNMENT).unwrap();
+        assert_eq!(pages.counts()[..2], [3, 0]);
+        free(&raw, d.ptr, MEDIUM_MAX + 1);
+        raw.validate();
+        assert_eq!(raw.stats().huge_cached_bytes, raw.stats().bytes_mapped);
+    }
+
+    #[test]
+    fn trim_unmaps_the_cached_huge_mappings() {
+        let pages = Counting::default();
+        let raw = RawHeap::<&Counting>::with_source(&pages);
+        for size in [2 * CHUNK_SIZE, 5 * CHUNK_SIZE] {
+            let p = raw.alloc_block(size, ALIGNMENT).unwrap().ptr;
+            free(&raw, p, size);
+        }
+        assert!(raw.stats().huge_cached_bytes > 7 * CHUNK_SIZE);
+        raw.trim();
+        let s = raw.stats();
+        assert_eq!((s.huge_cached_bytes, s.bytes_mapped), (0, 0));
+        assert_eq!(pages.counts()[..2], [2, 2]);
+        raw.validate();
+    }
+
+    #[test]
+    fn the_huge_cache_is_bounded_in_mappings_and_bytes() {
+        let pages = Counting::default();
+        let raw = RawHeap::<&Counting>::with_source(&pages);
+        let size = 2 * CHUNK_SIZE;
+        let n = HUGE_CACHE_MAPPINGS + 2;
+        let blocks: Vec<_> = (0..n)
+            .map(|_| raw.alloc_block(size, ALIGNMENT).unwrap().ptr)
+            .collect();
+        for p in blocks {
+            free(&raw, p, size);
+        }
+        let s = raw.stats();
+        let map_size = (size + CHUNK_HEADER_SIZE).next_multiple_of(page_size());
+        assert_eq!(s.huge_cached_bytes, HUGE_CACHE_MAPPINGS * map_size);
+        assert_eq!(pages.counts()[..2], [n, 2], "the two oldest were unmapped");
+        raw.validate();
+        if cfg!(not(miri)) {
+            // A mapping over the byte bound is unmapped at once.
+            let big = HUGE_CACHE_BYTES + CHUNK_SIZE;
+            let p = raw.alloc_block(big, ALIGNMENT).unwrap().ptr;
+            free(&raw, p, big);
+            assert_eq!(pages.counts()[..2], [n + 1, 3]);
+            // Large ones evict the oldest to stay within the byte bound.
+            let large = HUGE_CACHE_BYTES / 3;
+            let blocks: Vec<_> = (0..3)
+                .map(|_| raw.alloc_block(large, ALIGNMENT).unwrap().ptr)
+                .collect();
+            for p in blocks {
+                free(&raw, p, large);
+            }
+            let s = raw.stats();
+            assert!(s.huge_cached_bytes <= HUGE_CACHE_BYTES, "{s:?}");
+            assert!(s.huge_cached_bytes >= 2 * large, "{s:?}");
+            raw.validate();
+        }
+    }
+
+    #[test]
+    fn cached_huge_mappings_are_purged_after_the_delay() {
+        let pages = Counting::default();
+        let raw = RawHeap::<&Counting>::with_source(&pages);
+        let size = 2 * CHUNK_SIZE;
+        let a = raw.alloc_block(size, ALIGNMENT).unwrap().ptr;
+        // SAFETY: a live block of `size` bytes.
+        unsafe { a.as_ptr().write_bytes(0xAB, size) };
+        free(&raw, a, size);
+        assert_eq!(pages.counts()[2], 0, "not purged at once");
+        std::thread::sleep(PURGE_DELAY * 2);
+        // The next huge operation purges it (without taking it: too small).
+        let big = raw.alloc_block(4 * size, ALIGNMENT).unwrap().ptr;
+        assert_eq!(pages.counts()[2], 1, "purged once the delay passed");
+        free(&raw, big, 4 * size);
+        assert_eq!(pages.counts()[2], 1, "the fresh one waits");
+        assert!(raw.stats().huge_cached_bytes > 5 * size, "both still kept");
+        // The purged mapping is reused; where the source says purged pages
+        // read zero (Linux), the block says so and does.
+        let b = raw.alloc_block(size, ALIGNMENT).unwrap();
+        assert_eq!(b.ptr, a, "the purged mapping is reused");
+        assert_eq!(pages.counts()[0], 2);
+        if cfg!(all(target_os = "linux", not(miri))) {
+            assert!(b.zeroed);
+        }
+        if b.zeroed {
+            // SAFETY: a live block of `size` bytes.
+            let bytes = unsafe { core::slice::from_raw_parts(b.ptr.as_ptr(), size) };
+            assert!(bytes.iter().step_by(4096).all(|&x| x == 0));
+        }
+        free(&raw, b.ptr, size);
+        raw.validate();
+    }
+
+    #[test]
+    fn a_bounded_heap_drops_its_cached_huge_mappings_before_failing() {
+        let pages = Counting::default();
+        let raw = RawHeap::<&Counting>::with_source_and_limit(&pages, 8 * CHUNK_SIZE);
+        let a = raw.alloc_block(5 * CHUNK_SIZE, ALIGNMENT).unwrap().ptr;
+        free(&raw, a, 5 * CHUNK_SIZE);
+        assert!(raw.stats().huge_cached_bytes > 5 * CHUNK_SIZE);
+        // Too large for the cached mapping, and the limit holds only one of
+        // the two: the cached one goes.
+        let b = raw
+            .alloc_block(6 * CHUNK_SIZE, ALIGNMENT)
+            .expect("the cached mapping makes room");
+        let s = raw.stats();
+        assert_eq!(s.huge_cached_bytes, 0);
+        assert!(s.bytes_mapped <= 8 * CHUNK_SIZE, "{s:?}");
+        assert_eq!(pages.counts()[..2], [2, 1]);
+        // Beyond the limit even without a cache: refused cleanly.
+        assert!(raw.alloc_block(3 * CHUNK_SIZE, ALIGNMENT).is_none());
+        free(&raw, b.ptr, 6 * CHUNK_SIZE);
+        raw.validate();
+    }
+
+    #[test]
+    fn a_huge_block_grows_and_shrinks_by_remapping_its_pages() {
+        let pages = Counting::default();
+        let raw = RawHeap::<&Counting>::with_source(&pages);
+        let (small, large) = (2 * CHUNK_SIZE, 40 * CHUNK_SIZE);
+        let p = raw.alloc_block(small, 4096).unwrap().ptr;
+        // SAFETY: a live block of `small` bytes.
+        unsafe {
+            (0..small)
+                .step_by(512)
+                .for_each(|i| p.as_ptr().add(i).write(mark(i)))
+        };
+        let (h, p) = raw.find_own_block(p, "test");
+        // SAFETY: a live huge block of `raw` requested with `small` bytes.
+        let grown = unsafe { raw.realloc_huge(h, p, small, large, 4096) };
+        let remaps = pages.counts()[3];
+        assert_eq!(remaps, 1);
+        if cfg!(not(all(target_os = "linux", not(miri)))) {
+            assert!(grown.is_none(), "no remap here: the block stays");
+            free(&raw, p, small);
+            return;
+        }
+        let (q, usable) = grown.expect("mremap grows the block");
+        assert!(usable >= large && q.as_ptr().addr() % 4096 == 0);
+        raw.validate();
+        let s = raw.stats();
+        assert!(s.bytes_mapped >= large && s.bytes_mapped < large + 2 * CHUNK_SIZE);
+        assert_eq!((s.bytes_requested, s.bytes_in_use), (large, usable));
+        // SAFETY: a live block of `large` bytes, whose first `small` were
+        // kept and the rest read zero.
+        unsafe {
+            for i in (0..small).step_by(512) {
+                assert_eq!(q.as_ptr().add(i).read(), mark(i));
+            }
+            for i in (small..large).step_by(4096) {
+                assert_eq!(q.as_ptr().add(i).read(), 0);
+            }
+            q.as_ptr().add(large - 1).write(7);
+        }
+        // Shrinking by more than half drops the tail in place.
+        let (h, q) = raw.find_own_block(q, "test");
+        // SAFETY: a live huge block requested with `large` bytes.
+        let (r, usable) = unsafe { raw.realloc_huge(h, q, large, small + 1, 16) }.unwrap();
+        assert_eq!(r, q, "a shrink stays in place");
+        assert!(usable > small && usable < small + 2 * page_size());
+        raw.validate();
+        assert!(raw.stats().bytes_mapped <= small + 3 * page_size());
+        assert!(ARENA_MAP.lookup(q.as_ptr().addr() + large - 1).is_none());
+        // SAFETY: the kept part of the block.
+        unsafe {
+            for i in (0..small).step_by(512) {
+                assert_eq!(r.as_ptr().add(i).read(), mark(i));
+            }
+        }
+        free(&raw, r, small + 1);
+        raw.validate();
+        assert_eq!(raw.stats().bytes_in_use, 0);
+    }
+
+    #[test]
+    fn a_huge_block_doubles_to_a_gibibyte_without_copying() {
+        use allocator_api2::alloc::Allocator;
+        let heap = crate::PrivateHeap::new();
+        let a = &heap;
+        // Miri has no mremap (its pages come from `System`): the block is
+        // copied there, and only correctness is checked, on less.
+        let (first, last) = if cfg!(miri) {
+            (2 << 20, 8 << 20)
+        } else {
+            (2 << 20, 1 << 30)
+        };
+        // A mark every 64 KiB of each size's new part (and its last byte):
+        // enough to see a lost or shifted page without touching a GiB.
+        let stride = 64 << 10;
+        let layout = |n| Layout::from_size_align(n, 8).unwrap();
+        let mut p = a.allocate(layout(first)).unwrap().cast::<u8>();
+        let mut size = first;
+        let mut from = 0;
+        loop {
+            // SAFETY: `p` is a live block of `size` bytes.
+            unsafe {
+                for i in (from..size).step_by(stride).chain([size - 1]) {
+                    p.as_ptr().add(i).write(mark(i));
+                }
+            }
+            if size == last {
+                break;
+            }
+            // SAFETY: `p` is live with `layout(size)`.
+            p = unsafe { a.grow(p, layout(size), layout(2 * size)) }
+                .expect("grows")
+                .cast();
+            (from, size) = (size, 2 * size);
+        }
+        // SAFETY: as above.
+        unsafe {
+            let mut from = 0;
+            let mut end = first;
+            while end <= last {
+                for i in (from..end).step_by(stride).chain([end - 1]) {
+                    assert_eq!(p.as_ptr().add(i).read(), mark(i), "byte {i}");
+                }
+                (from, end) = (end, 2 * end);
+            }
+        }
+        let s = heap.stats();
+        if cfg!(all(target_os = "linux", not(miri))) {
+            assert_eq!(s.raw.huge_bytes_copied, 0, "{s:?}");
+        } else {
+            assert!(s.raw.huge_bytes_copied >= last / 2 - first);
+        }
+        // Mapped for the block: the cached mappings of copied-out blocks aside.
+        let held = s.bytes_mapped - s.raw.huge_cached_bytes;
+        assert!(held >= last && held < last + last / 2, "{s:?}");
+        heap.validate();
+        // SAFETY: live with `layout(last)`, freed once.
+        unsafe { a.deallocate(p, layout(last)) };
+    }
+
+    #[test]
+    fn a_realloc_the_heap_cannot_give_returns_null_and_keeps_the_block() {
+        use allocator_api2::alloc::Allocator;
+        use core::alloc::GlobalAlloc;
+        let heap = crate::PrivateHeap::with_limit(16 * CHUNK_SIZE);
+        let a = &heap;
+        let size = 4 * CHUNK_SIZE;
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        let p = a.allocate(layout).unwrap().cast::<u8>();
+        // SAFETY: a live block of `size` bytes.
+        unsafe {
+            (0..size)
+                .step_by(4096)
+                .for_each(|i| p.as_ptr().add(i).write(mark(i)))
+        };
+        let too_big = Layout::from_size_align(64 * CHUNK_SIZE, 8).unwrap();
+        // SAFETY: `p` is live with `layout`.
+        assert!(unsafe { a.grow(p, layout, too_big) }.is_err());
+        // SAFETY: as above.
+        assert!(unsafe { heap.realloc(p.as_ptr(), layout, 64 * CHUNK_SIZE) }.is_null());
+        // SAFETY: as above: a failed realloc leaves the block live.
+        assert!(unsafe { heap.realloc(p.as_ptr(), layout, usize::MAX / 2) }.is_null());
+        heap.validate();
+        // SAFETY: the block is still live and intact.
+        unsafe {
+            for i in (0..size).step_by(4096) {
+                assert_eq!(p.as_ptr().add(i).read(), mark(i));
+            }
+            a.deallocate(p, layout);
+        }
+        assert_eq!(heap.stats().bytes_in_use, 0);
     }
 }
