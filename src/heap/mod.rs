@@ -185,7 +185,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         self.raw.trim();
     }
 
-    /// Collects the inboxes of the calling thread's thread heap `own` (if
+    /// Collects the pending remote frees of the calling thread's thread heap `own` (if
     /// not null) and of every orphan; with `release_cached`, also gives
     /// back their cached empty pools.
     fn collect_threads(&self, shared: &mut Shared, own: *mut ThreadHeap, release_cached: bool) {
@@ -662,8 +662,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// arena and pool header are found by masking its address
     /// ([ref:arena-layout]); if the calling thread owns the pool, push the
     /// block on the pool's free list and uncount it, with plain loads and
-    /// stores. A block of another thread's pool goes to that thread's inbox
-    /// (one CAS). Other layouts take the arena map ([`Self::free_sized`]).
+    /// stores. A block of another thread's pool goes onto that pool's remote
+    /// list (one CAS). Other layouts take the arena map ([`Self::free_sized`]).
     #[inline(always)]
     pub(crate) unsafe fn free_layout(&self, ptr: NonNull<u8>, size: usize, align: usize) {
         if class_of(size, align).is_none() {
@@ -814,7 +814,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     }
 
     /// Frees a small block of a pool the calling thread does not own: onto
-    /// the owner's inbox, or into the shared lists under the lock.
+    /// the pool's remote list (and the pool onto its owner's inbox of
+    /// pools, once per batch), or into the shared lists under the lock.
     ///
     /// # Safety
     ///

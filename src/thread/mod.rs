@@ -511,7 +511,7 @@ impl Registry {
         Some((th, token))
     }
 
-    /// Collects the inboxes of the calling thread's thread heap `own` (may
+    /// Collects the pending remote frees of the calling thread's thread heap `own` (may
     /// be null) and of every orphan: the pools that empty go on `chain`.
     /// With `release_cached`, also moves their cached empty pools to
     /// `chain` and passes their medium cache's blocks to `free_medium`.
