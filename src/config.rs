@@ -53,14 +53,22 @@ pub const SPARE_ARENAS: usize = 4;
 /// more would mostly hold address space nobody asks for again.
 pub const HUGE_CACHE_MAPPINGS: usize = 8;
 /// Most bytes of freed huge mappings kept at once (and the largest mapping
-/// kept at all). Their pages are purged after `PURGE_DELAY`, so past that
-/// what they hold is address space, not memory; still they count in
+/// kept at all). Their pages are purged after `PURGE_DELAY` (checked on
+/// layer 1's and layer 2's slow paths), or at once beyond
+/// `HUGE_CACHE_RESIDENT`, so past that what they hold is address space,
+/// not memory; still they count in
 /// `bytes_mapped` and against a heap's limit (a bounded heap drops them
 /// before refusing a mapping). 64 MiB: the cost a cache saves is a
 /// `mmap`/`munmap` pair (microseconds); a mapping much larger than this
 /// costs far more to fault in and fill than to map, so caching it saves
 /// nothing worth the address space.
 pub const HUGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Of the cached huge mappings, the bytes whose pages stay resident until
+/// `PURGE_DELAY` has passed; a mapping freed beyond it is purged as it is
+/// cached (its reuse still saves the `mmap`/`munmap` pair, not the page
+/// faults). Keeps a program that frees and allocates large buffers from
+/// holding tens of MiB more than it uses at its peak.
+pub const HUGE_CACHE_RESIDENT: usize = 16 * 1024 * 1024;
 /// Empty pools a thread heap keeps for reuse without the heap's lock, and
 /// takes from the arenas at once when it needs a pool: threads that fill
 /// and empty pools fast (building and dropping a tree) take the lock once

@@ -8,7 +8,8 @@ memory report (1 GiB workload, per-workload peak RSS) and the criterion
 micro-benchmarks. Writes suite/results.md and suite/results.json; `--chart`
 also draws suite/ratios.png (matplotlib).
 
-    python3 suite/run.py --chart         # everything, 4 rounds (~11 min)
+    python3 suite/run.py --chart         # everything, 4 rounds (~8 min; pip install matplotlib)
+    python3 suite/run.py --chart-only    # redraw ratios.png from results.json
     python3 suite/run.py --quick         # 2 rounds, workloads only
     python3 suite/run.py --filter larson # some workloads only
     python3 suite/run.py --rounds 1 --filter pair_16 --no-memory --no-micro --no-save
@@ -54,7 +55,13 @@ def main():
     ap.add_argument("--chart", action="store_true")
     ap.add_argument("--no-save", action="store_true",
                     help="print the tables only; leave results.md/json as they are")
+    ap.add_argument("--chart-only", action="store_true",
+                    help="redraw suite/ratios.png from suite/results.json (matplotlib)")
     args = ap.parse_args()
+    if args.chart_only:
+        with open(os.path.join(SUITE, "results.json")) as f:
+            chart(json.load(f)["rows"])
+        return
     rounds = 2 if args.quick else args.rounds
     bins = build()
     # The workloads whose names contain --filter, then each one run alone

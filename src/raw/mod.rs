@@ -27,8 +27,8 @@ pub(crate) mod map;
 pub(crate) mod medium;
 
 use crate::config::{
-    ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, HUGE_CACHE_BYTES, HUGE_CACHE_MAPPINGS, MEDIUM_CHUNK_SIZE,
-    MEDIUM_MAX, MEDIUM_MAX_ALIGN, PURGE_DELAY,
+    ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, HUGE_CACHE_BYTES, HUGE_CACHE_MAPPINGS, HUGE_CACHE_RESIDENT,
+    MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN, PURGE_DELAY,
 };
 use crate::lock::{ForkSafe, SpinLock};
 use crate::os::{OsPages, PageSource, checked_align_up, page_size};
@@ -168,6 +168,9 @@ pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     limit: AtomicUsize,
     /// `RawStats::huge_bytes_copied`, counted without the lock.
     huge_copied: AtomicUsize,
+    /// Some cached huge mapping still holds its pages (a hint, read without
+    /// the lock by `purge_expired_huge`).
+    huge_waiting: core::sync::atomic::AtomicBool,
 }
 
 /// Source of heap identities; 0 means "not assigned yet".
@@ -231,6 +234,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             id: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
             huge_copied: AtomicUsize::new(0),
+            huge_waiting: core::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -312,8 +316,13 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     #[inline]
     fn purge_spare_chunk(&self, core: &mut RawCore) {
         core.ops = core.ops.wrapping_add(1);
-        if core.spare_since.is_some() && core.ops.is_multiple_of(PURGE_CHECK_INTERVAL) {
-            self.purge_spare_chunk_slow(core);
+        if core.ops.is_multiple_of(PURGE_CHECK_INTERVAL) {
+            if core.spare_since.is_some() {
+                self.purge_spare_chunk_slow(core);
+            }
+            if self.huge_waiting.load(Ordering::Relaxed) {
+                self.purge_huge_cache(core);
+            }
         }
     }
 
@@ -581,7 +590,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// for reuse, evicting the oldest ones to stay within the bounds, or
     /// unmaps it if it alone is over them.
     fn cache_huge(&self, core: &mut RawCore, base: NonNull<u8>, size: usize, align: usize) {
-        let c = CachedMapping {
+        let mut c = CachedMapping {
             base: base.as_ptr(),
             size,
             align,
@@ -598,6 +607,19 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             let oldest = Self::remove_cached(core, 0);
             self.release_cached(core, oldest);
         }
+        let resident: usize = core.huge_cache[..core.huge_cached]
+            .iter()
+            .filter(|c| c.freed.is_some())
+            .map(|c| c.size)
+            .sum();
+        if resident + size > HUGE_CACHE_RESIDENT {
+            // SAFETY: the whole of a mapping of this source, page-aligned
+            // at both ends, whose contents nobody needs.
+            c.zeroed = unsafe { self.source.purge(base, size) };
+            c.freed = None;
+        } else {
+            self.huge_waiting.store(true, Ordering::Relaxed);
+        }
         core.huge_cache[core.huge_cached] = c;
         core.huge_cached += 1;
         core.stats.huge_cached_bytes += size;
@@ -609,6 +631,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     fn purge_huge_cache(&self, core: &mut RawCore) {
         let n = core.huge_cached;
         if !core.huge_cache[..n].iter().any(|c| c.freed.is_some()) {
+            self.huge_waiting.store(false, Ordering::Relaxed);
             return;
         }
         let now = std::time::Instant::now();
@@ -621,6 +644,19 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 c.zeroed = unsafe { self.source.purge(NonNull::new_unchecked(c.base), c.size) };
                 c.freed = None;
             }
+        }
+        let waiting = core.huge_cache[..n].iter().any(|c| c.freed.is_some());
+        self.huge_waiting.store(waiting, Ordering::Relaxed);
+    }
+
+    /// Purges cached huge mappings whose delay has passed, if any waits:
+    /// called on layer 2's pool transitions too, so that a program that
+    /// stops allocating large blocks does not keep their pages. One
+    /// relaxed load when none waits.
+    pub(crate) fn purge_expired_huge(&self) {
+        if self.huge_waiting.load(Ordering::Relaxed) {
+            let mut core = self.core.lock();
+            self.purge_huge_cache(&mut core);
         }
     }
 
@@ -1456,6 +1492,29 @@ mod tests {
             assert!(bytes.iter().step_by(4096).all(|&x| x == 0));
         }
         free(&raw, b.ptr, size);
+        raw.validate();
+    }
+
+    #[test]
+    fn cached_huge_mappings_keep_their_pages_up_to_a_resident_budget() {
+        let pages = Counting::default();
+        let raw = RawHeap::<&Counting>::with_source(&pages);
+        let size = 6 * CHUNK_SIZE;
+        let blocks: Vec<_> = (0..3)
+            .map(|_| raw.alloc_block(size, ALIGNMENT).unwrap().ptr)
+            .collect();
+        for (i, &b) in blocks.iter().enumerate() {
+            free(&raw, b, size);
+            // Two fit in HUGE_CACHE_RESIDENT (16 MiB) with their pages; the
+            // third is purged as it is cached.
+            assert_eq!(
+                pages.counts()[2],
+                usize::from(i == 2),
+                "after {} frees",
+                i + 1
+            );
+        }
+        assert!(raw.stats().huge_cached_bytes >= 3 * size, "all three kept");
         raw.validate();
     }
 
