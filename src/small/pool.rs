@@ -239,13 +239,17 @@ impl Pool {
             let count = (page_end - first.addr())
                 .div_ceil(size)
                 .min(capacity - bump);
+            // Under memcheck a carved block may be memory it saw freed (the
+            // pool was used before): its link word is made writable first.
             let mut block = first;
             for _ in 1..count {
                 let next = block.add(size);
+                crate::valgrind::defined(block, size_of::<usize>());
                 block.cast::<*mut u8>().write(next);
                 crate::valgrind::noaccess(block, size_of::<usize>());
                 block = next;
             }
+            crate::valgrind::defined(block, size_of::<usize>());
             block.cast::<*mut u8>().write(null_mut());
             crate::valgrind::noaccess(block, size_of::<usize>());
             (*this).freeblock = first;
