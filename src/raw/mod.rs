@@ -1505,15 +1505,19 @@ mod tests {
             .collect();
         for (i, &b) in blocks.iter().enumerate() {
             free(&raw, b, size);
-            // Two fit in HUGE_CACHE_RESIDENT (16 MiB) with their pages; the
-            // third is purged as it is cached.
-            assert_eq!(
-                pages.counts()[2],
-                usize::from(i == 2),
-                "after {} frees",
-                i + 1
-            );
+            // Cached mappings that still hold their pages stay within
+            // HUGE_CACHE_RESIDENT (16 MiB): two of 6 MiB fit, the third is
+            // purged as it is cached (or earlier ones were, if the purge
+            // delay passed meanwhile, as under Miri).
+            let core = raw.core.lock();
+            let resident: usize = core.huge_cache[..core.huge_cached]
+                .iter()
+                .filter(|c| c.freed.is_some())
+                .map(|c| c.size)
+                .sum();
+            assert!(resident <= HUGE_CACHE_RESIDENT, "after {} frees", i + 1);
         }
+        assert!(pages.counts()[2] >= 1, "one of the three was purged");
         assert!(raw.stats().huge_cached_bytes >= 3 * size, "all three kept");
         raw.validate();
     }
