@@ -147,8 +147,10 @@ impl ArenaMap {
     pub(crate) fn lookup(&self, addr: usize) -> Option<NonNull<ChunkHeader>> {
         let header = NonNull::new(self.slot(addr, false)?.load(Ordering::Acquire))?;
         // SAFETY: a non-null slot points at the header of a live chunk (map
-        // invariant); headers are immutable while the chunk is registered.
-        let (start, size) = unsafe { ((*header.as_ptr()).base_addr(), (*header.as_ptr()).size) };
+        // invariant); its size is immutable while the chunk is registered.
+        // Only that field is read: a `&ChunkHeader` would also read the
+        // list links, which other threads change under the heap's lock.
+        let (start, size) = (header.as_ptr().addr(), unsafe { (*header.as_ptr()).size });
         (addr.wrapping_sub(start) < size).then_some(header)
     }
 }

@@ -728,11 +728,13 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         ptr: NonNull<u8>,
     ) -> usize {
         // SAFETY: `header` is a live chunk and `ptr` a live block in it.
+        // Fields are read through the raw pointer, never a `&ChunkHeader`:
+        // its list links change under the lock meanwhile.
         unsafe {
-            let h = &*header.as_ptr();
-            match h.kind {
+            let h = header.as_ptr();
+            match (*h).kind {
                 ChunkKind::Medium => medium::usable_size(ptr),
-                ChunkKind::Huge => h.base_addr() + h.size - ptr.as_ptr().addr(),
+                ChunkKind::Huge => h.addr() + (*h).size - ptr.as_ptr().addr(),
                 ChunkKind::Arena => {
                     crate::fatal::bad_pointer("layer 1 size of a small block", ptr.as_ptr())
                 }
