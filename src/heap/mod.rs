@@ -399,8 +399,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         if let Some(class) = class_of(size, align) {
             if let Some(th) = local::cached(self.raw.id()) {
                 // SAFETY: the calling thread owns `th`.
-                if let Some(found) = unsafe { Self::alloc_local(th, class, size) } {
-                    return Some(found);
+                if let Some(block) = unsafe { ThreadHeap::alloc_local(th, class, size) } {
+                    return Some((block, false));
                 }
                 // SAFETY: as above.
                 return unsafe { self.alloc_small_slow(th, class, size) };
@@ -484,23 +484,6 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 }
             }
         }
-    }
-
-    /// A block of `class` for `size` bytes from thread heap `th`'s used
-    /// pools, counted; `None` if it has none of `class`.
-    ///
-    /// # Safety
-    ///
-    /// The calling thread owns `th`.
-    #[inline(always)]
-    unsafe fn alloc_local(
-        th: *mut ThreadHeap,
-        class: SizeClass,
-        size: usize,
-    ) -> Option<(NonNull<u8>, bool)> {
-        // SAFETY: caller's contract.
-        let block = unsafe { ThreadHeap::alloc_local(th, class, size) }?;
-        Some((block, false))
     }
 
     /// Returns block `ptr` to `pool`, which thread heap `th` owns, counted.
