@@ -111,6 +111,25 @@ pub(crate) fn wrong_heap(what: &str, ptr: *const u8) -> ! {
     report(what, ptr, "belongs to another pymalloc heap")
 }
 
+/// Reports misuse of `block` (a `kind` block of `size` bytes) that the
+/// heap caught before it corrupted anything: the block `reason`. Then
+/// aborts the process.
+#[cold]
+#[inline(never)]
+pub(crate) fn misuse(block: *const u8, size: usize, kind: &str, reason: &str) -> ! {
+    let mut m = Message::new();
+    m.push(b"pymalloc: fatal error: ");
+    m.push(kind.as_bytes());
+    m.push(b" block ");
+    m.push_hex(block.addr());
+    m.push(b" (");
+    m.push_dec(size);
+    m.push(b" bytes) ");
+    m.push(reason.as_bytes());
+    m.push(b"\n");
+    m.abort()
+}
+
 fn report(what: &str, ptr: *const u8, reason: &str) -> ! {
     let mut m = Message::new();
     m.push(b"pymalloc: fatal error in ");

@@ -93,6 +93,8 @@ mod fatal;
 mod backoff;
 // fork() without deadlocks: the gate every crate lock passes.
 mod fork;
+// The free mark (double frees), and the `hardened` feature's secrets.
+mod harden;
 // Valgrind client requests (feature `valgrind`).
 mod valgrind;
 // Layer 1: the raw heap (chunks, the arena map, medium and huge blocks).

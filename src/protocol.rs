@@ -65,18 +65,23 @@ pub(crate) trait Linked {
     unsafe fn next(this: *mut Self) -> *mut Self;
 }
 
+/// A freed small block, linked as on its pool's free list (encoded with
+/// the `hardened` feature).
 impl Linked for u8 {
     unsafe fn set_next(this: *mut Self, next: *mut Self) {
         crate::valgrind::defined(this, size_of::<usize>());
         // SAFETY: a freed block is at least a word long (caller).
-        unsafe { this.cast::<*mut u8>().write(next) };
+        unsafe {
+            this.cast::<*mut u8>()
+                .write(crate::harden::encode(next, this))
+        };
         crate::valgrind::noaccess(this, size_of::<usize>());
     }
 
     unsafe fn next(this: *mut Self) -> *mut Self {
         crate::valgrind::defined(this, size_of::<usize>());
         // SAFETY: as above.
-        let next = unsafe { this.cast::<*mut u8>().read() };
+        let next = crate::harden::decode(unsafe { this.cast::<*mut u8>().read() }, this);
         crate::valgrind::noaccess(this, size_of::<usize>());
         next
     }

@@ -649,21 +649,37 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// list (one CAS). Other layouts take the arena map ([`Self::free_sized`]).
     #[inline(always)]
     pub(crate) unsafe fn free_layout(&self, ptr: NonNull<u8>, size: usize, align: usize) {
-        if class_of(size, align).is_none() {
+        let Some(class) = class_of(size, align) else {
             // SAFETY: caller's contract.
             return unsafe { self.free_sized(ptr, size) };
-        }
+        };
         // The arena by masking, with the arena's provenance (the pointer
-        // given may carry only the block's); under Miri, from the arena map.
+        // given may carry only the block's); under Miri, and with
+        // `hardened` (which checks every pointer), from the arena map.
         // SAFETY: `ptr` is a live small block (caller).
-        #[cfg(not(miri))]
+        #[cfg(not(any(miri, feature = "hardened")))]
         let (arena, ptr) = unsafe { Arena::of_freed_block(ptr) };
-        #[cfg(miri)]
+        #[cfg(any(miri, feature = "hardened"))]
         let (arena, ptr) = {
             let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
+            // SAFETY: `header` is a live chunk of ours.
+            if unsafe { (*header.as_ptr()).kind } != ChunkKind::Arena {
+                crate::fatal::misuse(
+                    ptr.as_ptr(),
+                    size,
+                    "large",
+                    "was freed with the layout of a small block",
+                );
+            }
             (header.as_ptr().cast::<Arena>(), ptr)
         };
         let pool = Arena::pool_of(arena, ptr.as_ptr());
+        // SAFETY: `pool` is the header the block's address falls in.
+        #[cfg(feature = "hardened")]
+        unsafe {
+            Pool::check_freed(pool, ptr, Some(class))
+        };
+        let _ = class;
         // SAFETY: `ptr` is a live small block of `pool` (caller).
         unsafe { self.free_small(pool, ptr, size) }
     }
@@ -683,6 +699,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // live and owned by `owner` for as long as the block is
         // ([ref:thread-heaps]).
         unsafe {
+            // `hardened`: a block start of this pool (the size-less `free`
+            // comes here too).
+            #[cfg(feature = "hardened")]
+            Pool::check_freed(pool, ptr, None);
+            // Whoever frees it, the block is marked free first, so a second
+            // free is caught on any path ([ref:free-mark]).
+            Pool::mark_freed(pool, ptr);
             if let Some(th) = local::cached(self.raw.id())
                 && Pool::owner(pool) == ThreadHeap::owner_id(th)
             {
@@ -723,21 +746,15 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         ptr: NonNull<u8>,
         size: usize,
     ) {
-        crate::valgrind::freelike(ptr.as_ptr());
         // SAFETY: `header` is the chunk holding `ptr`, and `ptr` is a live
-        // block of this heap (caller), so its pool is live and owned by
-        // `owner` for as long as the block is ([ref:thread-heaps]).
+        // block of this heap (caller).
         unsafe {
             if (*header.as_ptr()).kind != ChunkKind::Arena {
+                crate::valgrind::freelike(ptr.as_ptr());
                 return self.free_large(header, ptr, size);
             }
             let pool = Arena::pool_of(header.as_ptr().cast(), ptr.as_ptr());
-            if let Some(th) = local::cached(self.raw.id())
-                && Pool::owner(pool) == ThreadHeap::owner_id(th)
-            {
-                return self.free_local(th, pool, ptr, size);
-            }
-            self.free_small_slow(pool, ptr, size);
+            self.free_small(pool, ptr, size);
         }
     }
 
@@ -759,18 +776,26 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // SAFETY: caller's contract; a live medium block's size word is
         // written only by whoever holds the block, so it is read unlocked.
         unsafe {
-            if (*header.as_ptr()).kind == ChunkKind::Medium
-                && self.raw.limit() == usize::MAX
-                && let th = self.thread_heap()
-                && !th.is_null()
-                && MediumCache::push(
-                    ThreadHeap::medium(th),
-                    ptr,
-                    crate::raw::medium::usable_size(ptr),
-                    size,
-                )
-            {
-                return;
+            if (*header.as_ptr()).kind == ChunkKind::Medium {
+                let usable = crate::raw::medium::freed_usable_size(ptr);
+                // Already free in some thread's medium cache: a double free,
+                // caught before the block is cached or freed twice
+                // ([ref:free-mark]).
+                if MediumCache::is_cached(ptr, usable) {
+                    crate::fatal::misuse(
+                        ptr.as_ptr(),
+                        usable,
+                        "medium",
+                        "is already free (double free)",
+                    )
+                }
+                if self.raw.limit() == usize::MAX
+                    && let th = self.thread_heap()
+                    && !th.is_null()
+                    && MediumCache::push(ThreadHeap::medium(th), ptr, usable, size)
+                {
+                    return;
+                }
             }
             self.raw.free_block(header, ptr, size);
         }
@@ -1133,7 +1158,7 @@ mod tests {
         unsafe {
             heap.free_sized(blocks[0], 64);
             let p = blocks[0].as_ptr();
-            p.cast::<*mut u8>().write(link(p));
+            p.cast::<*mut u8>().write(crate::harden::encode(link(p), p));
         }
         heap.validate();
     }

@@ -167,6 +167,47 @@ pub(crate) unsafe fn usable_size(payload: NonNull<u8>) -> usize {
     unsafe { size_of_block(block_of(payload)) - HEADER }
 }
 
+/// Usable bytes of the block whose payload `payload` is being freed, after
+/// checking that it is a live block: a block already free (its header
+/// says so) is a double free, reported before anything is written. With
+/// the `hardened` feature, the header must also be the one its physical
+/// successor points back to (a pointer into a block, or a header
+/// overwritten by an overflow, fails this).
+///
+/// # Safety
+///
+/// `payload` is a pointer into a live medium chunk, at least `HEADER`
+/// bytes past its start, that the caller is freeing.
+pub(crate) unsafe fn freed_usable_size(payload: NonNull<u8>) -> usize {
+    let b = block_of(payload);
+    // SAFETY: caller's contract: `b` lies in a live chunk; a used block's
+    // successor's back link is not written while the block is used.
+    unsafe {
+        let size = size_of_block(b);
+        if is_free(b) {
+            crate::fatal::misuse(
+                payload.as_ptr(),
+                size - HEADER,
+                "medium",
+                "is already free (double free)",
+            )
+        }
+        #[cfg(feature = "hardened")]
+        if !(MIN_BLOCK..=CHUNK_BLOCK).contains(&size)
+            || b.addr() + size > b.addr().next_multiple_of(MEDIUM_CHUNK_SIZE)
+            || (*next_phys(b)).prev_phys.addr() != b.addr()
+        {
+            crate::fatal::misuse(
+                payload.as_ptr(),
+                size.saturating_sub(HEADER),
+                "medium",
+                "is not the start of a live block (an interior pointer, or its header was overwritten)",
+            )
+        }
+        size - HEADER
+    }
+}
+
 /// The TLSF index over every medium chunk of one heap.
 pub(crate) struct Tlsf {
     fl_bitmap: u32,
@@ -408,6 +449,9 @@ impl Tlsf {
         // neighbours are valid blocks (invariants), and free ones are in
         // their lists.
         unsafe {
+            // A block merged into its predecessor keeps a header that says
+            // free, so a second free of it is still caught.
+            (*b).size_flags |= FREE;
             let next = next_phys(b);
             if is_free(next) {
                 self.remove(next);

@@ -679,8 +679,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         // SAFETY: `header` is a live chunk of ours (caller).
         match unsafe { (*header.as_ptr()).kind } {
             ChunkKind::Medium => {
-                // SAFETY: a live medium block (caller).
-                let usable = unsafe { medium::usable_size(ptr) };
+                // SAFETY: a medium block being freed (caller).
+                let usable = unsafe { medium::freed_usable_size(ptr) };
                 core.stats.bytes_in_use -= usable;
                 core.stats.medium_blocks -= 1;
                 // SAFETY: as above; freed once.
@@ -1032,6 +1032,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         if !self.room_for(core, size) {
             return None;
         }
+        // Before the first block exists.
+        crate::harden::init();
         let map = || {
             if kind == ChunkKind::Arena {
                 debug_assert!(size == ARENA_SIZE && align == ARENA_SIZE);

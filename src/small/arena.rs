@@ -122,7 +122,7 @@ impl Arena {
     /// # Safety
     ///
     /// `ptr` is a live small block of some arena.
-    #[cfg(not(miri))]
+    #[cfg(not(any(miri, feature = "hardened")))]
     #[inline(always)]
     pub(crate) unsafe fn of_freed_block(ptr: NonNull<u8>) -> (*mut Arena, NonNull<u8>) {
         let arena: *mut Arena =

@@ -203,14 +203,110 @@ impl Pool {
     #[inline(always)]
     pub(super) unsafe fn pop(this: *mut Pool) -> Option<NonNull<u8>> {
         // SAFETY: caller's contract; a free block's first word links the
-        // next one (invariant).
+        // next one and its second holds the free mark (invariant).
         unsafe {
             let block = NonNull::new((*this).freeblock)?;
-            crate::valgrind::defined(block.as_ptr(), size_of::<usize>());
-            (*this).freeblock = block.as_ptr().cast::<*mut u8>().read();
+            let b = block.as_ptr();
+            crate::valgrind::defined(b, size_of::<usize>());
+            let next = crate::harden::decode(b.cast::<*mut u8>().read(), b);
+            #[cfg(feature = "hardened")]
+            Self::check_link(this, b, next);
+            (*this).freeblock = next;
+            crate::harden::clear_mark(b.cast::<usize>().add(1));
             let count = (*this).ref_count.load(Relaxed);
             (*this).ref_count.store(count + 1, Relaxed);
             Some(block)
+        }
+    }
+
+    /// `hardened`: free block `block` of `this` links to `next`, which must
+    /// be null or a block address of the same pool; anything else means
+    /// the freed block was written (a use after free, an overflow from the
+    /// block before): reported, never followed.
+    #[cfg(feature = "hardened")]
+    #[inline(always)]
+    pub(crate) fn check_link(this: *mut Pool, block: *mut u8, next: *mut u8) {
+        if !next.is_null()
+            && ((next.addr() ^ block.addr()) >= Self::SIZE
+                || !next.addr().is_multiple_of(crate::config::ALIGNMENT))
+        {
+            Self::corrupted(
+                this,
+                block,
+                "was written after it was freed: its free-list link is corrupted",
+            )
+        }
+    }
+
+    /// Reports misuse found at block `block` of `this`, then aborts.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn corrupted(this: *mut Pool, block: *mut u8, what: &str) -> ! {
+        // SAFETY: `class` of a live pool does not change while it has
+        // blocks (invariant).
+        let size = block_size(unsafe { (*this).class } as SizeClass);
+        crate::fatal::misuse(block, size, "small", what)
+    }
+
+    /// `hardened`: `ptr`, being freed, must be the start of a block of
+    /// `this`, a pool of `class` (or any class, for `None`): a pointer into
+    /// a block, past the pool's blocks, into a pool never used, or freed
+    /// with the layout of another class is reported. Reads only fields
+    /// that do not change while the pool has live blocks, so any thread
+    /// may check.
+    ///
+    /// # Safety
+    ///
+    /// `this` is the header of the pool `ptr` lies in (by address).
+    #[cfg(feature = "hardened")]
+    #[inline(always)]
+    pub(crate) unsafe fn check_freed(this: *mut Pool, ptr: NonNull<u8>, class: Option<SizeClass>) {
+        // SAFETY: caller's contract; a header of a never-used pool reads
+        // zero, which fails the checks below.
+        let (base, own, capacity) =
+            unsafe { ((*this).base, (*this).class as SizeClass, (*this).capacity) };
+        if class.is_some_and(|c| c != own) {
+            Self::corrupted(
+                this,
+                ptr.as_ptr(),
+                "was freed with a layout of another size class",
+            )
+        }
+        let index = crate::small::size_class::block_index(
+            own,
+            ptr.as_ptr().addr().wrapping_sub(base.addr()),
+        );
+        if base.is_null() || index.is_none_or(|i| i >= capacity as usize) {
+            Self::corrupted(
+                this,
+                ptr.as_ptr(),
+                "is not the start of a block (an interior or stale pointer)",
+            )
+        }
+    }
+
+    /// The free mark of `this`'s blocks ([ref:free-mark]): the header's
+    /// address (with `hardened`, XORed with a secret).
+    #[inline(always)]
+    fn free_mark(this: *mut Pool) -> usize {
+        #[cfg(feature = "hardened")]
+        return this.addr() ^ crate::harden::mark();
+        #[cfg(not(feature = "hardened"))]
+        this.addr()
+    }
+
+    /// Marks block `ptr` of `this` free; a block already marked is a double
+    /// free, reported before anything is written.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a block of `this` that the caller is freeing.
+    #[inline(always)]
+    pub(crate) unsafe fn mark_freed(this: *mut Pool, ptr: NonNull<u8>) {
+        let slot = ptr.as_ptr().cast::<usize>().wrapping_add(1);
+        // SAFETY: caller's contract; blocks are at least two words long.
+        if !unsafe { crate::harden::set_mark(slot, Self::free_mark(this)) } {
+            Self::corrupted(this, ptr.as_ptr(), "is already free (double free)")
         }
     }
 
@@ -241,21 +337,79 @@ impl Pool {
                 .min(capacity - bump);
             // Under memcheck a carved block may be memory it saw freed (the
             // pool was used before): its link word is made writable first.
-            let mut block = first;
-            for _ in 1..count {
-                let next = block.add(size);
-                crate::valgrind::defined(block, size_of::<usize>());
-                block.cast::<*mut u8>().write(next);
-                crate::valgrind::noaccess(block, size_of::<usize>());
-                block = next;
+            #[cfg(feature = "hardened")]
+            let first = Self::link_shuffled(first, size, count);
+            #[cfg(not(feature = "hardened"))]
+            {
+                let mut block = first;
+                for _ in 1..count {
+                    let next = block.add(size);
+                    Self::set_link(block, next);
+                    block = next;
+                }
+                Self::set_link(block, null_mut());
             }
-            crate::valgrind::defined(block, size_of::<usize>());
-            block.cast::<*mut u8>().write(null_mut());
-            crate::valgrind::noaccess(block, size_of::<usize>());
             (*this).freeblock = first;
             (*this).bump = (bump + count) as u32;
             true
         }
+    }
+
+    /// Stores the free-list link of free block `block` (encoded, see
+    /// `crate::harden::encode`).
+    ///
+    /// # Safety
+    ///
+    /// `block` is a free or never-used block of a pool the caller owns.
+    #[inline(always)]
+    unsafe fn set_link(block: *mut u8, next: *mut u8) {
+        crate::valgrind::defined(block, size_of::<usize>());
+        // SAFETY: caller's contract; a block is at least a word long.
+        unsafe {
+            block
+                .cast::<*mut u8>()
+                .write(crate::harden::encode(next, block))
+        };
+        crate::valgrind::noaccess(block, size_of::<usize>());
+    }
+
+    /// `hardened`: links `count` never-used blocks of `size` bytes from
+    /// `first` in a random order (Fisher-Yates), so the addresses the
+    /// next allocations get cannot be told from the last one's; returns
+    /// the new head.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::carve`]: the blocks are never-used memory of a pool
+    /// the caller owns.
+    #[cfg(feature = "hardened")]
+    unsafe fn link_shuffled(first: *mut u8, size: usize, count: usize) -> *mut u8 {
+        // Carved blocks start within one page and are ALIGNMENT apart at
+        // least.
+        const MAX: usize = CARVE_BYTES / crate::config::ALIGNMENT;
+        let mut order = [0u16; MAX];
+        debug_assert!(count <= MAX);
+        for (i, o) in order[..count].iter_mut().enumerate() {
+            *o = i as u16;
+        }
+        let mut bits = crate::harden::random();
+        for i in (1..count).rev() {
+            if bits < 1 << 16 {
+                bits = crate::harden::random();
+            }
+            let j = ((bits & 0xffff) as usize * (i + 1)) >> 16;
+            bits >>= 16;
+            order.swap(i, j);
+        }
+        let block = |i: usize| first.wrapping_add(order[i] as usize * size);
+        // SAFETY: caller's contract; every index is below `count`.
+        unsafe {
+            for i in 1..count {
+                Self::set_link(block(i - 1), block(i));
+            }
+            Self::set_link(block(count - 1), null_mut());
+        }
+        block(0)
     }
 
     /// Pushes block `ptr` on the free list of `this` and uncounts it.
@@ -271,9 +425,7 @@ impl Pool {
     pub(super) unsafe fn put(this: *mut Pool, ptr: NonNull<u8>) -> bool {
         // SAFETY: caller's contract; the block is at least a word long.
         unsafe {
-            crate::valgrind::defined(ptr.as_ptr(), size_of::<usize>());
-            ptr.as_ptr().cast::<*mut u8>().write((*this).freeblock);
-            crate::valgrind::noaccess(ptr.as_ptr(), size_of::<usize>());
+            Self::set_link(ptr.as_ptr(), (*this).freeblock);
             (*this).freeblock = ptr.as_ptr();
             let count = (*this).ref_count.load(Relaxed).wrapping_sub(1);
             (*this).ref_count.store(count, Relaxed);
@@ -419,7 +571,7 @@ impl Pool {
                 free += 1;
                 assert!(free <= pool.capacity, "pool {this:p}: free list loops");
                 crate::valgrind::defined(b, size_of::<usize>());
-                let next = b.cast::<*mut u8>().read();
+                let next = crate::harden::decode(b.cast::<*mut u8>().read(), b);
                 crate::valgrind::noaccess(b, size_of::<usize>());
                 b = next;
             }
@@ -576,12 +728,23 @@ mod tests {
             }
             assert!(take(pool, class).is_none());
             assert_eq!(Pool::state(pool), PoolState::Full);
-            // Blocks come in address order from a fresh pool.
-            assert!(
-                blocks
-                    .windows(2)
+            // Blocks come in address order from a fresh pool; with
+            // `hardened`, in a random order within each page carved.
+            let in_order = |b: &[NonNull<u8>]| {
+                b.windows(2)
                     .all(|w| w[1].as_ptr() == w[0].as_ptr().add(512))
-            );
+            };
+            #[cfg(not(feature = "hardened"))]
+            assert!(in_order(&blocks));
+            #[cfg(feature = "hardened")]
+            {
+                assert!(!in_order(&blocks), "4 pages in order: 1 in 40320^4");
+                for page in blocks.chunks(8) {
+                    let mut sorted = page.to_vec();
+                    sorted.sort();
+                    assert!(in_order(&sorted), "each page's blocks, shuffled");
+                }
+            }
             Pool::mark_full(pool);
             Pool::validate(pool);
             assert_eq!(Pool::state(pool), PoolState::Full);

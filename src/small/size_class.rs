@@ -56,6 +56,29 @@ pub(crate) const fn blocks_per_pool(class: SizeClass) -> usize {
     POOL_SIZE / block_size(class)
 }
 
+/// The index of the block at byte `offset` of a pool of `class`, if a block
+/// starts there: a multiplication by a reciprocal, not a division
+/// (`hardened` checks every freed pointer this way). `ceil(2^32 / size)`
+/// is exact for offsets below `2^32 / size`, far above `POOL_SIZE`.
+#[cfg(feature = "hardened")]
+#[inline]
+pub(crate) fn block_index(class: SizeClass, offset: usize) -> Option<usize> {
+    const RECIPROCALS: [u64; NB_SMALL_SIZE_CLASSES] = {
+        let mut r = [0; NB_SMALL_SIZE_CLASSES];
+        let mut c = 0;
+        while c < NB_SMALL_SIZE_CLASSES {
+            r[c] = (1u64 << 32).div_ceil(block_size(c) as u64);
+            c += 1;
+        }
+        r
+    };
+    if offset >= POOL_SIZE {
+        return None;
+    }
+    let index = ((offset as u64 * RECIPROCALS[class]) >> 32) as usize;
+    (index * block_size(class) == offset).then_some(index)
+}
+
 const _: () = assert!(block_size(NB_SMALL_SIZE_CLASSES - 1) == SMALL_REQUEST_THRESHOLD);
 const _: () = assert!(blocks_per_pool(NB_SMALL_SIZE_CLASSES - 1) >= 2);
 const _: () = assert!(blocks_per_pool(0) <= u32::MAX as usize);
@@ -90,5 +113,21 @@ mod tests {
         assert_eq!(blocks_per_pool(0), 1024);
         assert_eq!(blocks_per_pool(31), 32);
         assert_eq!(ALIGNMENT, 16);
+    }
+
+    #[cfg(feature = "hardened")]
+    #[test]
+    fn block_index_finds_block_starts_exactly() {
+        for class in 0..NB_SMALL_SIZE_CLASSES {
+            for offset in 0..POOL_SIZE + 64 {
+                let expect = (offset < POOL_SIZE && offset % block_size(class) == 0)
+                    .then(|| offset / block_size(class));
+                assert_eq!(
+                    block_index(class, offset),
+                    expect,
+                    "class {class} offset {offset}"
+                );
+            }
+        }
     }
 }

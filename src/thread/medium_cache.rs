@@ -25,7 +25,7 @@ const MEDIUM_BINS: usize =
 
 /// One thread's cache of freed medium blocks, for one heap: one LIFO list
 /// per bin, linked through the blocks' first word; the second word holds
-/// the block's usable size.
+/// the block's usable size, the third the free mark.
 ///
 /// Invariants: only the owning thread (or a holder of the heap's lock,
 /// while the thread heap is an orphan) touches the bins and writes the
@@ -43,6 +43,10 @@ pub(crate) struct MediumCache {
     /// Blocks held.
     blocks: AtomicUsize,
 }
+
+/// The word of a cached block that holds the free mark, after the cache's
+/// link and the block's size ([ref:free-mark]).
+const MARK_WORD: usize = 2;
 
 /// What a cache holds, for `stats()`: (requested delta, usable bytes,
 /// blocks).
@@ -118,11 +122,33 @@ impl MediumCache {
             crate::valgrind::defined(head, 2 * size_of::<usize>());
             let usable = head.cast::<usize>().add(1).read();
             *(*this).bins.get_unchecked_mut(bin) = head.cast::<*mut u8>().read();
+            crate::harden::clear_mark(head.cast::<usize>().add(MARK_WORD));
             add_owned(&(*this).requested, size);
             add_owned(&(*this).bytes, usable.wrapping_neg());
             add_owned(&(*this).blocks, usize::MAX);
             Some(block)
         }
+    }
+
+    /// Whether medium block `ptr` (`usable` bytes), being freed, holds the
+    /// free mark of a cached block: then it is in some thread's cache
+    /// already (a double free). Checked for every medium free, whether the
+    /// block is cached or not.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a medium block with `usable` usable bytes that the caller
+    /// is freeing.
+    #[inline]
+    pub(crate) unsafe fn is_cached(ptr: NonNull<u8>, usable: usize) -> bool {
+        // SAFETY: caller's contract; the word is inside the block.
+        usable > MARK_WORD * size_of::<usize>()
+            && unsafe {
+                crate::harden::is_marked(
+                    ptr.as_ptr().cast::<usize>().add(MARK_WORD),
+                    crate::harden::mark(),
+                )
+            }
     }
 
     /// Keeps freed medium block `ptr` (`usable` bytes, requested with
@@ -151,6 +177,7 @@ impl MediumCache {
                 return false;
             }
             let p = ptr.as_ptr();
+            crate::harden::put_mark(p.cast::<usize>().add(MARK_WORD), crate::harden::mark());
             crate::valgrind::defined(p, 2 * size_of::<usize>());
             p.cast::<*mut u8>().write(*(*this).bins.get_unchecked(bin));
             p.cast::<usize>().add(1).write(usable);
@@ -177,6 +204,7 @@ impl MediumCache {
                 let mut p = core::mem::replace(&mut (*this).bins[bin], null_mut());
                 while let Some(block) = NonNull::new(p) {
                     crate::valgrind::defined(p, 2 * size_of::<usize>());
+                    crate::harden::clear_mark(p.cast::<usize>().add(MARK_WORD));
                     p = p.cast::<*mut u8>().read();
                     free(block);
                 }

@@ -378,6 +378,8 @@ impl ThreadHeap {
                 let mut block = (*pool).remote.take_all();
                 while !block.is_null() {
                     let after = <u8 as Linked>::next(block);
+                    #[cfg(feature = "hardened")]
+                    Pool::check_link(pool, block, after);
                     if (*th).used.free_block(pool, NonNull::new_unchecked(block)) == Freed::Emptied
                     {
                         debug_assert!(after.is_null());
