@@ -23,8 +23,12 @@ pub const ARENA_SHIFT: u32 = ARENA_SIZE.trailing_zeros();
 /// Pools per arena, counting the first one, which holds the arena's header
 /// and every pool's header ([ref:arena-layout]).
 pub const POOLS_PER_ARENA: usize = ARENA_SIZE / POOL_SIZE;
-/// Pools per arena that serve blocks.
-pub const USABLE_POOLS_PER_ARENA: usize = POOLS_PER_ARENA - 1;
+/// Pools per arena that serve blocks: all but the first, and with the
+/// `hardened` feature all but the last too, which is a guard (made
+/// inaccessible, so an overflow off the arena's end faults).
+pub const USABLE_POOLS_PER_ARENA: usize = POOLS_PER_ARENA - 1 - HARDENED as usize;
+/// Whether the `hardened` feature is on.
+const HARDENED: bool = cfg!(feature = "hardened");
 
 /// Granularity (and alignment) of every chunk layer 1 takes from the OS, and of
 /// the arena map. Equal to the arena size so arenas are chunks.

@@ -79,6 +79,21 @@ pub unsafe trait PageSource {
         None
     }
 
+    /// Makes `size` bytes at `ptr` inaccessible (`guard`), or readable and
+    /// writable again (`!guard`): the `hardened` feature's guard pages.
+    /// Returns whether it did; the default (a source without the means,
+    /// and [`OsPages`] off Unix or under Miri) does nothing and says
+    /// `false`, and the pages are then merely unused.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + size` is page-aligned at both ends and lies inside one
+    /// live region of this source; when guarding, nothing uses it.
+    unsafe fn protect(&self, ptr: NonNull<u8>, size: usize, guard: bool) -> bool {
+        let _ = (ptr, size, guard);
+        false
+    }
+
     /// Maps an arena chunk for layer 2: `ARENA_SIZE` bytes aligned to
     /// `ARENA_SIZE`, with `map`'s guarantees. A source may take arenas from
     /// elsewhere (the PyMem heap's arena allocator hooks); by default,
@@ -149,6 +164,17 @@ unsafe impl PageSource for OsPages {
     unsafe fn purge(&self, ptr: NonNull<u8>, size: usize) -> bool {
         // SAFETY: forwarded from the caller's contract.
         unsafe { sys::purge(ptr, size) }
+    }
+
+    #[cfg(all(unix, not(miri)))]
+    unsafe fn protect(&self, ptr: NonNull<u8>, size: usize, guard: bool) -> bool {
+        let prot = if guard {
+            libc::PROT_NONE
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
+        // SAFETY: a page-aligned range of a live mapping of ours (caller).
+        unsafe { libc::mprotect(ptr.as_ptr().cast(), size, prot) == 0 }
     }
 
     /// `mremap` rather than reserving address space ahead (mapping a block

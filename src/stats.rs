@@ -188,6 +188,11 @@ impl fmt::Display for Stats {
             format_args!("# bytes lost to pool headers"),
             arenas * POOL_SIZE,
         )?;
+        // `hardened`: each arena's last pool is a guard page run.
+        let guard = arenas * (ARENA_SIZE - (1 + USABLE_POOLS_PER_ARENA) * POOL_SIZE);
+        if guard > 0 {
+            total += printone(f, format_args!("# bytes in guard pools"), guard)?;
+        }
         total += printone(
             f,
             format_args!("# bytes lost to quantization"),
@@ -325,10 +330,20 @@ mod tests {
             line("2 arenas * 1048576 bytes/arena"),
             "2 arenas * 1048576 bytes/arena     =            2,097,152"
         );
-        assert_eq!(
-            line("122 unused pools * 16384 bytes"),
-            "122 unused pools * 16384 bytes     =            1,998,848"
-        );
+        // With `hardened`, each arena's last pool is a guard, counted as
+        // arena overhead.
+        let (unused, line_text) = if cfg!(feature = "hardened") {
+            (
+                "120 unused pools * 16384 bytes",
+                "120 unused pools * 16384 bytes     =            1,966,080",
+            )
+        } else {
+            (
+                "122 unused pools * 16384 bytes",
+                "122 unused pools * 16384 bytes     =            1,998,848",
+            )
+        };
+        assert_eq!(line(unused), line_text);
         assert_eq!(
             line("# bytes lost to quantization"),
             "# bytes lost to quantization       =                   16"

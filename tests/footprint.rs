@@ -131,14 +131,20 @@ fn empty_pools_are_purged_after_the_delay() {
 #[test]
 fn a_bounded_heap_allows_exactly_its_limit() {
     let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    // A huge block of 3 MiB - 64 bytes maps exactly 3 MiB (64-byte header).
+    // A huge block of 3 MiB - 64 bytes maps exactly 3 MiB (64-byte header),
+    // plus its guard page with `hardened`.
     let size = (3 << 20) - 64;
+    let guard = if cfg!(feature = "hardened") {
+        pymalloc::os::page_size()
+    } else {
+        0
+    };
     let layout = Layout::from_size_align(size, 8).unwrap();
     use allocator_api2::alloc::Allocator;
 
-    let exact = PrivateHeap::with_limit(3 << 20);
+    let exact = PrivateHeap::with_limit((3 << 20) + guard);
     let p = (&exact).allocate(layout).expect("exactly at the limit");
-    assert_eq!(exact.stats().bytes_mapped, 3 << 20);
+    assert_eq!(exact.stats().bytes_mapped, (3 << 20) + guard);
     // Nothing more fits, not even one small block.
     assert!((&exact).allocate(Layout::new::<u64>()).is_err());
     // SAFETY: live block with this layout.
@@ -146,10 +152,10 @@ fn a_bounded_heap_allows_exactly_its_limit() {
     // Freed below the limit: usable again.
     assert!((&exact).allocate(Layout::new::<u64>()).is_ok());
 
-    let over = PrivateHeap::with_limit((3 << 20) - 1);
+    let over = PrivateHeap::with_limit((3 << 20) + guard - 1);
     assert!((&over).allocate(layout).is_err(), "one byte over the limit");
     assert_eq!(over.stats().bytes_mapped, 0);
-    assert_eq!(over.limit(), (3 << 20) - 1);
+    assert_eq!(over.limit(), (3 << 20) + guard - 1);
 }
 
 #[test]

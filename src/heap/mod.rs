@@ -649,10 +649,10 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// list (one CAS). Other layouts take the arena map ([`Self::free_sized`]).
     #[inline(always)]
     pub(crate) unsafe fn free_layout(&self, ptr: NonNull<u8>, size: usize, align: usize) {
-        let Some(class) = class_of(size, align) else {
+        if class_of(size, align).is_none() {
             // SAFETY: caller's contract.
             return unsafe { self.free_sized(ptr, size) };
-        };
+        }
         // The arena by masking, with the arena's provenance (the pointer
         // given may carry only the block's); under Miri, and with
         // `hardened` (which checks every pointer), from the arena map.
@@ -677,9 +677,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // SAFETY: `pool` is the header the block's address falls in.
         #[cfg(feature = "hardened")]
         unsafe {
-            Pool::check_freed(pool, ptr, Some(class))
+            Pool::check_freed(pool, ptr, Some(size))
         };
-        let _ = class;
         // SAFETY: `ptr` is a live small block of `pool` (caller).
         unsafe { self.free_small(pool, ptr, size) }
     }
@@ -777,7 +776,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // written only by whoever holds the block, so it is read unlocked.
         unsafe {
             if (*header.as_ptr()).kind == ChunkKind::Medium {
-                let usable = crate::raw::medium::freed_usable_size(ptr);
+                let usable = crate::raw::medium::freed_usable_size(ptr, header.as_ptr().cast());
                 // Already free in some thread's medium cache: a double free,
                 // caught before the block is cached or freed twice
                 // ([ref:free-mark]).

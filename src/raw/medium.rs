@@ -176,10 +176,11 @@ pub(crate) unsafe fn usable_size(payload: NonNull<u8>) -> usize {
 ///
 /// # Safety
 ///
-/// `payload` is a pointer into a live medium chunk, at least `HEADER`
-/// bytes past its start, that the caller is freeing.
-pub(crate) unsafe fn freed_usable_size(payload: NonNull<u8>) -> usize {
+/// `payload` is a pointer into the live medium chunk at `chunk`, at least
+/// `HEADER` bytes past its start, that the caller is freeing.
+pub(crate) unsafe fn freed_usable_size(payload: NonNull<u8>, chunk: *const u8) -> usize {
     let b = block_of(payload);
+    let _ = chunk;
     // SAFETY: caller's contract: `b` lies in a live chunk; a used block's
     // successor's back link is not written while the block is used.
     unsafe {
@@ -194,7 +195,7 @@ pub(crate) unsafe fn freed_usable_size(payload: NonNull<u8>) -> usize {
         }
         #[cfg(feature = "hardened")]
         if !(MIN_BLOCK..=CHUNK_BLOCK).contains(&size)
-            || b.addr() + size > b.addr().next_multiple_of(MEDIUM_CHUNK_SIZE)
+            || b.addr() + size > chunk.addr() + MEDIUM_CHUNK_SIZE - HEADER
             || (*next_phys(b)).prev_phys.addr() != b.addr()
         {
             crate::fatal::misuse(

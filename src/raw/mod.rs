@@ -487,7 +487,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
 
     fn alloc_huge(&self, size: usize, align: usize) -> Option<RawBlock> {
         let offset = Self::huge_offset(align);
-        let map_size = checked_align_up(offset.checked_add(size)?, page_size())?;
+        let map_size =
+            checked_align_up(offset.checked_add(size)?, page_size())?.checked_add(huge_guard())?;
         if map_size > isize::MAX as usize {
             return None;
         }
@@ -502,7 +503,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             ),
         };
         // SAFETY: a live chunk header, ours.
-        let usable = unsafe { (*header.as_ptr()).size } - offset;
+        let usable = unsafe { (*header.as_ptr()).size } - offset - huge_guard();
         core.stats.bytes_in_use += usable;
         core.stats.bytes_requested = core.stats.bytes_requested.wrapping_add(size);
         core.stats.huge_blocks += 1;
@@ -680,7 +681,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         match unsafe { (*header.as_ptr()).kind } {
             ChunkKind::Medium => {
                 // SAFETY: a medium block being freed (caller).
-                let usable = unsafe { medium::freed_usable_size(ptr) };
+                let usable = unsafe { medium::freed_usable_size(ptr, header.as_ptr().cast()) };
                 core.stats.bytes_in_use -= usable;
                 core.stats.medium_blocks -= 1;
                 // SAFETY: as above; freed once.
@@ -734,7 +735,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             let h = header.as_ptr();
             match (*h).kind {
                 ChunkKind::Medium => medium::usable_size(ptr),
-                ChunkKind::Huge => h.addr() + (*h).size - ptr.as_ptr().addr(),
+                ChunkKind::Huge => h.addr() + (*h).size - huge_guard() - ptr.as_ptr().addr(),
                 ChunkKind::Arena => {
                     crate::fatal::bad_pointer("layer 1 size of a small block", ptr.as_ptr())
                 }
@@ -826,7 +827,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         {
             return None;
         }
-        let new_map = checked_align_up(offset.checked_add(size)?, page_size())?;
+        let new_map =
+            checked_align_up(offset.checked_add(size)?, page_size())?.checked_add(huge_guard())?;
         if new_map > isize::MAX as usize {
             return None;
         }
@@ -835,6 +837,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             return None;
         }
         let base = header.cast::<u8>();
+        // The guard page becomes ordinary memory for the remap (the kernel
+        // moves one mapping of one protection), and is put back after.
+        self.guard(base, old_map - huge_guard(), old_map, false);
         let (mut shrunk, mut unregistered) = (false, false);
         let moved = {
             let mut accept = |dest: NonNull<u8>| {
@@ -879,8 +884,10 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             if shrunk || unregistered {
                 ARENA_MAP.register(header, base.as_ptr().addr(), old_map);
             }
+            self.guard(base, old_map - huge_guard(), old_map, true);
             return None;
         };
+        self.guard(dest, new_map - huge_guard(), new_map, true);
         let new_header = dest.cast::<ChunkHeader>();
         // SAFETY: the chunk's pages, header and links included, are now at
         // `dest` (`remap`'s contract), its leaves prepared by `accept`.
@@ -894,10 +901,10 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             let done = ARENA_MAP.register(new_header, dest.as_ptr().addr(), new_map);
             debug_assert!(done, "leaves prepared");
         }
-        let usable = new_map - offset;
+        let usable = new_map - offset - huge_guard();
         let s = &mut core.stats;
         s.bytes_mapped = s.bytes_mapped - old_map + new_map;
-        s.bytes_in_use = s.bytes_in_use - (old_map - offset) + usable;
+        s.bytes_in_use = s.bytes_in_use - (old_map - offset - huge_guard()) + usable;
         s.bytes_requested = s.bytes_requested.wrapping_sub(old_size).wrapping_add(size);
         drop(core);
         // SAFETY: `offset < new_map`, inside the chunk at `dest`.
@@ -1063,7 +1070,29 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         // SAFETY: a fresh chunk header, not on the list.
         unsafe { Self::link(core, header) };
         core.stats.bytes_mapped += size;
+        // `hardened`: an arena's last pool, a huge mapping's last page.
+        match kind {
+            ChunkKind::Arena => self.guard(
+                base,
+                ARENA_SIZE - crate::config::POOL_SIZE,
+                ARENA_SIZE,
+                true,
+            ),
+            ChunkKind::Huge => self.guard(base, size - huge_guard(), size, true),
+            ChunkKind::Medium => {}
+        }
         Some(header)
+    }
+
+    /// `hardened`: makes bytes `from..to` of the chunk at `base` a guard
+    /// (`on`) or ordinary memory again. Nothing without the feature, or
+    /// with a source that cannot protect pages.
+    fn guard(&self, base: NonNull<u8>, from: usize, to: usize, on: bool) {
+        if cfg!(feature = "hardened") && from < to {
+            // SAFETY: a page-aligned range of a live chunk of ours that
+            // nothing uses (a guard, or becoming one).
+            unsafe { self.source.protect(base.add(from), to - from, on) };
+        }
     }
 
     /// Whether `size` more bytes may be mapped under the heap's bound, once
@@ -1209,6 +1238,18 @@ impl<S: PageSource, R: RawMutex> Drop for RawHeap<S, R> {
 }
 
 const _: () = assert!(ALIGNMENT <= CHUNK_HEADER_SIZE);
+
+/// Bytes at the end of every huge mapping kept as a guard page (made
+/// inaccessible where the page source can): one page with the `hardened`
+/// feature, none without. Not part of the block's usable size.
+#[inline]
+fn huge_guard() -> usize {
+    if cfg!(feature = "hardened") {
+        page_size()
+    } else {
+        0
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -1440,7 +1481,7 @@ mod tests {
             free(&raw, p, size);
         }
         let s = raw.stats();
-        let map_size = (size + CHUNK_HEADER_SIZE).next_multiple_of(page_size());
+        let map_size = (size + CHUNK_HEADER_SIZE).next_multiple_of(page_size()) + huge_guard();
         assert_eq!(s.huge_cached_bytes, HUGE_CACHE_MAPPINGS * map_size);
         assert_eq!(pages.counts()[..2], [n, 2], "the two oldest were unmapped");
         raw.validate();

@@ -249,33 +249,32 @@ impl Pool {
     }
 
     /// `hardened`: `ptr`, being freed, must be the start of a block of
-    /// `this`, a pool of `class` (or any class, for `None`): a pointer into
-    /// a block, past the pool's blocks, into a pool never used, or freed
-    /// with the layout of another class is reported. Reads only fields
-    /// that do not change while the pool has live blocks, so any thread
-    /// may check.
+    /// `this` that holds `size` bytes (any, for `None`): a pointer into a
+    /// block, past the pool's blocks, into a pool never used, or freed with
+    /// a layout larger than its block is reported. (A smaller layout is
+    /// legitimate: a block stays in place when reallocated to a size it
+    /// holds, whatever the alignment asked.) Reads only fields that do not
+    /// change while the pool has live blocks, so any thread may check.
     ///
     /// # Safety
     ///
     /// `this` is the header of the pool `ptr` lies in (by address).
     #[cfg(feature = "hardened")]
     #[inline(always)]
-    pub(crate) unsafe fn check_freed(this: *mut Pool, ptr: NonNull<u8>, class: Option<SizeClass>) {
+    pub(crate) unsafe fn check_freed(this: *mut Pool, ptr: NonNull<u8>, size: Option<usize>) {
         // SAFETY: caller's contract; a header of a never-used pool reads
         // zero, which fails the checks below.
-        let (base, own, capacity) =
+        let (base, class, capacity) =
             unsafe { ((*this).base, (*this).class as SizeClass, (*this).capacity) };
-        if class.is_some_and(|c| c != own) {
+        if size.is_some_and(|s| s > block_size(class)) {
             Self::corrupted(
                 this,
                 ptr.as_ptr(),
-                "was freed with a layout of another size class",
+                "was freed with a layout larger than its block",
             )
         }
-        let index = crate::small::size_class::block_index(
-            own,
-            ptr.as_ptr().addr().wrapping_sub(base.addr()),
-        );
+        let offset = ptr.as_ptr().addr().wrapping_sub(base.addr());
+        let index = crate::small::size_class::block_index(class, offset);
         if base.is_null() || index.is_none_or(|i| i >= capacity as usize) {
             Self::corrupted(
                 this,
