@@ -25,6 +25,7 @@ flags="-std=c11 -O2 -fno-builtin -Wall -Wextra -Werror -Wno-use-after-free -pthr
 cc $flags preload/tests/test_malloc.c -o "$out/test_malloc" -ldl
 cc $flags preload/tests/fork_threads.c -o "$out/fork_threads"
 cc $flags preload/tests/foreign_free.c -o "$out/foreign_free"
+cc $flags preload/tests/double_free.c -o "$out/double_free"
 
 LD_PRELOAD="$lib" "$out/test_malloc"
 if [ "${1:-}" = --peers ]; then
@@ -40,6 +41,24 @@ if LD_PRELOAD="$lib" "$out/foreign_free" 2> "$out/foreign.txt"; then
 fi
 grep -q "is not a live block of a pymalloc heap" "$out/foreign.txt"
 echo "foreign pointer to free(): reported and aborted"
+
+# Misuse caught before it corrupts anything: `expect_abort lib case text`.
+expect_abort() {
+    if LD_PRELOAD="$1" "$out/double_free" "$2" 2> "$out/$2.txt"; then
+        echo "$2: not detected" >&2; exit 1
+    fi
+    grep -q "$3" "$out/$2.txt" || { cat "$out/$2.txt" >&2; exit 1; }
+    echo "$2: reported and aborted ($(grep -o "$3" "$out/$2.txt"))"
+}
+expect_abort "$lib" double_small "small block 0x[0-9a-f]* (48 bytes) is already free (double free)"
+expect_abort "$lib" double_medium "medium block 0x[0-9a-f]* ([0-9]* bytes) is already free (double free)"
+# The `hardened` build: the C test of every entry point, and a write into
+# a freed block caught when the allocator next follows its link.
+cargo build --release -p pymalloc-preload --features hardened --target-dir target/hardened
+hardened="$PWD/target/hardened/release/libpymalloc_preload.so"
+LD_PRELOAD="$hardened" "$out/test_malloc" > /dev/null
+echo "hardened: C test of every entry point passed"
+expect_abort "$hardened" write_after_free "small block 0x[0-9a-f]* (48 bytes) was written after it was freed"
 
 sqlite3 :memory: < preload/programs/workload.sql > "$out/sqlite.glibc"
 LD_PRELOAD="$lib" sqlite3 :memory: < preload/programs/workload.sql > "$out/sqlite.pymalloc"
