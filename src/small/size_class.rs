@@ -63,7 +63,8 @@ pub(crate) const fn blocks_per_pool(class: SizeClass) -> usize {
 #[cfg(feature = "hardened")]
 #[inline]
 pub(crate) fn block_index(class: SizeClass, offset: usize) -> Option<usize> {
-    const RECIPROCALS: [u64; NB_SMALL_SIZE_CLASSES] = {
+    // A static: indexing a `const` array copies it to the stack first.
+    static RECIPROCALS: [u64; NB_SMALL_SIZE_CLASSES] = {
         let mut r = [0; NB_SMALL_SIZE_CLASSES];
         let mut c = 0;
         while c < NB_SMALL_SIZE_CLASSES {
