@@ -9,13 +9,23 @@
 # start under valgrind. rpmalloc runs under it (its pthread_create and
 # start-up constructor run for every allocator alike, and cancel).
 #
-#   suite/instructions.sh [size=32]        (honours CARGO_TARGET_DIR)
+# `--secure` adds pymalloc-hardened and mimalloc-secure (the workloads
+# built with the suite's `secure` feature, as `run.py --secure` does).
+#
+#   suite/instructions.sh [--secure] [size=32]   (honours CARGO_TARGET_DIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+secure=; [ "${1:-}" = --secure ] && { secure=1; shift; }
 size=${1:-32}
 main=$(cargo bench -p pymalloc-suite --bench workloads --no-run 2>&1 \
     | sed -n 's/.*Executable .*(\(.*workloads-[0-9a-f]*\))$/\1/p' | head -1)
 [ -n "$main" ] || { echo "instructions.sh: no workloads binary built" >&2; exit 1; }
+if [ -n "$secure" ]; then
+    sec=$(CXXFLAGS="${CXXFLAGS:--DNDEBUG} -DSNMALLOC_CHECK_CLIENT" cargo bench -p pymalloc-suite \
+        --bench workloads --features secure --target-dir "${CARGO_TARGET_DIR:-target}/secure" --no-run 2>&1 \
+        | sed -n 's/.*Executable .*(\(.*workloads-[0-9a-f]*\))$/\1/p' | head -1)
+    [ -n "$sec" ] || { echo "instructions.sh: no secure workloads binary built" >&2; exit 1; }
+fi
 v2_target=${CARGO_TARGET_DIR:-target}/mimalloc-v2
 cargo build --release --quiet --manifest-path suite/mimalloc-v2/Cargo.toml --target-dir "$v2_target"
 v2=$v2_target/release/pymalloc-bench-mimalloc-v2
@@ -30,12 +40,18 @@ per_pair() { # binary allocator
     python3 -c "print(round(($c2 - $c1) / ($n2 - $n1), 1))"
 }
 floor=$(per_pair "$main" bump)
-printf '%-12s %8s %8s %8s %8s   (%s-byte pairs; loop floor %s)\n' \
+printf '%-18s %8s %8s %8s %8s   (%s-byte pairs; loop floor %s)\n' \
     allocator total net steady 'net' "$size" "$floor"
-for a in pymalloc system mimalloc mimalloc-v2 jemalloc rpmalloc; do
-    bin=$main; [ "$a" = mimalloc-v2 ] && bin=$v2
-    total=$(LIVE=0 per_pair "$bin" "$a")
-    steady=$(LIVE=100 per_pair "$bin" "$a")
-    printf '%-12s %8s %8s %8s %8s\n' "$a" "$total" "$(python3 -c "print(round($total - $floor, 1))")" \
+allocators="pymalloc system mimalloc mimalloc-v2 jemalloc rpmalloc"
+[ -n "$secure" ] && allocators="$allocators pymalloc-hardened mimalloc-secure"
+for a in $allocators; do
+    bin=$main; name=$a
+    case $a in
+        mimalloc-v2) bin=$v2 ;;
+        pymalloc-hardened | mimalloc-secure) bin=$sec; name=${a%%-*} ;;
+    esac
+    total=$(LIVE=0 per_pair "$bin" "$name")
+    steady=$(LIVE=100 per_pair "$bin" "$name")
+    printf '%-18s %8s %8s %8s %8s\n' "$a" "$total" "$(python3 -c "print(round($total - $floor, 1))")" \
         "$steady" "$(python3 -c "print(round($steady - $floor, 1))")"
 done

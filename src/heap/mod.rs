@@ -677,7 +677,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // SAFETY: `pool` is the header the block's address falls in.
         #[cfg(feature = "hardened")]
         unsafe {
-            Pool::check_freed(pool, ptr, Some(size))
+            Pool::check_layout(pool, ptr, size)
         };
         // SAFETY: `ptr` is a live small block of `pool` (caller).
         unsafe { self.free_small(pool, ptr, size) }
@@ -701,7 +701,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             // `hardened`: a block start of this pool (the size-less `free`
             // comes here too).
             #[cfg(feature = "hardened")]
-            Pool::check_freed(pool, ptr, None);
+            Pool::check_freed(pool, ptr);
             // Whoever frees it, the block is marked free first, so a second
             // free is caught on any path ([ref:free-mark]).
             Pool::mark_freed(pool, ptr);

@@ -249,30 +249,20 @@ impl Pool {
     }
 
     /// `hardened`: `ptr`, being freed, must be the start of a block of
-    /// `this` that holds `size` bytes (any, for `None`): a pointer into a
-    /// block, past the pool's blocks, into a pool never used, or freed with
-    /// a layout larger than its block is reported. (A smaller layout is
-    /// legitimate: a block stays in place when reallocated to a size it
-    /// holds, whatever the alignment asked.) Reads only fields that do not
-    /// change while the pool has live blocks, so any thread may check.
+    /// `this`: a pointer into a block, past the pool's blocks, or into a
+    /// pool never used is reported. Reads only fields that do not change
+    /// while the pool has live blocks, so any thread may check.
     ///
     /// # Safety
     ///
     /// `this` is the header of the pool `ptr` lies in (by address).
     #[cfg(feature = "hardened")]
     #[inline(always)]
-    pub(crate) unsafe fn check_freed(this: *mut Pool, ptr: NonNull<u8>, size: Option<usize>) {
+    pub(crate) unsafe fn check_freed(this: *mut Pool, ptr: NonNull<u8>) {
         // SAFETY: caller's contract; a header of a never-used pool reads
         // zero, which fails the checks below.
         let (base, class, capacity) =
             unsafe { ((*this).base, (*this).class as SizeClass, (*this).capacity) };
-        if size.is_some_and(|s| s > block_size(class)) {
-            Self::corrupted(
-                this,
-                ptr.as_ptr(),
-                "was freed with a layout larger than its block",
-            )
-        }
         let offset = ptr.as_ptr().addr().wrapping_sub(base.addr());
         let index = crate::small::size_class::block_index(class, offset);
         if base.is_null() || index.is_none_or(|i| i >= capacity as usize) {
@@ -280,6 +270,27 @@ impl Pool {
                 this,
                 ptr.as_ptr(),
                 "is not the start of a block (an interior or stale pointer)",
+            )
+        }
+    }
+
+    /// `hardened`: block `ptr` of `this`, being freed with a layout of
+    /// `size` bytes, must hold that many: a larger layout is reported. (A
+    /// smaller one is legitimate: a block stays in place when reallocated
+    /// to a size it holds, whatever the alignment asked.)
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::check_freed`].
+    #[cfg(feature = "hardened")]
+    #[inline(always)]
+    pub(crate) unsafe fn check_layout(this: *mut Pool, ptr: NonNull<u8>, size: usize) {
+        // SAFETY: caller's contract.
+        if size > block_size(unsafe { (*this).class } as SizeClass) {
+            Self::corrupted(
+                this,
+                ptr.as_ptr(),
+                "was freed with a layout larger than its block",
             )
         }
     }
