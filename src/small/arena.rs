@@ -72,7 +72,7 @@ impl Arena {
     /// Bytes per arena.
     pub const SIZE: usize = ARENA_SIZE;
     /// Pools per arena that serve blocks (the first pool's room holds the
-    /// headers).
+    /// headers; with the `hardened` feature the last pool is a guard).
     pub const POOLS: usize = USABLE_POOLS_PER_ARENA;
 
     /// Writes a fresh arena header into a newly mapped arena chunk (all
