@@ -1,25 +1,30 @@
 //! Checks against misuse that would otherwise corrupt the heap silently.
 //!
-//! **Every build: the free mark** [tag:free-mark]. A freed block holds a
-//! mark in one word; allocation clears it. A block handed to `free` that
-//! already holds its mark is a double free, reported before it is linked
-//! a second time (as glibc's tcache key, but without its confirming walk,
-//! which a thread freeing into another's pool could not do safely):
+//! **Every build: the free mark** [tag:free-mark]. A freed block holds
+//! its heap's mark in one word; allocation clears it. A block handed to
+//! `free` that already holds the mark is a double free, reported before it
+//! is linked a second time (as glibc's tcache key, but without its
+//! confirming walk, which a thread freeing into another's pool could not
+//! do safely). The mark is random, drawn per heap ([`new_mark`]) when its
+//! layer 1 maps its first chunk:
 //!
-//! * a small block: its second word holds the address of its pool's
-//!   header. No live block can hold that value by accident: pool headers
-//!   are the heap's own metadata, where no pointer a program holds can
-//!   point (not even one past the end of a block: headers sit in the
-//!   arena's first pool, apart from all blocks). It costs no load: the free
-//!   path has the header's address already. With `hardened` it is also
-//!   XORed with the secret below, so it cannot be forged.
-//! * a medium block in a thread's medium cache: its third word (the first
-//!   two hold the cache's link and size) holds a per-process random
-//!   secret. Medium blocks in layer 1's free lists are caught by their
-//!   headers instead.
+//! * a small block holds it in its second word;
+//! * a medium block in a thread's medium cache, in its third (the first
+//!   two hold the cache's link and size); medium blocks in layer 1's free
+//!   lists are caught by their headers instead.
 //!
-//! Cost on the small fast path: a compare, a branch and a store on free, a
-//! store on allocation (README, Security, gives the measured count).
+//! Why random, and not a value the free path has at hand (such as the
+//! pool header's address): a live block's word may hold bytes the program
+//! never wrote (an enum's unused payload, padding), copied from wherever
+//! the value was built, often the stack, where the allocator's own
+//! registers are spilled. A pool address is spilled there all the time
+//! (a binary-trees benchmark hit it: a `Box` of a dataless enum variant
+//! carried its pool's address in its second word); a random mark lives
+//! in a register for three instructions and nowhere else.
+//!
+//! Cost on the small fast path: a load of the mark, a compare, a branch
+//! and a store on free, a store on allocation (README, Security, gives the
+//! measured count).
 //!
 //! **Feature `hardened`** adds what costs more (see README, Security):
 //! free-list links stored encoded with a second secret and the link's own
@@ -32,10 +37,10 @@
 //! before any block exists; they never change afterwards.
 
 use core::sync::atomic::AtomicUsize;
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-/// The free mark (0 until [`init`]).
-static MARK: AtomicUsize = AtomicUsize::new(0);
+/// Seeds of the secrets (0 until [`init`]).
+static SEED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// The key of encoded free-list links.
 #[cfg(feature = "hardened")]
 static LINK_KEY: AtomicUsize = AtomicUsize::new(0);
@@ -43,29 +48,33 @@ static LINK_KEY: AtomicUsize = AtomicUsize::new(0);
 #[cfg(feature = "hardened")]
 static RANDOM: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-/// Sets the secrets if they are not set yet. Called by layer 1 before it
-/// hands out any memory; concurrent callers agree on one value.
+/// Sets the process's secrets if they are not set yet. Called by layer 1
+/// before it hands out any memory; concurrent callers agree on one value
+/// of each (a secret is set once, by compare-and-swap, before the seed
+/// that says they are all set, which is published with Release).
 #[cold]
 pub(crate) fn init() {
-    if MARK.load(Relaxed) != 0 {
+    if SEED.load(Acquire) != 0 {
         return;
     }
-    let seed = entropy();
-    // Never 0 (the unset state, and what allocation writes).
-    let mark = (mix(seed) as usize) | 1 << (usize::BITS - 1);
-    let _ = MARK.compare_exchange(0, mark, Relaxed, Relaxed);
+    let seed = entropy() | 1;
     #[cfg(feature = "hardened")]
     {
-        let _ = LINK_KEY.compare_exchange(0, mix(seed ^ 0x5555) as usize, Relaxed, Relaxed);
+        let _ = LINK_KEY.compare_exchange(0, mix(seed ^ 0x5555) as usize | 1, Relaxed, Relaxed);
         let _ = RANDOM.compare_exchange(0, mix(seed ^ 0xaaaa) | 1, Relaxed, Relaxed);
     }
+    let _ = SEED.compare_exchange(0, seed, Release, Acquire);
 }
 
-/// The free mark of medium blocks (a small block's is its pool's, see
-/// `Pool::free_mark`).
-#[inline(always)]
-pub(crate) fn mark() -> usize {
-    MARK.load(Relaxed)
+/// A fresh free mark for a heap: random, never 0 (the unset state, and
+/// what allocation writes). Each heap draws its own.
+#[cold]
+pub(crate) fn new_mark() -> usize {
+    static DRAWS: AtomicUsize = AtomicUsize::new(0);
+    init();
+    let draw = DRAWS.fetch_add(1, Relaxed) as u64;
+    (mix(SEED.load(Acquire) ^ draw.wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize)
+        | 1 << (usize::BITS - 1)
 }
 
 /// Checks and sets free mark `mark` at `slot`, a word of a block being
@@ -184,7 +193,7 @@ fn mix(mut z: u64) -> u64 {
 fn entropy() -> u64 {
     let local = 0u8;
     let mut seed =
-        (&raw const local).addr() as u64 ^ ((&raw const MARK).addr() as u64).rotate_left(32);
+        (&raw const local).addr() as u64 ^ ((&raw const SEED).addr() as u64).rotate_left(32);
     #[cfg(all(target_os = "linux", not(miri)))]
     {
         // SAFETY: getauxval has no preconditions; AT_RANDOM's value, when
@@ -212,27 +221,25 @@ mod tests {
 
     #[test]
     fn the_mark_is_set_checked_and_cleared() {
-        init();
-        assert_ne!(mark(), 0);
+        let mark = new_mark();
+        assert_ne!(mark, 0);
+        assert_ne!(new_mark(), mark, "each heap draws its own");
         let mut word = 0usize;
         // SAFETY: a local word.
         unsafe {
             assert!(
-                set_mark(&raw mut word, mark()),
+                set_mark(&raw mut word, mark),
                 "an unmarked word takes the mark"
             );
-            assert_eq!(word, mark());
+            assert_eq!(word, mark);
             assert!(
-                !set_mark(&raw mut word, mark()),
+                !set_mark(&raw mut word, mark),
                 "a marked word is a double free"
             );
-            assert!(is_marked(&raw mut word, mark()));
+            assert!(is_marked(&raw mut word, mark));
             clear_mark(&raw mut word);
-            assert!(!is_marked(&raw mut word, mark()));
-            assert!(
-                set_mark(&raw mut word, mark()),
-                "allocation clears the mark"
-            );
+            assert!(!is_marked(&raw mut word, mark));
+            assert!(set_mark(&raw mut word, mark), "allocation clears the mark");
         }
     }
 

@@ -245,6 +245,32 @@ fn clean() {
             HEAP.dealloc(r, layout(40 + i % 7000));
         }
     }
+    // Live blocks whose second and third words hold what a program may
+    // leave there without writing it (bytes copied from the stack, where
+    // the allocator's registers are spilled): addresses of the block, of
+    // its arena and of every pool header in it, all-ones, zero.
+    for size in [16, 32, 48, 64, 512, 1000, 5000] {
+        let blocks: Vec<_> = (0..200).map(|_| alloc(&HEAP, size)).collect();
+        for (i, &p) in blocks.iter().enumerate() {
+            let arena = p.addr() & !(pymalloc::Arena::SIZE - 1);
+            let value = match i % 4 {
+                0 => p.addr(),
+                1 => arena + 4 * 64 + (i % 64) * 128,
+                2 => usize::MAX,
+                _ => arena,
+            };
+            // SAFETY: live blocks of at least 16 bytes.
+            unsafe {
+                p.cast::<usize>().add(1).write(value);
+                if size >= 24 {
+                    p.cast::<usize>().add(2).write(value);
+                }
+            }
+        }
+        for p in blocks {
+            free(&HEAP, p, size);
+        }
+    }
     HEAP.validate();
     println!("clean run ok");
 }

@@ -704,7 +704,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             Pool::check_freed(pool, ptr);
             // Whoever frees it, the block is marked free first, so a second
             // free is caught on any path ([ref:free-mark]).
-            Pool::mark_freed(pool, ptr);
+            Pool::mark_freed(pool, ptr, self.raw.free_mark());
             if let Some(th) = local::cached(self.raw.id())
                 && Pool::owner(pool) == ThreadHeap::owner_id(th)
             {
@@ -780,7 +780,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 // Already free in some thread's medium cache: a double free,
                 // caught before the block is cached or freed twice
                 // ([ref:free-mark]).
-                if MediumCache::is_cached(ptr, usable) {
+                if MediumCache::is_cached(ptr, usable, self.raw.free_mark()) {
                     crate::fatal::misuse(
                         ptr.as_ptr(),
                         usable,
@@ -791,7 +791,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 if self.raw.limit() == usize::MAX
                     && let th = self.thread_heap()
                     && !th.is_null()
-                    && MediumCache::push(ThreadHeap::medium(th), ptr, usable, size)
+                    && MediumCache::push(
+                        ThreadHeap::medium(th),
+                        ptr,
+                        usable,
+                        size,
+                        self.raw.free_mark(),
+                    )
                 {
                     return;
                 }

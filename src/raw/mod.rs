@@ -171,6 +171,10 @@ pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     /// Some cached huge mapping still holds its pages (a hint, read without
     /// the lock by `purge_expired_huge`).
     huge_waiting: core::sync::atomic::AtomicBool,
+    /// The free mark of this heap's blocks ([ref:free-mark]): random, set
+    /// under the lock before the first chunk is mapped (so before any block
+    /// exists), never changed afterwards; 0 until then.
+    mark: AtomicUsize,
 }
 
 /// Source of heap identities; 0 means "not assigned yet".
@@ -235,7 +239,16 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             limit: AtomicUsize::new(limit),
             huge_copied: AtomicUsize::new(0),
             huge_waiting: core::sync::atomic::AtomicBool::new(false),
+            mark: AtomicUsize::new(0),
         }
+    }
+
+    /// The free mark of this heap's blocks ([ref:free-mark]). Any thread
+    /// holding one of the heap's blocks sees it set: it was set before the
+    /// block's chunk was mapped.
+    #[inline(always)]
+    pub(crate) fn free_mark(&self) -> usize {
+        self.mark.load(Ordering::Relaxed)
     }
 
     /// This heap's identity (0: not assigned yet).
@@ -1040,7 +1053,11 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             return None;
         }
         // Before the first block exists.
-        crate::harden::init();
+        if self.mark.load(Ordering::Relaxed) == 0 {
+            crate::harden::init();
+            self.mark
+                .store(crate::harden::new_mark(), Ordering::Relaxed);
+        }
         let map = || {
             if kind == ChunkKind::Arena {
                 debug_assert!(size == ARENA_SIZE && align == ARENA_SIZE);

@@ -295,27 +295,18 @@ impl Pool {
         }
     }
 
-    /// The free mark of `this`'s blocks ([ref:free-mark]): the header's
-    /// address (with `hardened`, XORed with a secret).
-    #[inline(always)]
-    fn free_mark(this: *mut Pool) -> usize {
-        #[cfg(feature = "hardened")]
-        return this.addr() ^ crate::harden::mark();
-        #[cfg(not(feature = "hardened"))]
-        this.addr()
-    }
-
-    /// Marks block `ptr` of `this` free; a block already marked is a double
-    /// free, reported before anything is written.
+    /// Marks block `ptr` of `this` free with its heap's `mark`
+    /// ([ref:free-mark]); a block already marked is a double free,
+    /// reported before anything is written.
     ///
     /// # Safety
     ///
     /// `ptr` is a block of `this` that the caller is freeing.
     #[inline(always)]
-    pub(crate) unsafe fn mark_freed(this: *mut Pool, ptr: NonNull<u8>) {
+    pub(crate) unsafe fn mark_freed(this: *mut Pool, ptr: NonNull<u8>, mark: usize) {
         let slot = ptr.as_ptr().cast::<usize>().wrapping_add(1);
         // SAFETY: caller's contract; blocks are at least two words long.
-        if !unsafe { crate::harden::set_mark(slot, Self::free_mark(this)) } {
+        if !unsafe { crate::harden::set_mark(slot, mark) } {
             Self::corrupted(this, ptr.as_ptr(), "is already free (double free)")
         }
     }

@@ -130,8 +130,8 @@ impl MediumCache {
         }
     }
 
-    /// Whether medium block `ptr` (`usable` bytes), being freed, holds the
-    /// free mark of a cached block: then it is in some thread's cache
+    /// Whether medium block `ptr` (`usable` bytes), being freed, holds its
+    /// heap's free `mark`, as cached blocks do: then it is in some thread's cache
     /// already (a double free). Checked for every medium free, whether the
     /// block is cached or not.
     ///
@@ -140,20 +140,17 @@ impl MediumCache {
     /// `ptr` is a medium block with `usable` usable bytes that the caller
     /// is freeing.
     #[inline]
-    pub(crate) unsafe fn is_cached(ptr: NonNull<u8>, usable: usize) -> bool {
+    pub(crate) unsafe fn is_cached(ptr: NonNull<u8>, usable: usize, mark: usize) -> bool {
         // SAFETY: caller's contract; the word is inside the block.
         usable > MARK_WORD * size_of::<usize>()
             && unsafe {
-                crate::harden::is_marked(
-                    ptr.as_ptr().cast::<usize>().add(MARK_WORD),
-                    crate::harden::mark(),
-                )
+                crate::harden::is_marked(ptr.as_ptr().cast::<usize>().add(MARK_WORD), mark)
             }
     }
 
     /// Keeps freed medium block `ptr` (`usable` bytes, requested with
-    /// `size`); `false` if it fits no bin or the cache is full, and then
-    /// the caller frees it.
+    /// `size`), marked with its heap's free `mark`; `false` if it fits no
+    /// bin or the cache is full, and then the caller frees it.
     ///
     /// # Safety
     ///
@@ -166,6 +163,7 @@ impl MediumCache {
         ptr: NonNull<u8>,
         usable: usize,
         size: usize,
+        mark: usize,
     ) -> bool {
         let Some(bin) = bin_of_usable(usable) else {
             return false;
@@ -177,7 +175,7 @@ impl MediumCache {
                 return false;
             }
             let p = ptr.as_ptr();
-            crate::harden::put_mark(p.cast::<usize>().add(MARK_WORD), crate::harden::mark());
+            crate::harden::put_mark(p.cast::<usize>().add(MARK_WORD), mark);
             crate::valgrind::defined(p, 2 * size_of::<usize>());
             p.cast::<*mut u8>().write(*(*this).bins.get_unchecked(bin));
             p.cast::<usize>().add(1).write(usable);
@@ -306,7 +304,7 @@ mod tests {
         // SAFETY: the "blocks" are ours and live for the test.
         unsafe {
             for &p in &ptrs {
-                assert!(MediumCache::push(this, p, bound, size));
+                assert!(MediumCache::push(this, p, bound, size, 1));
             }
             assert_eq!(
                 MediumCache::counters(this),
@@ -315,7 +313,13 @@ mod tests {
             assert_eq!(MediumCache::pop(this, bin, size), Some(ptrs[2]));
             assert_eq!(MediumCache::pop(this, bin + 1, size + 200), None);
             // Too big for what is left of the budget.
-            assert!(!MediumCache::push(this, ptrs[2], MEDIUM_CACHE_BYTES, size));
+            assert!(!MediumCache::push(
+                this,
+                ptrs[2],
+                MEDIUM_CACHE_BYTES,
+                size,
+                1
+            ));
             let mut drained = Vec::new();
             MediumCache::drain(this, |b| drained.push(b));
             assert_eq!(drained, [ptrs[1], ptrs[0]]);
