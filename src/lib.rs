@@ -112,6 +112,8 @@ pub mod objects;
 // CPython's memory interface: PyMem_* / PyObject_*, domains, hooks, debug
 // hooks.
 pub mod pymem;
+// tracemalloc: tracebacks of live blocks, snapshots, sampling, flame graphs.
+pub mod trace;
 
 pub use heap::PrivateHeap;
 pub use lock::SpinLock;
