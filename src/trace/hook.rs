@@ -69,9 +69,10 @@ pub(super) struct Busy(());
 
 impl Busy {
     /// `None` if the thread is already in the tracer (a re-entrant call).
+    /// (Lazily built: a `Busy` made and dropped would clear the flag.)
     pub(super) fn enter() -> Option<Busy> {
         LOCAL
-            .try_with(|l| (!l.busy.replace(true)).then_some(Busy(())))
+            .try_with(|l| (!l.busy.replace(true)).then(|| Busy(())))
             .ok()
             .flatten()
     }
@@ -579,6 +580,15 @@ pub(crate) fn dump_traceback(m: &mut Message, addr: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_nests_as_a_refusal() {
+        let outer = Busy::enter().expect("not busy yet");
+        assert!(Busy::enter().is_none());
+        assert!(Busy::enter().is_none(), "a refusal leaves the flag set");
+        drop(outer);
+        assert!(Busy::enter().is_some());
+    }
 
     #[test]
     fn exponential_gaps_have_the_mean() {

@@ -371,7 +371,13 @@ fn is_allocator(function: &str) -> bool {
         "valloc",
         "pvalloc",
     ];
+    // Any allocator's methods (`<X as …::GlobalAlloc>::alloc`,
+    // `<&mut A as …::Allocator>::grow`): a user's wrapper around the heap
+    // too.
+    let allocator_impl =
+        f.contains(" as ") && (f.contains("::GlobalAlloc>::") || f.contains("::Allocator>::"));
     RUST.iter().any(|p| f.starts_with(p))
+        || allocator_impl
         || f.starts_with("__rustc::")
         || f.starts_with("__rdl_")
         || f.starts_with("PyMem_")
@@ -601,6 +607,8 @@ mod tests {
             "__rust_alloc",
             "malloc",
             "PyMem_Malloc",
+            "<app::Counting as core::alloc::global::GlobalAlloc>::alloc",
+            "<&mut A as allocator_api2::alloc::Allocator>::grow",
         ] {
             assert!(is_allocator(f), "{f}");
         }
