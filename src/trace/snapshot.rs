@@ -296,7 +296,7 @@ fn resolve_cached(
     for &ip in ips {
         let at = cache.entry(ip).or_insert_with(|| symbols(ip));
         for frame in at.iter() {
-            outside = outside || !is_allocator(&frame.function);
+            outside = outside || !(is_allocator(&frame.function) || is_std(&frame.filename));
             if outside {
                 frames.push(frame.clone());
             }
@@ -324,7 +324,7 @@ fn symbols(ip: usize) -> Arc<[Frame]> {
         out.push(Frame {
             filename: s
                 .filename()
-                .map(|p| p.to_string_lossy().into())
+                .map(|p| relative(p).to_string_lossy().into())
                 .unwrap_or_else(|| "<unknown>".into()),
             lineno: s.lineno().unwrap_or(0),
             function: s
@@ -341,6 +341,25 @@ fn symbols(ip: usize) -> Arc<[Frame]> {
         });
     }
     out.into()
+}
+
+/// `path` relative to the current directory if it lies under it (as
+/// Python shows the files of its working directory).
+#[cfg(not(miri))]
+fn relative(path: &std::path::Path) -> &std::path::Path {
+    static CWD: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    match CWD.get_or_init(|| std::env::current_dir().ok()) {
+        Some(cwd) => path.strip_prefix(cwd).unwrap_or(path),
+        None => path,
+    }
+}
+
+/// Whether a source file is Rust's standard library (`/rustc/<commit>/library/…`
+/// as the toolchain's debug information names it): `format!`'s and
+/// collections' frames, whatever their function's name (`<u64 as
+/// core::fmt::Display>::fmt`).
+fn is_std(filename: &str) -> bool {
+    filename.starts_with("/rustc/") && filename.contains("/library/")
 }
 
 /// Whether a function belongs to the allocator or std's allocation shims:
