@@ -1007,7 +1007,8 @@ impl<S: PageSource, R: RawMutex> Drop for PrivateHeap<S, R> {
 // returned; no method unwinds (failure is null) or re-enters the global
 // allocator (the locks never allocate).
 unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHeap<S, R> {
-    #[inline]
+    // Always: with the tracing hook, the cost model would outline it.
+    #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = self
             .alloc_fast(layout.size(), layout.align())
@@ -1032,7 +1033,8 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHea
         p
     }
 
-    #[inline]
+    // Always: with the tracing hook, the cost model would outline it.
+    #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         trace::freeing(ptr);
         // SAFETY: `ptr` is a live block of this heap allocated with `layout`
@@ -1065,7 +1067,8 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHea
 // dangling, aligned pointers that are never passed to the heap; grow/shrink
 // keep contents and leave the old block valid on failure.
 unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap<S, R> {
-    #[inline]
+    // Always: with the tracing hook, the cost model would outline it.
+    #[inline(always)]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         if layout.size() == 0 {
             return Ok(NonNull::slice_from_raw_parts(dangling(layout.align()), 0));
@@ -1089,7 +1092,8 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
-    #[inline]
+    // Always: with the tracing hook, the cost model would outline it.
+    #[inline(always)]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         if layout.size() != 0 {
             trace::freeing(ptr.as_ptr());

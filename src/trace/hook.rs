@@ -93,20 +93,43 @@ fn active() -> bool {
 }
 
 /// After an allocation entry point: `ptr` (null if it failed) was
-/// allocated for `size` bytes.
+/// allocated for `size` bytes. Off: one load and a branch. Sampling: the
+/// calling thread's countdown too, inline; out of line only when a sample
+/// point falls in the block.
 #[inline(always)]
 pub(crate) fn allocated(ptr: *mut u8, size: usize) {
-    if active() {
+    let mode = MODE.load(Relaxed);
+    if mode != OFF && !(mode == SAMPLING && count_down(size)) {
         allocated_slow(ptr, size);
     }
 }
 
+/// Takes `size` bytes off the calling thread's countdown if no sample
+/// point falls in them (`true`); `false` leaves it to `sampled`. The
+/// countdown of an earlier epoch runs out first (its gap was drawn with
+/// the earlier mean: one gap per thread per restart).
+#[inline(always)]
+fn count_down(size: usize) -> bool {
+    LOCAL
+        .try_with(|l| {
+            let left = l.countdown.get();
+            let fits = (size as u64) < left;
+            if fits {
+                l.countdown.set(left - size as u64);
+            }
+            fits
+        })
+        .unwrap_or(false)
+}
+
 /// Before a free entry point frees `ptr` (non-null). Before, not after: a
 /// block freed first could be allocated again by another thread, and
-/// traced, before its old trace is gone.
+/// traced, before its old trace is gone. Off: one load and a branch. On:
+/// the filter too, inline; out of line only for an address that may be
+/// traced.
 #[inline(always)]
 pub(crate) fn freeing(ptr: *mut u8) {
-    if active() {
+    if active() && table::may_contain(ptr.addr()) {
         freeing_slow(ptr);
     }
 }
