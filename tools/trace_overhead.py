@@ -20,13 +20,21 @@ def build():
     return os.path.join(ROOT, re.search(r"Executable .*\((.*workloads-[0-9a-f]+)\)", out).group(1))
 
 
+FAILED = []
+
+
 def run(binary, env, *args):
-    env = dict(os.environ, PYMALLOC_BENCH_ALLOC="pymalloc", **env)
-    env.pop("PYMALLOC_TRACE", None)
-    if "PYMALLOC_TRACE_SAMPLE" not in env or not env["PYMALLOC_TRACE_SAMPLE"]:
-        env.pop("PYMALLOC_TRACE_SAMPLE", None)
-    out = subprocess.run([binary, *args], env=env, capture_output=True, text=True, check=True)
-    return [line.split("\t") for line in out.stdout.splitlines()]
+    full = dict(os.environ, PYMALLOC_BENCH_ALLOC="pymalloc")
+    full.pop("PYMALLOC_TRACE", None)
+    full.pop("PYMALLOC_TRACE_SAMPLE", None)
+    full.update(env)
+    for _ in range(3):
+        out = subprocess.run([binary, *args], env=full, capture_output=True, text=True)
+        if out.returncode == 0:
+            return [line.split("\t") for line in out.stdout.splitlines()]
+        # Reported, then run again: a failure is the heap's, not timing's.
+        FAILED.append((args, env, out.stderr.strip()[:200]))
+    return None
 
 
 def main():
@@ -45,7 +53,10 @@ def main():
         for w in workloads:
             order = list(modes) if r % 2 == 0 else list(reversed(modes))
             for m in order:
-                (_, _, _, secs, _), = run(binary, modes[m], "time", "=" + w)
+                got = run(binary, modes[m], "time", "=" + w)
+                if got is None:
+                    continue
+                (_, _, _, secs, _), = got
                 times.setdefault(w, {}).setdefault(m, []).append(float(secs))
     print(f"{args.rounds} interleaved rounds, medians; sampling: PYMALLOC_TRACE_SAMPLE={args.mean} "
           f"PYMALLOC_TRACE={args.frames}\n")
@@ -53,11 +64,16 @@ def main():
     print("|---|---:|---:|---:|")
     ratios = []
     for w, t in times.items():
+        if len(t) < 2:
+            print(f"| {w} | (failed) | | |")
+            continue
         off, on = statistics.median(t["off"]), statistics.median(t["sampling"])
         ratios.append(on / off)
         print(f"| {w} | {off * 1e3:.1f} ms | {on * 1e3:.1f} ms | {on / off:.3f} |")
     geo = statistics.geometric_mean(ratios)
     print(f"\ngeometric mean of the ratios: {geo:.3f}; max {max(ratios):.3f}")
+    for args_, env, err in FAILED:
+        print(f"failed (run again, up to 3 times): {' '.join(args_)} {env}: {err}")
 
 
 if __name__ == "__main__":

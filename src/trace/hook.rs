@@ -139,6 +139,12 @@ pub(crate) fn freeing(ptr: *mut u8) {
 #[inline(always)]
 pub(crate) fn realloc(old: *mut u8, new_size: usize, resize: impl FnOnce() -> *mut u8) -> *mut u8 {
     if active() {
+        // An untraced block (the filter says so): an allocation event only.
+        if old.is_null() || !table::may_contain(old.addr()) {
+            let new = resize();
+            allocated(new, new_size);
+            return new;
+        }
         return realloc_slow(old, new_size, resize);
     }
     resize()
