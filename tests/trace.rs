@@ -425,3 +425,52 @@ fn debug_report_names_the_allocation() {
         "{stderr}"
     );
 }
+
+/// `PYMALLOC_TRACE=N` (as `PYTHONTRACEMALLOC`) and `PYMALLOC_TRACE_SAMPLE`
+/// start tracing at the process's first allocation: in child processes.
+#[test]
+fn environment_starts_tracing() {
+    if let Some(want) = std::env::var_os("TRACE_ENV_CHILD") {
+        let want = want.to_str().unwrap();
+        let got = format!(
+            "{} {} {:?}",
+            trace::is_tracing(),
+            trace::get_traceback_limit(),
+            trace::sample_mean()
+        );
+        assert_eq!(got, want);
+        return;
+    }
+    for (vars, want) in [
+        (&[("PYMALLOC_TRACE", "5")][..], "true 5 None"),
+        (&[("PYMALLOC_TRACE_SAMPLE", "65536")], "true 32 Some(65536)"),
+        (
+            &[("PYMALLOC_TRACE", "3"), ("PYMALLOC_TRACE_SAMPLE", "4096")],
+            "true 3 Some(4096)",
+        ),
+        (&[("PYMALLOC_TRACE", "0")], "false 1 None"),
+    ] {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "environment_starts_tracing", "--test-threads=1"])
+            .env("TRACE_ENV_CHILD", want)
+            .env_remove("PYMALLOC_TRACE")
+            .env_remove("PYMALLOC_TRACE_SAMPLE");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{vars:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "environment_starts_tracing"])
+        .env("TRACE_ENV_CHILD", "unused")
+        .env("PYMALLOC_TRACE", "ten")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PYMALLOC_TRACE=ten is not a number"));
+}
