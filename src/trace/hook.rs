@@ -427,7 +427,7 @@ pub fn start(frames: usize) {
 
 /// Starts sampling: on average one allocation per `mean` bytes allocated
 /// (per thread) is traced, with `frames` frames, and counted as the bytes
-/// and blocks it stands for (see the [module docs](self)). `mean` is
+/// and blocks it stands for (see the [module docs](crate::trace)). `mean` is
 /// typically [`DEFAULT_SAMPLE_MEAN`]; 0 means exact tracing, as [`start`].
 ///
 /// # Panics
