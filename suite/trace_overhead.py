@@ -1,22 +1,26 @@
 #!/usr/bin/env python3
-"""The cost of `pymalloc::trace` sampling on the suite's workloads: each
-workload of `suite/benches/workloads.rs` run with pymalloc as the global
-allocator, with and without `PYMALLOC_TRACE_SAMPLE` (sampling at that mean
-from the first allocation), in interleaved rounds, one fresh process per
-run; medians and their ratio. pymalloc only (the peers are not run).
+"""The cost of `pymalloc::trace` on the suite's workloads: each workload of
+`suite/benches/workloads.rs` run with pymalloc as the global allocator in
+three ways: built without the `trace` feature ("none"), built with it and
+tracing off ("off"), and sampling from the first allocation
+(`PYMALLOC_TRACE_SAMPLE`, "sampling"); interleaved rounds, one fresh
+process per run; medians and their ratios to "none". pymalloc only.
 
-    python3 tools/trace_overhead.py [--rounds 3] [--mean 524288] [--frames 32] [--filter NAME]
+    python3 suite/trace_overhead.py [--rounds 3] [--mean 524288] [--frames 32] [--filter NAME]
 
-Honours CARGO_TARGET_DIR.
+Honours CARGO_TARGET_DIR (the feature build goes to its `trace/`).
 """
 import argparse, os, re, statistics, subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build():
-    out = subprocess.run(["cargo", "bench", "-p", "pymalloc-suite", "--bench", "workloads", "--no-run"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stderr
+TARGET = os.path.abspath(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
+
+
+def build(*features):
+    out = subprocess.run(["cargo", "bench", "-p", "pymalloc-suite", "--bench", "workloads", "--no-run",
+                          *features], cwd=ROOT, capture_output=True, text=True, check=True).stderr
     return os.path.join(ROOT, re.search(r"Executable .*\((.*workloads-[0-9a-f]+)\)", out).group(1))
 
 
@@ -44,34 +48,36 @@ def main():
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--filter", default="")
     args = ap.parse_args()
-    binary = build()
+    plain = build()
+    binary = build("--features", "pymalloc/trace", "--target-dir", os.path.join(TARGET, "trace"))
     workloads = [w for (w,) in run(binary, {}, "list", args.filter)]
-    modes = {"off": {}, "sampling": {"PYMALLOC_TRACE_SAMPLE": str(args.mean),
-                                     "PYMALLOC_TRACE": str(args.frames)}}
+    modes = {"none": (plain, {}), "off": (binary, {}),
+             "sampling": (binary, {"PYMALLOC_TRACE_SAMPLE": str(args.mean), "PYMALLOC_TRACE": str(args.frames)})}
     times = {}
     for r in range(args.rounds):
         for w in workloads:
             order = list(modes) if r % 2 == 0 else list(reversed(modes))
             for m in order:
-                got = run(binary, modes[m], "time", "=" + w)
+                got = run(*modes[m], "time", "=" + w)
                 if got is None:
                     continue
                 (_, _, _, secs, _), = got
                 times.setdefault(w, {}).setdefault(m, []).append(float(secs))
     print(f"{args.rounds} interleaved rounds, medians; sampling: PYMALLOC_TRACE_SAMPLE={args.mean} "
           f"PYMALLOC_TRACE={args.frames}\n")
-    print("| workload | tracing off | sampling | ratio |")
+    print("| workload | no feature | off / none | sampling / none |")
     print("|---|---:|---:|---:|")
-    ratios = []
+    offs, ons = [], []
     for w, t in times.items():
-        if len(t) < 2:
+        if len(t) < 3:
             print(f"| {w} | (failed) | | |")
             continue
-        off, on = statistics.median(t["off"]), statistics.median(t["sampling"])
-        ratios.append(on / off)
-        print(f"| {w} | {off * 1e3:.1f} ms | {on * 1e3:.1f} ms | {on / off:.3f} |")
-    geo = statistics.geometric_mean(ratios)
-    print(f"\ngeometric mean of the ratios: {geo:.3f}; max {max(ratios):.3f}")
+        none, off, on = (statistics.median(t[m]) for m in ("none", "off", "sampling"))
+        offs.append(off / none)
+        ons.append(on / none)
+        print(f"| {w} | {none * 1e3:.1f} ms | {off / none:.3f} | {on / none:.3f} |")
+    print(f"\ngeometric means: off {statistics.geometric_mean(offs):.3f}, "
+          f"sampling {statistics.geometric_mean(ons):.3f}; max sampling {max(ons):.3f}")
     for args_, env, err in FAILED:
         print(f"failed (run again, up to 3 times): {' '.join(args_)} {env}: {err}")
 
