@@ -63,3 +63,12 @@ echo "PYMALLOC modes from C: pymalloc, pymalloc_debug, malloc, malloc_debug; bad
 PYMALLOCSTATS=1 "$out/modes" > /dev/null 2> "$out/stats.txt"
 [ "$(grep -c '^Total  *=' "$out/stats.txt")" -ge 2 ] || { cat "$out/stats.txt" >&2; exit 1; }
 echo "PYMALLOCSTATS from C: reports on a new arena and at exit"
+# tracemalloc from C (pymalloc::trace): PyMem blocks traced to the line
+# that made them (built with -g), PyTraceMalloc_Track/_Untrack, the top
+# sites printed; PYMALLOC_TRACE=N starts tracing from the environment.
+$cc $flags -g capi/tests/test_trace.c target/release/libpymalloc_c.a -lpthread -ldl -lm -o "$out/test_trace"
+"$out/test_trace" 2> "$out/trace.txt"
+line=$(grep -n 'LEAK_LINE' capi/tests/test_trace.c | cut -d: -f1)
+grep -q "test_trace.c:$line: size=97.7 KiB, count=100, average=1000 B" "$out/trace.txt" \
+    || { cat "$out/trace.txt" >&2; echo "the leak's line was not reported" >&2; exit 1; }
+echo "tracemalloc from C: the leaking line reported"

@@ -112,6 +112,33 @@ pub mod objects;
 // CPython's memory interface: PyMem_* / PyObject_*, domains, hooks, debug
 // hooks.
 pub mod pymem;
+// tracemalloc: tracebacks of live blocks, snapshots, sampling, flame graphs
+// (feature `trace`).
+#[cfg(feature = "trace")]
+pub mod trace;
+// Without the feature, the hooks the heap's entry points call are empty.
+#[cfg(not(feature = "trace"))]
+mod trace {
+    pub(crate) mod hook {
+        #[inline(always)]
+        pub(crate) fn allocated(_ptr: *mut u8, _size: usize) {}
+
+        #[inline(always)]
+        pub(crate) fn freeing(_ptr: *mut u8) {}
+
+        #[inline(always)]
+        pub(crate) fn realloc(
+            _old: *mut u8,
+            _new_size: usize,
+            resize: impl FnOnce() -> *mut u8,
+        ) -> *mut u8 {
+            resize()
+        }
+    }
+
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) fn dump_traceback(_m: &mut crate::fatal::Message, _addr: usize) {}
+}
 
 pub use heap::PrivateHeap;
 pub use lock::SpinLock;

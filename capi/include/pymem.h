@@ -122,6 +122,32 @@ ptrdiff_t _Py_GetAllocatedBlocks(void);
 int _PyObject_DebugMallocStats(FILE *out);
 size_t PyMem_DebugCheckAll(void);
 
+/* tracemalloc (pymalloc::trace). Every pymalloc heap is traced while
+ * tracing is on; PYMALLOC_TRACE=N starts it at the first allocation with N
+ * frames (PYTHONTRACEMALLOC), PYMALLOC_TRACE_SAMPLE=BYTES samples instead.
+ * Tracebacks name file:line only for code built with debug information. */
+#define PYMALLOC_TRACE_MAX_FRAMES 96
+/* CPython's: trace `size` bytes at `ptr` in `domain` (memory of another
+ * allocator); 0 on success, -2 if tracing is off, -1 without memory. */
+int PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size);
+/* Forget that trace: 0, or -2 if tracing is off. */
+int PyTraceMalloc_Untrack(unsigned int domain, uintptr_t ptr);
+/* Start tracing with `nframe` frames (1..PYMALLOC_TRACE_MAX_FRAMES), every
+ * allocation (sample_mean 0) or one per `sample_mean` bytes on average;
+ * 0, or -1 for a bad `nframe`. */
+int pymalloc_trace_start(int nframe, size_t sample_mean);
+/* Stop tracing and forget every trace. */
+void pymalloc_trace_stop(void);
+/* Bytes traced now and at most; either pointer may be NULL. */
+void pymalloc_trace_get_traced_memory(size_t *current, size_t *peak);
+/* Snapshot; print the `limit` biggest file:line sites to stderr, as
+ * Python's `for stat in top_stats[:limit]: print(stat)`. Returns the number
+ * of lines printed. */
+int pymalloc_trace_print_top(unsigned int limit);
+/* Snapshot; write it as folded stacks (flame graph input) to `path`.
+ * 0, or -1 on an I/O error. */
+int pymalloc_trace_write_folded(const char *path);
+
 #ifdef __cplusplus
 }
 #endif

@@ -238,3 +238,99 @@ pub unsafe extern "C" fn PyObject_SetArenaAllocator(
     // SAFETY: caller's contract.
     pymalloc::PyObject_SetArenaAllocator(unsafe { &*allocator });
 }
+
+// ----- tracemalloc (`pymalloc::trace`) -----
+
+/// CPython's `PyTraceMalloc_Track`: traces `size` bytes at `ptr` in
+/// `domain`, memory no pymalloc heap allocated. 0 on success, -2 if
+/// tracing is off, -1 if the tracer has no memory.
+#[unsafe(no_mangle)]
+pub extern "C" fn PyTraceMalloc_Track(domain: core::ffi::c_uint, ptr: usize, size: usize) -> c_int {
+    match pymalloc::trace::track(domain, ptr, size) {
+        Ok(()) => 0,
+        Err(pymalloc::trace::TrackError::NotTracing) => -2,
+        Err(pymalloc::trace::TrackError::NoMemory) => -1,
+    }
+}
+
+/// CPython's `PyTraceMalloc_Untrack`: forgets the trace of `ptr` in
+/// `domain` (if any). 0, or -2 if tracing is off.
+#[unsafe(no_mangle)]
+pub extern "C" fn PyTraceMalloc_Untrack(domain: core::ffi::c_uint, ptr: usize) -> c_int {
+    match pymalloc::trace::untrack(domain, ptr) {
+        Ok(()) => 0,
+        Err(_) => -2,
+    }
+}
+
+/// Starts tracing every allocation with `nframe` frames per traceback
+/// (`tracemalloc.start(nframe)`); with `sample_mean` non-zero, samples one
+/// allocation per `sample_mean` bytes instead. 0, or -1 if `nframe` is not
+/// in 1..=`PYMALLOC_TRACE_MAX_FRAMES`.
+#[unsafe(no_mangle)]
+pub extern "C" fn pymalloc_trace_start(nframe: c_int, sample_mean: usize) -> c_int {
+    let Ok(frames) = usize::try_from(nframe) else {
+        return -1;
+    };
+    if !(1..=pymalloc::trace::MAX_FRAMES).contains(&frames) {
+        return -1;
+    }
+    pymalloc::trace::start_sampling(sample_mean, frames);
+    0
+}
+
+/// Stops tracing and forgets every trace (`tracemalloc.stop()`).
+#[unsafe(no_mangle)]
+pub extern "C" fn pymalloc_trace_stop() {
+    pymalloc::trace::stop();
+}
+
+/// Bytes traced now and at most (`tracemalloc.get_traced_memory()`);
+/// either pointer may be NULL.
+///
+/// # Safety
+///
+/// Each pointer is NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pymalloc_trace_get_traced_memory(current: *mut usize, peak: *mut usize) {
+    let (c, p) = pymalloc::trace::get_traced_memory();
+    // SAFETY: each is null or writable (caller).
+    unsafe {
+        if !current.is_null() {
+            current.write(c);
+        }
+        if !peak.is_null() {
+            peak.write(p);
+        }
+    }
+}
+
+/// Takes a snapshot and prints its `limit` biggest lines to standard
+/// error, as `for stat in snapshot.statistics("lineno")[:limit]:
+/// print(stat)`. Returns the number of lines printed.
+#[unsafe(no_mangle)]
+pub extern "C" fn pymalloc_trace_print_top(limit: core::ffi::c_uint) -> c_int {
+    let stats = pymalloc::trace::take_snapshot().statistics(pymalloc::trace::Key::Lineno);
+    let n = stats.len().min(limit as usize);
+    eprint!("{}", pymalloc::trace::top(&stats, n));
+    c_int::try_from(n).unwrap_or(c_int::MAX)
+}
+
+/// Takes a snapshot and writes it as folded stacks (the input of flame
+/// graph tools) to the file `path`. 0, or -1 if the file cannot be written.
+///
+/// # Safety
+///
+/// `path` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pymalloc_trace_write_folded(path: *const core::ffi::c_char) -> c_int {
+    // SAFETY: a NUL-terminated string (caller).
+    let path = unsafe { core::ffi::CStr::from_ptr(path) };
+    let Ok(path) = path.to_str() else {
+        return -1;
+    };
+    match std::fs::write(path, pymalloc::trace::take_snapshot().folded()) {
+        Ok(()) => 0,
+        Err(_) => -1,
+    }
+}

@@ -17,6 +17,7 @@ use crate::small::arena::Arena;
 use crate::small::pool::Pool;
 use crate::small::size_class::{block_size, class_of};
 use crate::thread::ThreadHeap;
+use crate::trace::hook as trace;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use parking_lot::lock_api::RawMutex;
@@ -35,7 +36,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// ```
     #[inline]
     pub fn malloc(&self, n: usize) -> *mut u8 {
-        self.malloc_with(n, false)
+        let p = self.malloc_with(n, false);
+        trace::allocated(p, n);
+        p
     }
 
     /// `nelem * elsize` zeroed bytes aligned to 16, or null if the product
@@ -53,7 +56,11 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// ```
     pub fn calloc(&self, nelem: usize, elsize: usize) -> *mut u8 {
         match nelem.checked_mul(elsize) {
-            Some(n) => self.malloc_with(n, true),
+            Some(n) => {
+                let p = self.malloc_with(n, true);
+                trace::allocated(p, n);
+                p
+            }
             None => core::ptr::null_mut(),
         }
     }
@@ -72,7 +79,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         if !align.is_power_of_two() {
             return core::ptr::null_mut();
         }
-        self.malloc_in(n, align.max(ALIGNMENT), false)
+        let p = self.malloc_in(n, align.max(ALIGNMENT), false);
+        trace::allocated(p, n);
+        p
     }
 
     #[inline(always)]
@@ -152,18 +161,20 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             return core::ptr::null_mut();
         }
         let size = n.max(1);
-        // SAFETY: a live size-less block, counted as requesting its whole
-        // usable size (caller).
-        unsafe {
-            let old_size = self.usable_size(old);
-            match self.realloc_sized(old, old_size, size, ALIGNMENT) {
-                Some(new) => {
-                    self.count_whole_block(new, size);
-                    new.as_ptr()
+        trace::realloc(p, n, || {
+            // SAFETY: a live size-less block, counted as requesting its
+            // whole usable size (caller).
+            unsafe {
+                let old_size = self.usable_size(old);
+                match self.realloc_sized(old, old_size, size, ALIGNMENT) {
+                    Some(new) => {
+                        self.count_whole_block(new, size);
+                        new.as_ptr()
+                    }
+                    None => core::ptr::null_mut(),
                 }
-                None => core::ptr::null_mut(),
             }
-        }
+        })
     }
 
     /// Frees a block from `malloc`, `calloc` or `resize`; null is a no-op.
@@ -176,6 +187,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[inline]
     pub unsafe fn free(&self, p: *mut u8) {
         if let Some(p) = NonNull::new(p) {
+            trace::freeing(p.as_ptr());
             let (header, p) = self.raw().find_own_block(p, "PrivateHeap::free");
             // SAFETY: a live size-less block in chunk `header`, counted with
             // its usable size. A small block's chunk is its arena.

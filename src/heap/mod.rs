@@ -21,6 +21,7 @@ use crate::stats::Stats;
 use crate::thread::local;
 use crate::thread::medium_cache::{MediumCache, medium_bin};
 use crate::thread::{Registry, ThreadHeap};
+use crate::trace::hook as trace;
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{NonNull, null_mut};
@@ -1011,15 +1012,19 @@ impl<S: PageSource, R: RawMutex> Drop for PrivateHeap<S, R> {
 // returned; no method unwinds (failure is null) or re-enters the global
 // allocator (the locks never allocate).
 unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHeap<S, R> {
-    #[inline]
+    // Always: with the tracing hook, the cost model would outline it.
+    #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.alloc_fast(layout.size(), layout.align())
-            .map_or(null_mut(), NonNull::as_ptr)
+        let p = self
+            .alloc_fast(layout.size(), layout.align())
+            .map_or(null_mut(), NonNull::as_ptr);
+        trace::allocated(p, layout.size());
+        p
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match self.alloc_sized(layout.size(), layout.align()) {
+        let p = match self.alloc_sized(layout.size(), layout.align()) {
             Some((p, zeroed)) => {
                 if !zeroed {
                     // SAFETY: the block holds at least `layout.size()` bytes.
@@ -1028,11 +1033,15 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHea
                 p.as_ptr()
             }
             None => null_mut(),
-        }
+        };
+        trace::allocated(p, layout.size());
+        p
     }
 
-    #[inline]
+    // Always: with the tracing hook, the cost model would outline it.
+    #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        trace::freeing(ptr);
         // SAFETY: `ptr` is a live block of this heap allocated with `layout`
         // (GlobalAlloc::dealloc contract), hence non-null.
         unsafe { self.free_layout(NonNull::new_unchecked(ptr), layout.size(), layout.align()) }
@@ -1040,18 +1049,20 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHea
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` is a live block allocated with `layout`, `new_size`
-        // is non-zero and valid with `layout.align()` (GlobalAlloc::realloc
-        // contract).
-        unsafe {
-            self.realloc_sized(
-                NonNull::new_unchecked(ptr),
-                layout.size(),
-                new_size,
-                layout.align(),
-            )
-        }
-        .map_or(null_mut(), NonNull::as_ptr)
+        trace::realloc(ptr, new_size, || {
+            // SAFETY: `ptr` is a live block allocated with `layout`,
+            // `new_size` is non-zero and valid with `layout.align()`
+            // (GlobalAlloc::realloc contract).
+            unsafe {
+                self.realloc_sized(
+                    NonNull::new_unchecked(ptr),
+                    layout.size(),
+                    new_size,
+                    layout.align(),
+                )
+            }
+            .map_or(null_mut(), NonNull::as_ptr)
+        })
     }
 }
 
@@ -1061,15 +1072,18 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHea
 // dangling, aligned pointers that are never passed to the heap; grow/shrink
 // keep contents and leave the old block valid on failure.
 unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap<S, R> {
-    #[inline]
+    // Always: with the tracing hook, the cost model would outline it.
+    #[inline(always)]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         if layout.size() == 0 {
             return Ok(NonNull::slice_from_raw_parts(dangling(layout.align()), 0));
         }
-        let p = self
-            .alloc_fast(layout.size(), layout.align())
-            .ok_or(AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+        let p = self.alloc_fast(layout.size(), layout.align());
+        trace::allocated(p.map_or(null_mut(), NonNull::as_ptr), layout.size());
+        Ok(NonNull::slice_from_raw_parts(
+            p.ok_or(AllocError)?,
+            layout.size(),
+        ))
     }
 
     #[inline]
@@ -1083,9 +1097,11 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
-    #[inline]
+    // Always: with the tracing hook, the cost model would outline it.
+    #[inline(always)]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         if layout.size() != 0 {
+            trace::freeing(ptr.as_ptr());
             // SAFETY: a non-zero-sized block of this heap (Allocator contract).
             unsafe { self.free_layout(ptr, layout.size(), layout.align()) }
         }
@@ -1100,10 +1116,15 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
         if old.size() == 0 {
             return self.allocate(new);
         }
-        // SAFETY: `ptr` is a live block allocated with `old` (contract).
-        let p = unsafe { self.realloc_sized(ptr, old.size(), new.size(), new.align()) }
-            .ok_or(AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(p, new.size()))
+        let p = trace::realloc(ptr.as_ptr(), new.size(), || {
+            // SAFETY: `ptr` is a live block allocated with `old` (contract).
+            unsafe { self.realloc_sized(ptr, old.size(), new.size(), new.align()) }
+                .map_or(null_mut(), NonNull::as_ptr)
+        });
+        Ok(NonNull::slice_from_raw_parts(
+            NonNull::new(p).ok_or(AllocError)?,
+            new.size(),
+        ))
     }
 
     unsafe fn grow_zeroed(
@@ -1138,11 +1159,16 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
             unsafe { self.deallocate(ptr, old) };
             return Ok(NonNull::slice_from_raw_parts(dangling(new.align()), 0));
         }
-        // SAFETY: `ptr` is a live, non-zero-sized block with `old` (contract,
-        // and `old.size() >= new.size() > 0`).
-        let p = unsafe { self.realloc_sized(ptr, old.size(), new.size(), new.align()) }
-            .ok_or(AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(p, new.size()))
+        let p = trace::realloc(ptr.as_ptr(), new.size(), || {
+            // SAFETY: `ptr` is a live, non-zero-sized block with `old`
+            // (contract, and `old.size() >= new.size() > 0`).
+            unsafe { self.realloc_sized(ptr, old.size(), new.size(), new.align()) }
+                .map_or(null_mut(), NonNull::as_ptr)
+        });
+        Ok(NonNull::slice_from_raw_parts(
+            NonNull::new(p).ok_or(AllocError)?,
+            new.size(),
+        ))
     }
 }
 

@@ -69,25 +69,38 @@ unsafe impl Sync for PyMemAllocatorEx {}
 
 // ----- default allocators -----
 
+// The raw domain is layer 1 directly, under `PrivateHeap`'s hooks: traced
+// here, as CPython's tracemalloc traces PyMem_RawMalloc.
 pub(crate) unsafe extern "C" fn raw_malloc(_: *mut c_void, n: usize) -> *mut c_void {
-    HEAP.raw().malloc(n).cast()
+    let p = HEAP.raw().malloc(n);
+    crate::trace::hook::allocated(p, n);
+    p.cast()
 }
 pub(crate) unsafe extern "C" fn raw_calloc(
     _: *mut c_void,
     nelem: usize,
     elsize: usize,
 ) -> *mut c_void {
-    HEAP.raw().calloc(nelem, elsize).cast()
+    let p = HEAP.raw().calloc(nelem, elsize);
+    crate::trace::hook::allocated(p, nelem.wrapping_mul(elsize));
+    p.cast()
 }
 pub(crate) unsafe extern "C" fn raw_realloc(
     _: *mut c_void,
     p: *mut c_void,
     n: usize,
 ) -> *mut c_void {
-    // SAFETY: the caller passes a block of this domain (allocator contract).
-    unsafe { HEAP.raw().resize(p.cast(), n).cast() }
+    crate::trace::hook::realloc(p.cast(), n, || {
+        // SAFETY: the caller passes a block of this domain (allocator
+        // contract).
+        unsafe { HEAP.raw().resize(p.cast(), n) }
+    })
+    .cast()
 }
 pub(crate) unsafe extern "C" fn raw_free(_: *mut c_void, p: *mut c_void) {
+    if !p.is_null() {
+        crate::trace::hook::freeing(p.cast());
+    }
     // SAFETY: as above.
     unsafe { HEAP.raw().free(p.cast()) }
 }

@@ -626,6 +626,8 @@ unsafe fn dump_block(m: &mut Message, base: *mut u8) {
         }
         m.push(b"\n");
     }
+    // Where it was made, if traced (CPython's `_PyMem_DumpTraceback`).
+    crate::trace::dump_traceback(m, base.addr());
 }
 
 /// Hex dump of `data[from..to]`, 16 bytes a line.
