@@ -393,14 +393,15 @@ impl Pool {
         for (i, o) in order[..count].iter_mut().enumerate() {
             *o = i as u16;
         }
-        let mut bits = crate::harden::random();
+        // One draw from the shared generator per carve (an atomic add that
+        // threads would contend on), then a local xorshift64*.
+        let mut state = crate::harden::random() | 1;
         for i in (1..count).rev() {
-            if bits < 1 << 16 {
-                bits = crate::harden::random();
-            }
-            let j = ((bits & 0xffff) as usize * (i + 1)) >> 16;
-            bits >>= 16;
-            order.swap(i, j);
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32;
+            order.swap(i, (bits as usize * (i + 1)) >> 32);
         }
         let block = |i: usize| first.wrapping_add(order[i] as usize * size);
         // SAFETY: caller's contract; every index is below `count`.
