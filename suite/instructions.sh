@@ -10,12 +10,19 @@
 # start-up constructor run for every allocator alike, and cancel).
 #
 # `--secure` adds pymalloc-hardened and mimalloc-secure (the workloads
-# built with the suite's `secure` feature, as `run.py --secure` does).
+# built with the suite's `secure` feature, as `run.py --secure` does);
+# `--trace` adds pymalloc-trace-off (pymalloc built with its `trace`
+# feature, tracing off).
 #
-#   suite/instructions.sh [--secure] [size=32]   (honours CARGO_TARGET_DIR)
+#   suite/instructions.sh [--secure] [--trace] [size=32]   (honours CARGO_TARGET_DIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secure=; [ "${1:-}" = --secure ] && { secure=1; shift; }
+secure=; trace=
+while [ "${1:-}" = --secure ] || [ "${1:-}" = --trace ]; do
+    [ "$1" = --secure ] && secure=1
+    [ "$1" = --trace ] && trace=1
+    shift
+done
 size=${1:-32}
 main=$(cargo bench -p pymalloc-suite --bench workloads --no-run 2>&1 \
     | sed -n 's/.*Executable .*(\(.*workloads-[0-9a-f]*\))$/\1/p' | head -1)
@@ -25,6 +32,12 @@ if [ -n "$secure" ]; then
         --bench workloads --features secure --target-dir "${CARGO_TARGET_DIR:-target}/secure" --no-run 2>&1 \
         | sed -n 's/.*Executable .*(\(.*workloads-[0-9a-f]*\))$/\1/p' | head -1)
     [ -n "$sec" ] || { echo "instructions.sh: no secure workloads binary built" >&2; exit 1; }
+fi
+if [ -n "$trace" ]; then
+    traced=$(cargo bench -p pymalloc-suite --bench workloads --features pymalloc/trace \
+        --target-dir "${CARGO_TARGET_DIR:-target}/trace" --no-run 2>&1 \
+        | sed -n 's/.*Executable .*(\(.*workloads-[0-9a-f]*\))$/\1/p' | head -1)
+    [ -n "$traced" ] || { echo "instructions.sh: no traced workloads binary built" >&2; exit 1; }
 fi
 v2_target=${CARGO_TARGET_DIR:-target}/mimalloc-v2
 cargo build --release --quiet --manifest-path suite/mimalloc-v2/Cargo.toml --target-dir "$v2_target"
@@ -44,11 +57,13 @@ printf '%-18s %8s %8s %8s %8s   (%s-byte pairs; loop floor %s)\n' \
     allocator total net steady 'net' "$size" "$floor"
 allocators="pymalloc system mimalloc mimalloc-v2 jemalloc rpmalloc"
 [ -n "$secure" ] && allocators="$allocators pymalloc-hardened mimalloc-secure"
+[ -n "$trace" ] && allocators="$allocators pymalloc-trace-off"
 for a in $allocators; do
     bin=$main; name=$a
     case $a in
         mimalloc-v2) bin=$v2 ;;
         pymalloc-hardened | mimalloc-secure) bin=$sec; name=${a%%-*} ;;
+        pymalloc-trace-off) bin=$traced; name=pymalloc ;;
     esac
     total=$(LIVE=0 per_pair "$bin" "$name")
     steady=$(LIVE=100 per_pair "$bin" "$name")
