@@ -1116,15 +1116,8 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
         if old.size() == 0 {
             return self.allocate(new);
         }
-        let p = trace::realloc(ptr.as_ptr(), new.size(), || {
-            // SAFETY: `ptr` is a live block allocated with `old` (contract).
-            unsafe { self.realloc_sized(ptr, old.size(), new.size(), new.align()) }
-                .map_or(null_mut(), NonNull::as_ptr)
-        });
-        Ok(NonNull::slice_from_raw_parts(
-            NonNull::new(p).ok_or(AllocError)?,
-            new.size(),
-        ))
+        // SAFETY: `ptr` is a live block allocated with `old` (contract).
+        unsafe { self.resize_layout(ptr, old, new) }
     }
 
     unsafe fn grow_zeroed(
@@ -1159,9 +1152,28 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> Allocator for &PrivateHeap
             unsafe { self.deallocate(ptr, old) };
             return Ok(NonNull::slice_from_raw_parts(dangling(new.align()), 0));
         }
+        // SAFETY: `ptr` is a live, non-zero-sized block with `old`
+        // (contract, and `old.size() >= new.size() > 0`).
+        unsafe { self.resize_layout(ptr, old, new) }
+    }
+}
+
+impl<S: PageSource + Sync, R: RawMutex + Sync> PrivateHeap<S, R> {
+    /// `grow` and `shrink` of a non-zero-sized block to a non-zero size,
+    /// traced as a reallocation.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live block of this heap allocated with `old`, which is
+    /// not zero-sized; `new.size()` is not zero.
+    unsafe fn resize_layout(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         let p = trace::realloc(ptr.as_ptr(), new.size(), || {
-            // SAFETY: `ptr` is a live, non-zero-sized block with `old`
-            // (contract, and `old.size() >= new.size() > 0`).
+            // SAFETY: caller's contract.
             unsafe { self.realloc_sized(ptr, old.size(), new.size(), new.align()) }
                 .map_or(null_mut(), NonNull::as_ptr)
         });
