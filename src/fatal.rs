@@ -148,13 +148,28 @@ fn report(what: &str, ptr: *const u8, reason: &str) -> ! {
 #[inline(never)]
 #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
 pub(crate) fn bad_setting(name: &str, value: &[u8], expected: &str) -> ! {
+    bad_variable(
+        name.as_bytes(),
+        value,
+        &["is not a known allocator; expected ", expected],
+    )
+}
+
+/// Reports that environment variable `name` holds `value`, which the
+/// concatenated `complaint` describes, then aborts.
+#[cold]
+#[inline(never)]
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
+pub(crate) fn bad_variable(name: &[u8], value: &[u8], complaint: &[&str]) -> ! {
     let mut m = Message::new();
     m.push(b"pymalloc: fatal error: ");
-    m.push(name.as_bytes());
+    m.push(name);
     m.push(b"=");
     m.push(&value[..value.len().min(64)]);
-    m.push(b" is not a known allocator; expected ");
-    m.push(expected.as_bytes());
+    m.push(b" ");
+    for part in complaint {
+        m.push(part.as_bytes());
+    }
     m.push(b"\n");
     m.abort()
 }

@@ -380,13 +380,7 @@ fn env_number(name: &core::ffi::CStr) -> Option<usize> {
 
 #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
 fn bad_number(name: &core::ffi::CStr, value: &[u8]) -> ! {
-    let mut m = Message::new();
-    m.push(b"pymalloc: fatal error: ");
-    m.push(name.to_bytes());
-    m.push(b"=");
-    m.push(&value[..value.len().min(64)]);
-    m.push(b" is not a number\n");
-    m.abort()
+    crate::fatal::bad_variable(name.to_bytes(), value, &["is not a number"])
 }
 
 /// Sets frames and mean (clamped) and starts a new epoch. Under the
