@@ -44,6 +44,13 @@ pub const MEDIUM_MAX: usize = 1024 * 1024;
 /// (`madvise(MADV_DONTNEED)`): long enough that churn at a steady size reuses
 /// pools without a system call, short enough that RSS follows frees.
 pub const PURGE_DELAY: core::time::Duration = core::time::Duration::from_millis(10);
+/// How often empty pools are purged, at most, and the window that decides
+/// how many: a pass purges only as many pools (empty for `PURGE_DELAY`) as
+/// stayed unused over the whole interval since the last pass, so a program
+/// that drops and rebuilds a structure reuses its pools without page faults
+/// or system calls, while pools it stopped needing go back one to two
+/// intervals after they emptied.
+pub const POOL_PURGE_INTERVAL: core::time::Duration = core::time::Duration::from_millis(50);
 /// Wholly empty arenas kept mapped for reuse (their pages are still purged
 /// after `PURGE_DELAY`): a structure of a few MiB that is built and dropped
 /// again and again reuses its arenas instead of mapping and faulting them

@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 pub(crate) struct PurgeQueue {
     head: *mut Pool,
     tail: *mut Pool,
+    /// Pools queued.
+    len: usize,
+    /// The fewest pools queued since `reset_low_water`: that many were
+    /// not needed over the whole interval.
+    low_water: usize,
 }
 
 impl PurgeQueue {
@@ -29,6 +34,8 @@ impl PurgeQueue {
         Self {
             head: null_mut(),
             tail: null_mut(),
+            len: 0,
+            low_water: 0,
         }
     }
 
@@ -51,6 +58,7 @@ impl PurgeQueue {
             }
         }
         self.tail = pool;
+        self.len += 1;
     }
 
     /// Takes `pool` off the queue if it is on it.
@@ -77,6 +85,18 @@ impl PurgeQueue {
                 (*prev).purge_next = next;
             }
         }
+        self.len -= 1;
+        self.low_water = self.low_water.min(self.len);
+    }
+
+    /// The fewest pools queued since the last `reset_low_water`.
+    pub(crate) fn low_water(&self) -> usize {
+        self.low_water
+    }
+
+    /// Starts a new interval for `low_water`.
+    pub(crate) fn reset_low_water(&mut self) {
+        self.low_water = self.len;
     }
 
     /// Takes the oldest pool off the queue if it has been empty for at
@@ -143,6 +163,11 @@ impl PurgeQueue {
             }
         }
         assert_eq!(self.tail, prev_q, "purge queue's tail is not its last pool");
+        assert_eq!(self.len, len, "purge queue's length is off");
+        assert!(
+            self.low_water <= len,
+            "purge queue's low water is above its length"
+        );
         len
     }
 }
@@ -188,10 +213,15 @@ mod tests {
             q.remove(all[1]); // not queued any more: no effect
             q.validate();
         }
+        // The low water: the fewest queued since the reset.
+        assert_eq!(q.low_water(), 0);
+        q.reset_low_water();
+        assert_eq!(q.low_water(), 3);
         let delay = Some(ms(15));
         assert_eq!(q.pop_expired(t0 + ms(14), delay), None);
         assert_eq!(q.pop_expired(t0 + ms(40), delay), Some(all[0]));
         assert_eq!(q.pop_expired(t0 + ms(40), delay), Some(all[2]));
+        assert_eq!(q.low_water(), 1);
         assert_eq!(
             q.pop_expired(t0 + ms(40), delay),
             None,
