@@ -365,8 +365,21 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         self.alloc_outlined(size, align)
     }
 
+    /// Everything `alloc_fast` does not inline. A medium request that the
+    /// calling thread's medium cache serves comes first, before the small
+    /// slow path's tests.
     #[inline(never)]
     fn alloc_outlined(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        if align <= ALIGNMENT
+            && let Some((bin, _)) = medium_bin(size)
+            && let Some(th) = local::cached(self.raw.id())
+            // SAFETY: the calling thread owns `th`; `bin` is `size`'s.
+            && let Some(block) = unsafe { MediumCache::pop(ThreadHeap::medium(th), bin, size) }
+        {
+            #[cfg(feature = "valgrind")]
+            crate::valgrind::malloclike(block.as_ptr(), size, false);
+            return Some(block);
+        }
         self.alloc_sized(size, align).map(|(p, _)| p)
     }
 
@@ -652,7 +665,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     pub(crate) unsafe fn free_layout(&self, ptr: NonNull<u8>, size: usize, align: usize) {
         if class_of(size, align).is_none() {
             // SAFETY: caller's contract.
-            return unsafe { self.free_sized(ptr, size) };
+            return unsafe { self.free_larger(ptr, size, align) };
         }
         // The arena by masking, with the arena's provenance (the pointer
         // given may carry only the block's); under Miri, and with
@@ -713,6 +726,50 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             }
             self.free_small_slow(pool, ptr, size);
         }
+    }
+
+    /// Frees a block larger than small, requested with `size` bytes at
+    /// `align`. A medium request of the default alignment up to
+    /// `MEDIUM_CACHE_MAX` is always a medium block (never small, never
+    /// huge), so it goes straight to the calling thread's medium cache,
+    /// its size read from its header, without the arena map. Anything else
+    /// takes [`Self::free_sized`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::free_layout`].
+    #[inline(never)]
+    unsafe fn free_larger(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+        // Under Miri and `hardened`, every pointer is checked in the map.
+        #[cfg(not(any(miri, feature = "hardened")))]
+        if align <= ALIGNMENT
+            && medium_bin(size).is_some()
+            && self.raw.limit() == usize::MAX
+            && let Some(th) = local::cached(self.raw.id())
+        {
+            let mark = self.raw.free_mark();
+            // SAFETY: `ptr` is a live medium block of this heap (caller,
+            // and the size range above); the calling thread owns `th`.
+            unsafe {
+                let usable = crate::raw::medium::freed_usable_size_exposed(ptr);
+                if MediumCache::is_cached(ptr, usable, mark) {
+                    crate::fatal::misuse(
+                        ptr.as_ptr(),
+                        usable,
+                        "medium",
+                        "is already free (double free)",
+                    )
+                }
+                if MediumCache::push(ThreadHeap::medium(th), ptr, usable, size, mark) {
+                    crate::valgrind::freelike(ptr.as_ptr());
+                    return;
+                }
+            }
+        }
+        #[cfg(any(miri, feature = "hardened"))]
+        let _ = align;
+        // SAFETY: caller's contract.
+        unsafe { self.free_sized(ptr, size) }
     }
 
     /// Frees a live block that was requested with `size` bytes, any

@@ -167,6 +167,22 @@ pub(crate) unsafe fn usable_size(payload: NonNull<u8>) -> usize {
     unsafe { size_of_block(block_of(payload)) - HEADER }
 }
 
+/// [`freed_usable_size`] for a payload that may carry only its own
+/// provenance (a `dealloc`'s pointer): the header is read through the
+/// chunk's provenance, exposed by [`Tlsf::add_chunk`].
+///
+/// # Safety
+///
+/// `payload` is a live medium block that the caller is freeing.
+#[cfg(not(any(miri, feature = "hardened")))]
+#[inline(always)]
+pub(crate) unsafe fn freed_usable_size_exposed(payload: NonNull<u8>) -> usize {
+    let at: *mut u8 = core::ptr::with_exposed_provenance_mut(payload.as_ptr().addr());
+    // SAFETY: caller's contract; non-null as `payload` is. Not `hardened`,
+    // so the chunk is not used.
+    unsafe { freed_usable_size(NonNull::new_unchecked(at), core::ptr::null()) }
+}
+
 /// Usable bytes of the block whose payload `payload` is being freed, after
 /// checking that it is a live block: a block already free (its header
 /// says so) is a double free, reported before anything is written. With
@@ -243,6 +259,9 @@ impl Tlsf {
     /// `chunk` points to `MEDIUM_CHUNK_SIZE` writable bytes, owned by this
     /// allocator from now until [`Tlsf::take_empty_chunk`] gives them back.
     pub(crate) unsafe fn add_chunk(&mut self, chunk: NonNull<u8>) {
+        // For `freed_usable_size_exposed`: frees whose pointer carries only
+        // the block's provenance read the header before it.
+        let _ = chunk.as_ptr().expose_provenance();
         let first: *mut Block = chunk.as_ptr().wrapping_add(CHUNK_HEADER_SIZE).cast();
         // SAFETY: the chunk is ours (caller), and both headers lie inside it.
         unsafe {
