@@ -99,6 +99,12 @@ pub const MEDIUM_CACHE_MAX: usize = 128 * 1024;
 /// for steady churn (a few 64 KiB buffers, hundreds of 1 KiB ones), small
 /// enough that what it pins (a medium chunk at most, per thread) is minor.
 pub const MEDIUM_CACHE_BYTES: usize = 256 * 1024;
+/// Smallest `alloc_zeroed` request whose whole pages are zeroed by purging
+/// them (`madvise(MADV_DONTNEED)`: they read zero from the OS, faulted in
+/// only where touched) rather than by writing them, when the block is not
+/// known to read zero already. jemalloc zeroes its large extents the same
+/// way. Below this, writing is cheaper than the system call and the faults.
+pub const ZERO_BY_PURGE: usize = 256 * 1024;
 /// Bins of the medium cache per doubling of size: a cached request is
 /// rounded up by at most `1 / MEDIUM_CACHE_BIN_STEPS` (12.5%).
 pub const MEDIUM_CACHE_BIN_STEPS: u32 = 8;

@@ -353,3 +353,36 @@ fn the_spare_medium_chunk_is_purged_after_the_delay() {
     assert!(bytes() >= (4 << 20) - 3 * 4096, "purged {} bytes", bytes());
     heap.validate();
 }
+
+#[test]
+fn large_zeroed_blocks_read_zero_after_dirty_reuse() {
+    use core::alloc::GlobalAlloc;
+    let heap = PrivateHeap::new();
+    // Medium (purged whole pages, written ends), huge, and just under the
+    // purge threshold (written); odd sizes leave partial pages at the end.
+    let sizes = [
+        pymalloc::config::ZERO_BY_PURGE - 16,
+        pymalloc::config::ZERO_BY_PURGE + 4096 * 3 + 17,
+        (1 << 20) - 8,
+        (3 << 20) + 5,
+    ];
+    for size in sizes {
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        for round in 0..3 {
+            // SAFETY: non-zero layout; each block freed once with it.
+            unsafe {
+                let p = heap.alloc_zeroed(layout);
+                assert!(!p.is_null());
+                let bytes = core::slice::from_raw_parts(p, size);
+                assert!(
+                    bytes.iter().all(|&b| b == 0),
+                    "size {size} round {round}: a non-zero byte"
+                );
+                // Dirty it all, so the next round reuses a dirty block.
+                p.write_bytes(0xAB, size);
+                heap.dealloc(p, layout);
+            }
+        }
+    }
+    heap.validate();
+}

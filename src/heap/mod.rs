@@ -5,7 +5,7 @@
 // The C-style, size-less interface: malloc, calloc, realloc, free.
 mod cstyle;
 
-use crate::config::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
+use crate::config::{ALIGNMENT, SMALL_REQUEST_THRESHOLD, ZERO_BY_PURGE};
 use crate::lock::{ForkSafe, SpinLock};
 use crate::os::{OsPages, PageSource};
 use crate::raw::RawHeap;
@@ -957,6 +957,44 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
     }
 
+    /// Zeroes the first `size` bytes of fresh block `p`. From
+    /// `ZERO_BY_PURGE` bytes on, its whole pages are purged instead of
+    /// written where the OS then reads them as zero, and only the partial
+    /// pages at either end are written.
+    ///
+    /// # Safety
+    ///
+    /// `p` is a live block of this heap holding at least `size` bytes,
+    /// whose contents nobody needs.
+    unsafe fn zero_block(&self, p: NonNull<u8>, size: usize) {
+        if size >= ZERO_BY_PURGE {
+            let page = crate::os::page_size();
+            let start = p.as_ptr().addr();
+            let (from, to) = (start.next_multiple_of(page), (start + size) & !(page - 1));
+            // SAFETY: `from..to` are whole pages inside the block, a live
+            // medium or huge block (small blocks are far smaller) in a
+            // live chunk of this heap's source; its contents are not needed.
+            if from < to
+                && unsafe {
+                    self.raw.purge(
+                        NonNull::new_unchecked(p.as_ptr().with_addr(from)),
+                        to - from,
+                    )
+                }
+            {
+                // SAFETY: both ends lie inside the block.
+                unsafe {
+                    p.as_ptr().write_bytes(0, from - start);
+                    p.as_ptr().with_addr(to).write_bytes(0, start + size - to);
+                }
+                crate::valgrind::defined(p.as_ptr().with_addr(from), to - from);
+                return;
+            }
+        }
+        // SAFETY: the block holds `size` bytes (caller).
+        unsafe { p.as_ptr().write_bytes(0, size) };
+    }
+
     /// Moves or resizes a live block from `old_size` bytes to `new_size`
     /// bytes at `new_align`, keeping the first `min(old, new)` bytes. Stays
     /// in place when the block already fits without much waste. On failure
@@ -1084,8 +1122,8 @@ unsafe impl<S: PageSource + Sync, R: RawMutex + Sync> GlobalAlloc for PrivateHea
         let p = match self.alloc_sized(layout.size(), layout.align()) {
             Some((p, zeroed)) => {
                 if !zeroed {
-                    // SAFETY: the block holds at least `layout.size()` bytes.
-                    unsafe { p.as_ptr().write_bytes(0, layout.size()) };
+                    // SAFETY: a fresh block of at least `layout.size()` bytes.
+                    unsafe { self.zero_block(p, layout.size()) };
                 }
                 p.as_ptr()
             }
