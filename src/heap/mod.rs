@@ -971,17 +971,18 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             let page = crate::os::page_size();
             let start = p.as_ptr().addr();
             let (from, to) = (start.next_multiple_of(page), (start + size) & !(page - 1));
-            // SAFETY: `from..to` are whole pages inside the block, a live
-            // medium or huge block (small blocks are far smaller) in a
-            // live chunk of this heap's source; its contents are not needed.
-            if from < to
+            let purged = from < to
+                // SAFETY: `from..to` are whole pages inside the block, a
+                // live medium or huge block (small blocks are far smaller)
+                // in a live chunk of this heap's source; its contents are
+                // not needed.
                 && unsafe {
                     self.raw.purge(
                         NonNull::new_unchecked(p.as_ptr().with_addr(from)),
                         to - from,
                     )
-                }
-            {
+                };
+            if purged {
                 // SAFETY: both ends lie inside the block.
                 unsafe {
                     p.as_ptr().write_bytes(0, from - start);
