@@ -87,6 +87,13 @@ pub const HUGE_CACHE_RESIDENT: usize = 16 * 1024 * 1024;
 /// `THREAD_SPARE_POOLS * POOL_SIZE` (128 KiB) per thread heap, of which
 /// freshly taken pools are untouched address space.
 pub const THREAD_SPARE_POOLS: usize = 8;
+/// Shards of the medium allocator, each a TLSF allocator over its own
+/// chunks under its own lock. A thread allocates from the shard of its
+/// thread heap (thread heaps take shards in turn), and a block is freed to
+/// its chunk's shard: threads that miss their medium caches at once do
+/// not contend on one lock, nor bounce one set of free lists between
+/// cores. Each shard keeps at most one wholly free chunk.
+pub const MEDIUM_SHARDS: usize = 4;
 /// Largest alignment the medium allocator serves; larger alignments are
 /// served by a direct, suitably aligned mapping.
 pub const MEDIUM_MAX_ALIGN: usize = 64 * 1024;

@@ -427,21 +427,31 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         {
             return self.alloc_medium(bin, bound, size);
         }
-        self.raw.alloc_block(size, align).map(|b| (b.ptr, b.zeroed))
+        self.raw
+            .alloc_block_in(size, align, self.medium_shard(local::cached(self.raw.id())))
+            .map(|b| (b.ptr, b.zeroed))
+    }
+
+    /// The medium allocator's shard for the calling thread: its thread
+    /// heap's, or one from its stack's address without one.
+    #[inline]
+    fn medium_shard(&self, th: Option<*mut ThreadHeap>) -> usize {
+        th.map_or_else(RawHeap::<S, R>::thread_shard, ThreadHeap::shard)
     }
 
     /// A medium request that the calling thread's medium cache may serve
     /// without a lock; otherwise a block of the bin's size from layer 1.
     #[inline]
     fn alloc_medium(&self, bin: usize, bound: usize, size: usize) -> Option<(NonNull<u8>, bool)> {
-        if let Some(th) = local::cached(self.raw.id()) {
+        let th = local::cached(self.raw.id());
+        if let Some(th) = th {
             // SAFETY: the calling thread owns `th`; `bin` is `size`'s.
             if let Some(block) = unsafe { MediumCache::pop(ThreadHeap::medium(th), bin, size) } {
                 return Some((block, false));
             }
         }
         self.raw
-            .alloc_medium_as(size, bound, ALIGNMENT)
+            .alloc_medium_as(size, bound, ALIGNMENT, self.medium_shard(th))
             .map(|b| (b.ptr, b.zeroed))
     }
 

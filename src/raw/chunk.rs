@@ -33,6 +33,9 @@ const _: () = assert!(CHUNK_HEADER_SIZE.is_multiple_of(crate::config::ALIGNMENT)
 #[repr(C)]
 pub(crate) struct ChunkHeader {
     pub(crate) kind: ChunkKind,
+    /// A medium chunk's shard of the medium allocator (set once, before
+    /// the chunk's first block exists); 0 for other kinds.
+    pub(super) shard: u8,
     /// Identity of the heap that mapped the chunk ([`crate::RawHeap`]'s id).
     pub(super) owner: usize,
     /// Bytes mapped, starting at the header.
@@ -47,6 +50,7 @@ impl ChunkHeader {
     pub(crate) const fn new(kind: ChunkKind, owner: usize, size: usize, align: usize) -> Self {
         Self {
             kind,
+            shard: 0,
             owner,
             size,
             align,

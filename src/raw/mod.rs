@@ -28,7 +28,7 @@ pub(crate) mod medium;
 
 use crate::config::{
     ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, HUGE_CACHE_BYTES, HUGE_CACHE_MAPPINGS, HUGE_CACHE_RESIDENT,
-    MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN, PURGE_DELAY,
+    MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN, MEDIUM_SHARDS, PURGE_DELAY,
 };
 use crate::lock::{ForkSafe, SpinLock};
 use crate::os::{OsPages, PageSource, checked_align_up, page_size};
@@ -106,17 +106,54 @@ impl CachedMapping {
     };
 }
 
-/// Layer-1 state, under the raw heap's lock.
-pub(crate) struct RawCore {
+/// One shard of the medium allocator ([`MEDIUM_SHARDS`]), under its own
+/// lock: a TLSF allocator over the medium chunks whose header names this
+/// shard, and the counters of their blocks.
+///
+/// Lock order: a shard's lock, then the raw heap's (for mapping or
+/// unmapping a chunk); shards in index order when several are held.
+pub(crate) struct MediumShard {
     tlsf: Tlsf,
-    /// Every chunk of this heap, doubly linked through the chunk headers.
-    chunks: *mut ChunkHeader,
     /// Since when some medium chunk has been kept wholly free without its
     /// pages being purged (`None`: since the last purge, none has been).
     spare_since: Option<std::time::Instant>,
     /// Medium operations so far (wrapping); the clock is read on every
     /// `PURGE_CHECK_INTERVAL`-th only.
     ops: u32,
+    /// Usable bytes of this shard's live blocks.
+    bytes_in_use: usize,
+    /// Bytes requested by them (wrapping: blocks that went through a
+    /// thread's medium cache are counted there).
+    requested: usize,
+    /// This shard's live blocks.
+    blocks: usize,
+}
+
+// SAFETY: the TLSF's pointers refer to chunks owned by the heap, usable
+// from any thread; a shard is only reached under its lock.
+unsafe impl Send for MediumShard {}
+
+impl MediumShard {
+    const fn new() -> Self {
+        Self {
+            tlsf: Tlsf::new(),
+            spare_since: None,
+            ops: 0,
+            bytes_in_use: 0,
+            requested: 0,
+            blocks: 0,
+        }
+    }
+}
+
+/// A shard and its lock, on cache lines of their own.
+#[repr(align(128))]
+struct ShardSlot<R: RawMutex>(Mutex<ForkSafe<R>, MediumShard>);
+
+/// Layer-1 state, under the raw heap's lock.
+pub(crate) struct RawCore {
+    /// Every chunk of this heap, doubly linked through the chunk headers.
+    chunks: *mut ChunkHeader,
     /// Freed huge mappings kept for reuse, oldest first; the first
     /// `huge_cached` entries are live.
     huge_cache: [CachedMapping; HUGE_CACHE_MAPPINGS],
@@ -157,6 +194,8 @@ unsafe impl Send for RawCore {}
 pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     source: S,
     core: Mutex<ForkSafe<R>, RawCore>,
+    /// The medium allocator's shards.
+    shards: [ShardSlot<R>; MEDIUM_SHARDS],
     /// This heap's identity, stamped on every chunk it maps and used by
     /// [`PrivateHeap`](crate::PrivateHeap) as its key in threads' caches of
     /// thread heaps: 0 until first needed, then unique in the process and
@@ -215,10 +254,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             core: Mutex::const_new(
                 <ForkSafe<R> as RawMutex>::INIT,
                 RawCore {
-                    tlsf: Tlsf::new(),
                     chunks: null_mut(),
-                    spare_since: None,
-                    ops: 0,
                     huge_cache: [CachedMapping::EMPTY; HUGE_CACHE_MAPPINGS],
                     huge_cached: 0,
                     stats: RawStats {
@@ -235,6 +271,12 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                     },
                 },
             ),
+            shards: [const {
+                ShardSlot(Mutex::const_new(
+                    <ForkSafe<R> as RawMutex>::INIT,
+                    MediumShard::new(),
+                ))
+            }; MEDIUM_SHARDS],
             id: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
             huge_copied: AtomicUsize::new(0),
@@ -289,20 +331,35 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// wholly free medium chunk and the cached huge mappings are unmapped,
     /// and the whole pages inside free medium blocks are purged.
     pub fn trim(&self) {
-        let mut core = self.core.lock();
-        self.release_huge_cache(&mut core);
-        while let Some(chunk) = core.tlsf.any_empty_chunk() {
-            // SAFETY: the chunk is wholly free and registered; nothing refers
-            // to it once taken out of the index.
-            unsafe {
-                core.tlsf.take_empty_chunk(chunk);
-                self.unmap_chunk(&mut core, chunk.cast());
+        self.release_huge_cache(&mut self.core.lock());
+        for slot in &self.shards {
+            let mut shard = slot.0.lock();
+            while let Some(chunk) = shard.tlsf.any_empty_chunk() {
+                // SAFETY: the chunk is wholly free and registered; nothing
+                // refers to it once taken out of the index.
+                unsafe {
+                    shard.tlsf.take_empty_chunk(chunk);
+                    self.unmap_medium_chunk(chunk.cast());
+                }
             }
-            core.stats.medium_chunks -= 1;
+            shard
+                .tlsf
+                .for_each_free_block(|start, end| self.purge_free_range(start, end));
+            shard.spare_since = None;
         }
-        core.tlsf
-            .for_each_free_block(|start, end| self.purge_free_range(start, end));
-        core.spare_since = None;
+    }
+
+    /// Unmaps a medium chunk taken out of its shard.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is a wholly free medium chunk of this heap that no shard
+    /// holds any more.
+    unsafe fn unmap_medium_chunk(&self, chunk: NonNull<ChunkHeader>) {
+        let mut core = self.core.lock();
+        // SAFETY: caller's contract.
+        unsafe { self.unmap_chunk(&mut core, chunk) };
+        core.stats.medium_chunks -= 1;
     }
 
     /// Purges the whole pages of `start..end`, the part of a free medium
@@ -327,28 +384,28 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// waits, so steady churn pays neither a clock read per call nor a purge
     /// per pair.
     #[inline]
-    fn purge_spare_chunk(&self, core: &mut RawCore) {
-        core.ops = core.ops.wrapping_add(1);
-        if core.ops.is_multiple_of(PURGE_CHECK_INTERVAL) {
-            if core.spare_since.is_some() {
-                self.purge_spare_chunk_slow(core);
+    fn purge_spare_chunk(&self, shard: &mut MediumShard) {
+        shard.ops = shard.ops.wrapping_add(1);
+        if shard.ops.is_multiple_of(PURGE_CHECK_INTERVAL) {
+            if shard.spare_since.is_some() {
+                self.purge_spare_chunk_slow(shard);
             }
             if self.huge_waiting.load(Ordering::Relaxed) {
-                self.purge_huge_cache(core);
+                self.purge_huge_cache(&mut self.core.lock());
             }
         }
     }
 
     #[cold]
-    fn purge_spare_chunk_slow(&self, core: &mut RawCore) {
-        let Some(since) = core.spare_since else {
+    fn purge_spare_chunk_slow(&self, shard: &mut MediumShard) {
+        let Some(since) = shard.spare_since else {
             return;
         };
         if since.elapsed() < crate::config::PURGE_DELAY {
             return;
         }
-        core.spare_since = None;
-        if let Some(chunk) = core.tlsf.any_empty_chunk() {
+        shard.spare_since = None;
+        if let Some(chunk) = shard.tlsf.any_empty_chunk() {
             let start = chunk
                 .as_ptr()
                 .wrapping_add(CHUNK_HEADER_SIZE + medium::MIN_BLOCK);
@@ -372,7 +429,17 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> RawStats {
+        let mut medium = (0, 0, 0);
+        for slot in &self.shards {
+            let shard = slot.0.lock();
+            medium.0 += shard.bytes_in_use;
+            medium.1 = shard.requested.wrapping_add(medium.1);
+            medium.2 += shard.blocks;
+        }
         let mut stats = self.core.lock().stats;
+        stats.bytes_in_use += medium.0;
+        stats.bytes_requested = stats.bytes_requested.wrapping_add(medium.1);
+        stats.medium_blocks = medium.2;
         stats.huge_bytes_copied = self.huge_copied.load(Ordering::Relaxed);
         stats
     }
@@ -448,43 +515,87 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     }
 
     pub(crate) fn alloc_block(&self, size: usize, align: usize) -> Option<RawBlock> {
+        self.alloc_block_in(size, align, Self::thread_shard())
+    }
+
+    /// [`Self::alloc_block`], a medium block from shard `shard` (any
+    /// index: taken modulo `MEDIUM_SHARDS`).
+    pub(crate) fn alloc_block_in(
+        &self,
+        size: usize,
+        align: usize,
+        shard: usize,
+    ) -> Option<RawBlock> {
         if Self::is_medium(size, align) {
-            self.alloc_medium(size, align)
+            self.alloc_medium_as(size, size, align, shard)
         } else {
             self.alloc_huge(size, align)
         }
     }
 
-    fn alloc_medium(&self, size: usize, align: usize) -> Option<RawBlock> {
-        self.alloc_medium_as(size, size, align)
+    /// A shard for the calling thread when no thread heap names one: from
+    /// the address of its stack (2 MiB granules), so a thread keeps to one
+    /// shard and threads spread over them, with no thread-local.
+    #[inline]
+    pub(crate) fn thread_shard() -> usize {
+        let marker = 0u8;
+        let sp = (&raw const marker).addr();
+        ((sp >> 21).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize)) >> (usize::BITS - 8)
     }
 
-    /// A medium block of `size` bytes at `align`, counted as a request of
-    /// `requested` bytes (thread caches allocate whole bins).
+    /// A medium block of `size` bytes at `align` from shard `shard`
+    /// (modulo `MEDIUM_SHARDS`), counted as a request of `requested` bytes
+    /// (thread caches allocate whole bins).
     pub(crate) fn alloc_medium_as(
         &self,
         requested: usize,
         size: usize,
         align: usize,
+        shard: usize,
     ) -> Option<RawBlock> {
         debug_assert!(Self::is_medium(size, align));
-        let mut core = self.core.lock();
-        self.purge_spare_chunk(&mut core);
-        let (ptr, usable) = match core.tlsf.allocate(size, align) {
+        let index = shard % MEDIUM_SHARDS;
+        let mut shard = self.shards[index].0.lock();
+        self.purge_spare_chunk(&mut shard);
+        let (ptr, usable) = match shard.tlsf.allocate(size, align) {
             Some(found) => found,
             None => {
-                let chunk =
-                    self.map_chunk(&mut core, ChunkKind::Medium, MEDIUM_CHUNK_SIZE, CHUNK_SIZE)?;
-                core.stats.medium_chunks += 1;
-                // SAFETY: the chunk was just mapped for the medium allocator.
-                unsafe { core.tlsf.add_chunk(chunk.cast()) };
-                core.tlsf.allocate(size, align)?
+                let chunk = {
+                    let mut core = self.core.lock();
+                    let chunk = self.map_chunk(
+                        &mut core,
+                        ChunkKind::Medium,
+                        MEDIUM_CHUNK_SIZE,
+                        CHUNK_SIZE,
+                    )?;
+                    core.stats.medium_chunks += 1;
+                    chunk
+                };
+                // SAFETY: the chunk was just mapped for the medium
+                // allocator; no block of it exists yet.
+                unsafe {
+                    (*chunk.as_ptr()).shard = index as u8;
+                    shard.tlsf.add_chunk(chunk.cast());
+                }
+                shard.tlsf.allocate(size, align)?
             }
         };
-        core.stats.bytes_in_use += usable;
-        core.stats.bytes_requested = core.stats.bytes_requested.wrapping_add(requested);
-        core.stats.medium_blocks += 1;
+        shard.bytes_in_use += usable;
+        shard.requested = shard.requested.wrapping_add(requested);
+        shard.blocks += 1;
         Some(RawBlock { ptr, zeroed: false })
+    }
+
+    /// The shard of medium chunk `header`.
+    ///
+    /// # Safety
+    ///
+    /// `header` is a live medium chunk of this heap.
+    unsafe fn shard_of(&self, header: NonNull<ChunkHeader>) -> &Mutex<ForkSafe<R>, MediumShard> {
+        // SAFETY: caller's contract; the field is set before any block of
+        // the chunk exists and never changes.
+        let index = unsafe { (*header.as_ptr()).shard } as usize;
+        &self.shards[index].0
     }
 
     /// Adds `delta` (wrapping) to the bytes requested by live blocks.
@@ -686,32 +797,36 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         ptr: NonNull<u8>,
         size: usize,
     ) {
+        // SAFETY: `header` is a live chunk of ours (caller).
+        if unsafe { (*header.as_ptr()).kind } == ChunkKind::Medium {
+            // SAFETY: as above.
+            let mut shard = unsafe { self.shard_of(header) }.lock();
+            // Wrapping: a block that went through a thread's medium cache
+            // is counted there (see `PrivateHeap::stats`).
+            shard.requested = shard.requested.wrapping_sub(size);
+            // SAFETY: a medium block being freed (caller).
+            let usable = unsafe { medium::freed_usable_size(ptr, header.as_ptr().cast()) };
+            shard.bytes_in_use -= usable;
+            shard.blocks -= 1;
+            // SAFETY: as above; freed once.
+            if let Some(chunk) = unsafe { shard.tlsf.free(ptr) } {
+                if shard.tlsf.empty_chunks > 1 {
+                    // SAFETY: the chunk is wholly free and registered.
+                    unsafe {
+                        shard.tlsf.take_empty_chunk(chunk);
+                        self.unmap_medium_chunk(chunk.cast());
+                    }
+                } else if shard.spare_since.is_none() {
+                    shard.spare_since = Some(std::time::Instant::now());
+                }
+            }
+            self.purge_spare_chunk(&mut shard);
+            return;
+        }
         let mut core = self.core.lock();
-        // Wrapping: a block that went through a thread's medium cache is
-        // counted there (see `PrivateHeap::stats`).
         core.stats.bytes_requested = core.stats.bytes_requested.wrapping_sub(size);
         // SAFETY: `header` is a live chunk of ours (caller).
         match unsafe { (*header.as_ptr()).kind } {
-            ChunkKind::Medium => {
-                // SAFETY: a medium block being freed (caller).
-                let usable = unsafe { medium::freed_usable_size(ptr, header.as_ptr().cast()) };
-                core.stats.bytes_in_use -= usable;
-                core.stats.medium_blocks -= 1;
-                // SAFETY: as above; freed once.
-                if let Some(chunk) = unsafe { core.tlsf.free(ptr) } {
-                    if core.tlsf.empty_chunks > 1 {
-                        // SAFETY: the chunk is wholly free and registered.
-                        unsafe {
-                            core.tlsf.take_empty_chunk(chunk);
-                            self.unmap_chunk(&mut core, chunk.cast());
-                        }
-                        core.stats.medium_chunks -= 1;
-                    } else if core.spare_since.is_none() {
-                        core.spare_since = Some(std::time::Instant::now());
-                    }
-                }
-                self.purge_spare_chunk(&mut core);
-            }
             ChunkKind::Huge => {
                 // SAFETY: a live huge block (caller).
                 core.stats.bytes_in_use -= unsafe { Self::block_usable_size(header, ptr) };
@@ -726,7 +841,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 self.cache_huge(&mut core, header.cast(), size, align);
                 self.purge_huge_cache(&mut core);
             }
-            ChunkKind::Arena => {
+            // Medium blocks were freed above.
+            ChunkKind::Arena | ChunkKind::Medium => {
                 crate::fatal::bad_pointer("layer 1 free of a small block", ptr.as_ptr())
             }
         }
@@ -773,17 +889,14 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         // SAFETY: `header` is a live chunk of ours (caller).
         match unsafe { (*header.as_ptr()).kind } {
             ChunkKind::Medium if size <= MEDIUM_MAX => {
-                let mut core = self.core.lock();
+                // SAFETY: a live medium chunk of ours (caller).
+                let mut shard = unsafe { self.shard_of(header) }.lock();
                 // SAFETY: a live medium block (caller).
                 let old = unsafe { medium::usable_size(ptr) };
                 // SAFETY: as above.
-                let new = unsafe { core.tlsf.resize_in_place(ptr, size) }?;
-                core.stats.bytes_in_use = core.stats.bytes_in_use - old + new;
-                core.stats.bytes_requested = core
-                    .stats
-                    .bytes_requested
-                    .wrapping_sub(old_size)
-                    .wrapping_add(size);
+                let new = unsafe { shard.tlsf.resize_in_place(ptr, size) }?;
+                shard.bytes_in_use = shard.bytes_in_use - old + new;
+                shard.requested = shard.requested.wrapping_sub(old_size).wrapping_add(size);
                 Some(new)
             }
             ChunkKind::Huge if size > MEDIUM_MAX => {
@@ -937,6 +1050,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// and panics with a description on the first violation. O(blocks); for
     /// tests.
     pub fn validate(&self) {
+        // Shards first, in index order, then the core (the lock order).
+        let shards: [_; MEDIUM_SHARDS] = core::array::from_fn(|i| self.shards[i].0.lock());
         let core = self.core.lock();
         let id = self.id.load(Ordering::Relaxed);
         let (mut mapped, mut arenas, mut medium_chunks, mut huge) = (0, 0, 0, 0);
@@ -963,6 +1078,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                     ChunkKind::Arena => arenas += 1,
                     ChunkKind::Huge => huge += 1,
                     ChunkKind::Medium => {
+                        assert!((c.shard as usize) < MEDIUM_SHARDS, "bad medium shard");
                         medium_chunks += 1;
                         let walk = Tlsf::validate_chunk(h.cast());
                         used += walk.used_blocks;
@@ -973,11 +1089,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 prev = chunk;
                 chunk = c.next;
             }
-            assert_eq!(
-                core.tlsf.validate_lists(),
-                free,
-                "free blocks missing from the lists"
-            );
+            let listed: usize = shards.iter().map(|s| s.tlsf.validate_lists()).sum();
+            assert_eq!(listed, free, "free blocks missing from the lists");
         }
         let mut cached = 0;
         for c in &core.huge_cache[..core.huge_cached] {
@@ -999,8 +1112,10 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             (s.arena_chunks, s.medium_chunks, s.huge_blocks),
             (arenas, medium_chunks, huge)
         );
-        assert_eq!(s.medium_blocks, used);
-        assert!(s.bytes_in_use >= used_bytes && (huge > 0 || s.bytes_in_use == used_bytes));
+        let medium_blocks: usize = shards.iter().map(|s| s.blocks).sum();
+        let medium_bytes: usize = shards.iter().map(|s| s.bytes_in_use).sum();
+        assert_eq!(medium_blocks, used);
+        assert_eq!(medium_bytes, used_bytes);
     }
 
     /// Calls `f` with the header of every arena chunk, under the lock.

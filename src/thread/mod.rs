@@ -133,6 +133,14 @@ pub(crate) struct ThreadHeap {
 }
 
 impl ThreadHeap {
+    /// The medium allocator's shard of `th` (modulo `MEDIUM_SHARDS`):
+    /// thread heaps are consecutive slab slots, so they take shards in
+    /// turn.
+    #[inline(always)]
+    pub(crate) fn shard(th: *mut ThreadHeap) -> usize {
+        th.addr() / size_of::<ThreadHeap>()
+    }
+
     /// The owner identity of `th`'s pools.
     #[inline(always)]
     pub(crate) fn owner_id(th: *mut ThreadHeap) -> *mut PoolOwner {
