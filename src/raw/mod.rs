@@ -1436,6 +1436,39 @@ mod tests {
     }
 
     #[test]
+    fn medium_shards_carve_their_own_chunks_and_take_back_their_blocks() {
+        let raw = RawHeap::new();
+        // One block from each shard, then one from shard 1 again.
+        let blocks: Vec<_> = [0, 1, 2, 3, 1 + MEDIUM_SHARDS]
+            .iter()
+            .map(|&shard| raw.alloc_block_in(3000, ALIGNMENT, shard).unwrap().ptr)
+            .collect();
+        let chunks: Vec<_> = blocks
+            .iter()
+            .map(|&p| raw.find_own_block(p, "test").0)
+            .collect();
+        for (i, &h) in chunks.iter().enumerate().take(MEDIUM_SHARDS) {
+            // SAFETY: live medium chunks of `raw`.
+            assert_eq!(unsafe { (*h.as_ptr()).shard } as usize, i);
+        }
+        assert_eq!(chunks[4], chunks[1], "shard 1's chunk serves it again");
+        let s = raw.stats();
+        assert_eq!((s.medium_chunks, s.medium_blocks), (MEDIUM_SHARDS, 5));
+        raw.validate();
+        // Freed from anywhere, each block goes back to its chunk's shard.
+        for p in blocks {
+            let (header, p) = raw.find_own_block(p, "test");
+            // SAFETY: a live block of `raw` requested with 3000 bytes.
+            unsafe { raw.free_block(header, p, 3000) };
+            raw.validate();
+        }
+        let s = raw.stats();
+        assert_eq!((s.bytes_in_use, s.medium_blocks, s.bytes_requested), (0, 0, 0));
+        raw.trim();
+        assert_eq!(raw.stats().bytes_mapped, 0);
+    }
+
+    #[test]
     fn a_medium_block_grows_into_its_free_neighbour() {
         let raw = RawHeap::new();
         let a = raw.alloc_block(1000, ALIGNMENT).unwrap().ptr;
