@@ -100,11 +100,14 @@ pub const MEDIUM_MAX_ALIGN: usize = 64 * 1024;
 
 /// Largest request the per-thread medium cache serves (the cache keeps
 /// freed medium blocks for reuse by the thread that freed them, with no
-/// lock).
-pub const MEDIUM_CACHE_MAX: usize = 128 * 1024;
+/// lock): every medium request, so a buffer of up to 1 MiB that a thread
+/// allocates and frees again and again costs no lock.
+pub const MEDIUM_CACHE_MAX: usize = MEDIUM_MAX;
 /// Most usable bytes one thread keeps in its medium cache, per heap: enough
 /// for steady churn (a few 64 KiB buffers, hundreds of 1 KiB ones), small
-/// enough that what it pins (a medium chunk at most, per thread) is minor.
+/// enough that what it pins is minor. An empty cache takes one block
+/// whatever its size, so a thread pins at most `MEDIUM_CACHE_MAX` (1 MiB)
+/// when its last medium free was of a large block.
 pub const MEDIUM_CACHE_BYTES: usize = 256 * 1024;
 /// Smallest `alloc_zeroed` request whose whole pages are zeroed by purging
 /// them (`madvise(MADV_DONTNEED)`: they read zero from the OS, faulted in

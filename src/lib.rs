@@ -51,8 +51,9 @@
 //! a *thread heap*: it allocates and frees its own blocks with no lock and
 //! no atomic read-modify-write, a block freed by another thread reaches its
 //! owner with one compare-and-swap, and the pools of exited threads are
-//! adopted by new ones. Freed medium blocks up to 128 KiB stay in a small
-//! per-thread cache. Locks are taken only to move pools, arenas and chunks.
+//! adopted by new ones. Freed medium blocks (up to 1 MiB) stay in a small
+//! per-thread cache; the medium allocator behind it is sharded, a lock per
+//! shard. Other locks are taken only to move pools, arenas and chunks.
 //!
 //! ## Glossary
 //!

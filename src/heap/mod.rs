@@ -403,7 +403,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// the head used pool of the class; pop its free list; count. Plain
     /// loads and stores only. Carving a pool's never-used blocks onto its
     /// free list, and a pool found full, are out of line. A medium request
-    /// up to 128 KiB pops the thread's medium cache. Anything else is a
+    /// up to 1 MiB pops the thread's medium cache. Anything else is a
     /// `#[cold]` call. Small blocks never report reading zero: their first
     /// word held a free-list link.
     ///

@@ -1463,7 +1463,10 @@ mod tests {
             raw.validate();
         }
         let s = raw.stats();
-        assert_eq!((s.bytes_in_use, s.medium_blocks, s.bytes_requested), (0, 0, 0));
+        assert_eq!(
+            (s.bytes_in_use, s.medium_blocks, s.bytes_requested),
+            (0, 0, 0)
+        );
         raw.trim();
         assert_eq!(raw.stats().bytes_mapped, 0);
     }

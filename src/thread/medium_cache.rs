@@ -7,7 +7,7 @@
 //! that bin pops it with no lock and no atomic read-modify-write. A request
 //! is rounded up to its bin's bound when it goes to layer 1, so every block
 //! of a bin serves every request of it. At most `MEDIUM_CACHE_BYTES` are
-//! kept per thread and heap; a bounded heap keeps none (its limit must see
+//! kept per thread and heap (or one block, whatever its size); a bounded heap keeps none (its limit must see
 //! every free block). `trim()` and thread exit give the blocks back.
 
 use crate::config::{
@@ -171,7 +171,7 @@ impl MediumCache {
         // SAFETY: as for `pop`; the block is ours to write.
         unsafe {
             let cached = (*this).bytes.load(Relaxed);
-            if cached + usable > MEDIUM_CACHE_BYTES {
+            if cached + usable > MEDIUM_CACHE_BYTES && cached != 0 {
                 return false;
             }
             let p = ptr.as_ptr();
@@ -325,6 +325,16 @@ mod tests {
             assert_eq!(drained, [ptrs[1], ptrs[0]]);
             let (_, bytes, n) = MediumCache::counters(this);
             assert_eq!((bytes, n), (0, 0));
+            // An empty cache takes one block past the budget, and no more.
+            assert!(MediumCache::push(
+                this,
+                ptrs[0],
+                MEDIUM_CACHE_BYTES + 16,
+                size,
+                1
+            ));
+            assert!(!MediumCache::push(this, ptrs[1], bound, size, 1));
+            MediumCache::drain(this, |_| {});
         }
     }
 }
