@@ -94,6 +94,13 @@ pub const THREAD_SPARE_POOLS: usize = 8;
 /// not contend on one lock, nor bounce one set of free lists between
 /// cores. Each shard keeps at most one wholly free chunk.
 pub const MEDIUM_SHARDS: usize = 4;
+/// Wholly free medium chunks each shard keeps mapped for reuse: a program
+/// that builds and drops medium structures of a few MiB reuses the chunks
+/// (and their pages) instead of mapping and faulting them in again. Every
+/// `POOL_PURGE_INTERVAL` a shard unmaps as many as stayed unused over the
+/// whole interval; past this many, a chunk is unmapped as soon as it
+/// empties.
+pub const MEDIUM_SPARE_CHUNKS: usize = 4;
 /// Largest alignment the medium allocator serves; larger alignments are
 /// served by a direct, suitably aligned mapping.
 pub const MEDIUM_MAX_ALIGN: usize = 64 * 1024;

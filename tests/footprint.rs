@@ -52,19 +52,38 @@ fn a_peak_of_small_and_medium_blocks_goes_back_to_the_os() {
     }
     // Freeing everything empties every arena: all but the spares and the
     // one pinned by the class's cached pool are unmapped at once, and the
-    // medium chunks but one spare and one that the thread's medium cache (at
-    // most 256 KiB of blocks) may pin.
+    // medium chunks but the shard's spares and one that the thread's medium
+    // cache (at most 256 KiB of blocks) may pin.
     let after = heap.stats();
     assert_eq!(after.bytes_in_use, 0);
     assert!(after.raw.bytes_cached <= 256 << 10, "{after:?}");
     let arenas = pymalloc::config::SPARE_ARENAS + 1;
+    let chunk = pymalloc::config::MEDIUM_CHUNK_SIZE;
+    let spares = pymalloc::config::MEDIUM_SPARE_CHUNKS;
     assert!(
-        after.bytes_mapped <= arenas * (1 << 20) + 2 * 4 * (1 << 20),
+        after.bytes_mapped <= arenas * (1 << 20) + (spares + 1) * chunk,
         "{after:?}"
+    );
+    // The spare chunks stayed unused for two intervals: the next pool
+    // transitions (a new size class each) give them back.
+    let mut probes = std::vec::Vec::new();
+    for round in 0..2 {
+        std::thread::sleep(pymalloc::config::POOL_PURGE_INTERVAL);
+        for k in 0..3 {
+            let mut probe = Vec::with_capacity_in(200 + 48 * (3 * round + k), &heap);
+            probe.push(1u8);
+            probes.push(probe);
+        }
+    }
+    let later = heap.stats();
+    assert!(
+        later.bytes_mapped <= arenas * (1 << 20) + 2 * chunk,
+        "{later:?}"
     );
     if let (Some(b), Some(a)) = (before, rss()) {
         assert!(a < b + scale(16_000_000), "rss before {b}, after free {a}");
     }
+    drop(probes);
     heap.trim();
     let trimmed = heap.stats();
     assert_eq!(trimmed.bytes_mapped, 0, "{trimmed:?}");
@@ -308,49 +327,57 @@ unsafe impl pymalloc::PageSource for &PurgeCounter {
 }
 
 #[test]
-fn the_spare_medium_chunk_is_purged_after_the_delay() {
+fn spare_medium_chunks_stay_while_reused_and_go_once_unused() {
     let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let purged = PurgeCounter::default();
     // Layer 1 alone: a `PrivateHeap`'s per-thread medium cache would serve
-    // the churn below without reaching it.
-    let heap = pymalloc::RawHeap::<&PurgeCounter>::with_source(&purged);
-    let bytes = || purged.0.load(std::sync::atomic::Ordering::Relaxed);
-    let big = Layout::from_size_align(100_000, 8).unwrap();
-    let blocks: std::vec::Vec<_> = (0..30)
-        .map(|_| {
-            let p = heap.allocate(big).unwrap();
-            // SAFETY: a live block of 100_000 bytes.
-            unsafe { p.as_ptr().write_bytes(3, 100_000) };
-            p
-        })
-        .collect();
-    assert_eq!(heap.stats().medium_chunks, 1);
-    let emptied = std::time::Instant::now();
-    for p in blocks {
-        // SAFETY: allocated above with `big`, freed once.
-        unsafe { heap.deallocate(p, big) };
-    }
-    // The chunk is kept (steady churn must not remap it) and not yet purged.
-    assert_eq!(heap.stats().medium_chunks, 1);
+    // the churn below without reaching it. One thread: one shard.
+    let heap = pymalloc::RawHeap::new();
+    let chunk = pymalloc::config::MEDIUM_CHUNK_SIZE;
+    let big = Layout::from_size_align(200_000, 8).unwrap();
     let medium = Layout::from_size_align(2000, 8).unwrap();
-    for _ in 0..100 {
-        let p = heap.allocate(medium).unwrap();
-        // SAFETY: live block with this layout.
-        unsafe { heap.deallocate(p, medium) };
+    // About three chunks' worth of blocks, built and dropped five times
+    // within an interval: the chunks are kept and reused, never remapped.
+    let build = || -> std::vec::Vec<_> {
+        (0..3 * chunk / 200_000)
+            .map(|_| {
+                let p = heap.allocate(big).unwrap();
+                // SAFETY: a live block of 200_000 bytes.
+                unsafe { p.as_ptr().write_bytes(3, 200_000) };
+                p
+            })
+            .collect()
+    };
+    let drop_all = |blocks: std::vec::Vec<core::ptr::NonNull<u8>>| {
+        for p in blocks {
+            // SAFETY: allocated with `big`, freed once.
+            unsafe { heap.deallocate(p, big) };
+        }
+    };
+    drop_all(build());
+    let chunks = heap.stats().medium_chunks;
+    assert!((3..=4).contains(&chunks), "{chunks} chunks");
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        drop_all(build());
+        assert_eq!(heap.stats().medium_chunks, chunks, "chunks remapped");
     }
-    // (Only checkable if this thread was not descheduled for the delay.)
-    if emptied.elapsed() < pymalloc::config::PURGE_DELAY {
-        assert_eq!(bytes(), 0, "purged before the delay");
+    // (Only checkable if this thread was not descheduled meanwhile.)
+    if started.elapsed() < pymalloc::config::POOL_PURGE_INTERVAL {
+        assert_eq!(heap.stats().medium_chunks, chunks, "released while reused");
     }
-    std::thread::sleep(pymalloc::config::PURGE_DELAY * 2);
-    // The clock is checked every few dozen medium calls.
-    for _ in 0..200 {
-        let p = heap.allocate(medium).unwrap();
-        // SAFETY: live block with this layout.
-        unsafe { heap.deallocate(p, medium) };
+    // Unused for two whole intervals, they go back: the clock is checked
+    // every few dozen medium calls.
+    for _ in 0..2 {
+        std::thread::sleep(pymalloc::config::POOL_PURGE_INTERVAL);
+        for _ in 0..200 {
+            let p = heap.allocate(medium).unwrap();
+            // SAFETY: live block with this layout.
+            unsafe { heap.deallocate(p, medium) };
+        }
     }
-    // Nearly the whole 4 MiB chunk went back.
-    assert!(bytes() >= (4 << 20) - 3 * 4096, "purged {} bytes", bytes());
+    let s = heap.stats();
+    assert!(s.medium_chunks <= 1, "{s:?}");
+    assert!(s.bytes_mapped <= chunk, "{s:?}");
     heap.validate();
 }
 

@@ -232,6 +232,8 @@ pub(crate) struct Tlsf {
     heads: [[*mut Block; SL_COUNT]; FL_COUNT],
     /// Number of chunks whose only block is free.
     pub(super) empty_chunks: usize,
+    /// The fewest wholly free chunks since `reset_empty_low`.
+    empty_low: usize,
 }
 
 impl core::fmt::Debug for Tlsf {
@@ -249,6 +251,7 @@ impl Tlsf {
             sl_bitmap: [0; FL_COUNT],
             heads: [[null_mut(); SL_COUNT]; FL_COUNT],
             empty_chunks: 0,
+            empty_low: 0,
         }
     }
 
@@ -372,6 +375,7 @@ impl Tlsf {
         // SAFETY: `b` is a live block header.
         if unsafe { Self::whole_chunk(b) }.is_some() {
             self.empty_chunks -= 1;
+            self.empty_low = self.empty_low.min(self.empty_chunks);
         }
         Some(b)
     }
@@ -518,6 +522,18 @@ impl Tlsf {
         // SAFETY: the chunk's only block is free and in its list.
         unsafe { self.remove(b) };
         self.empty_chunks -= 1;
+        self.empty_low = self.empty_low.min(self.empty_chunks);
+    }
+
+    /// The fewest wholly free chunks held at once since the last
+    /// [`Self::reset_empty_low`]: that many stayed unused all along.
+    pub(crate) fn empty_low(&self) -> usize {
+        self.empty_low
+    }
+
+    /// Starts a new interval for [`Self::empty_low`].
+    pub(crate) fn reset_empty_low(&mut self) {
+        self.empty_low = self.empty_chunks;
     }
 
     /// Tries to resize the used block at `payload` in place to hold `size`

@@ -28,7 +28,8 @@ pub(crate) mod medium;
 
 use crate::config::{
     ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, HUGE_CACHE_BYTES, HUGE_CACHE_MAPPINGS, HUGE_CACHE_RESIDENT,
-    MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN, MEDIUM_SHARDS, PURGE_DELAY,
+    MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN, MEDIUM_SHARDS, MEDIUM_SPARE_CHUNKS,
+    POOL_PURGE_INTERVAL, PURGE_DELAY,
 };
 use crate::lock::{ForkSafe, SpinLock};
 use crate::os::{OsPages, PageSource, checked_align_up, page_size};
@@ -114,8 +115,8 @@ impl CachedMapping {
 /// unmapping a chunk); shards in index order when several are held.
 pub(crate) struct MediumShard {
     tlsf: Tlsf,
-    /// Since when some medium chunk has been kept wholly free without its
-    /// pages being purged (`None`: since the last purge, none has been).
+    /// While the shard keeps wholly free chunks: when the current interval
+    /// of the TLSF's low water of them began (`None`: it keeps none).
     spare_since: Option<std::time::Instant>,
     /// Medium operations so far (wrapping); the clock is read on every
     /// `PURGE_CHECK_INTERVAL`-th only.
@@ -208,8 +209,11 @@ pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     /// `RawStats::huge_bytes_copied`, counted without the lock.
     huge_copied: AtomicUsize,
     /// Some cached huge mapping still holds its pages (a hint, read without
-    /// the lock by `purge_expired_huge`).
+    /// the lock by `purge_expired`).
     huge_waiting: core::sync::atomic::AtomicBool,
+    /// Some shard may keep wholly free chunks (a hint, read without a lock
+    /// by `purge_expired`).
+    spares_waiting: core::sync::atomic::AtomicBool,
     /// The free mark of this heap's blocks ([ref:free-mark]): random, set
     /// under the lock before the first chunk is mapped (so before any block
     /// exists), never changed afterwards; 0 until then.
@@ -281,6 +285,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             limit: AtomicUsize::new(limit),
             huge_copied: AtomicUsize::new(0),
             huge_waiting: core::sync::atomic::AtomicBool::new(false),
+            spares_waiting: core::sync::atomic::AtomicBool::new(false),
             mark: AtomicUsize::new(0),
         }
     }
@@ -378,17 +383,19 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
     }
 
-    /// Purges the pages of the kept wholly free medium chunk once one has
-    /// been kept for `PURGE_DELAY`. Checked on medium allocations and frees,
-    /// reading the clock on one call in `PURGE_CHECK_INTERVAL` while a chunk
-    /// waits, so steady churn pays neither a clock read per call nor a purge
-    /// per pair.
+    /// Releases the wholly free chunks `shard` keeps that stayed unused
+    /// over a whole `POOL_PURGE_INTERVAL` ([`Self::release_spare_chunks`]).
+    /// Checked on the shard's medium allocations and frees, reading the
+    /// clock on one call in `PURGE_CHECK_INTERVAL` while it keeps some, so
+    /// steady churn pays neither a clock read per call nor a system call
+    /// per pair; pool transitions check too (`purge_expired`), for a
+    /// program that stopped using medium blocks.
     #[inline]
     fn purge_spare_chunk(&self, shard: &mut MediumShard) {
         shard.ops = shard.ops.wrapping_add(1);
         if shard.ops.is_multiple_of(PURGE_CHECK_INTERVAL) {
             if shard.spare_since.is_some() {
-                self.purge_spare_chunk_slow(shard);
+                self.release_spare_chunks(shard);
             }
             if self.huge_waiting.load(Ordering::Relaxed) {
                 self.purge_huge_cache(&mut self.core.lock());
@@ -396,24 +403,31 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
     }
 
+    /// Once the interval has passed, unmaps as many of `shard`'s wholly
+    /// free chunks as stayed unused over all of it (the TLSF's low water),
+    /// and starts the next interval.
     #[cold]
-    fn purge_spare_chunk_slow(&self, shard: &mut MediumShard) {
+    fn release_spare_chunks(&self, shard: &mut MediumShard) {
         let Some(since) = shard.spare_since else {
             return;
         };
-        if since.elapsed() < crate::config::PURGE_DELAY {
+        let now = std::time::Instant::now();
+        if now.saturating_duration_since(since) < POOL_PURGE_INTERVAL {
             return;
         }
-        shard.spare_since = None;
-        if let Some(chunk) = shard.tlsf.any_empty_chunk() {
-            let start = chunk
-                .as_ptr()
-                .wrapping_add(CHUNK_HEADER_SIZE + medium::MIN_BLOCK);
-            self.purge_free_range(
-                start,
-                chunk.as_ptr().addr() + MEDIUM_CHUNK_SIZE - medium::HEADER,
-            );
+        for _ in 0..shard.tlsf.empty_low() {
+            let Some(chunk) = shard.tlsf.any_empty_chunk() else {
+                break;
+            };
+            // SAFETY: the chunk is wholly free and registered; nothing
+            // refers to it once taken out of the index.
+            unsafe {
+                shard.tlsf.take_empty_chunk(chunk);
+                self.unmap_medium_chunk(chunk.cast());
+            }
         }
+        shard.tlsf.reset_empty_low();
+        shard.spare_since = (shard.tlsf.empty_chunks > 0).then_some(now);
     }
 
     /// Purges `size` bytes at `ptr` (whole pages of a live chunk whose
@@ -533,14 +547,24 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
     }
 
-    /// A shard for the calling thread when no thread heap names one: from
-    /// the address of its stack (2 MiB granules), so a thread keeps to one
-    /// shard and threads spread over them, with no thread-local.
+    /// A shard for the calling thread when no thread heap names one:
+    /// threads take shards in turn, on their first such request. A const
+    /// thread-local with no destructor: set-up and teardown never allocate
+    /// (rust-lang/rust#144465).
     #[inline]
     pub(crate) fn thread_shard() -> usize {
-        let marker = 0u8;
-        let sp = (&raw const marker).addr();
-        ((sp >> 21).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize)) >> (usize::BITS - 8)
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        std::thread_local! {
+            static SHARD: core::cell::Cell<usize> = const { core::cell::Cell::new(usize::MAX) };
+        }
+        SHARD
+            .try_with(|shard| {
+                if shard.get() == usize::MAX {
+                    shard.set(NEXT.fetch_add(1, Ordering::Relaxed) % MEDIUM_SHARDS);
+                }
+                shard.get()
+            })
+            .unwrap_or(0)
     }
 
     /// A medium block of `size` bytes at `align` from shard `shard`
@@ -774,14 +798,29 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         self.huge_waiting.store(waiting, Ordering::Relaxed);
     }
 
-    /// Purges cached huge mappings whose delay has passed, if any waits:
-    /// called on layer 2's pool transitions too, so that a program that
-    /// stops allocating large blocks does not keep their pages. One
-    /// relaxed load when none waits.
-    pub(crate) fn purge_expired_huge(&self) {
+    /// Purges cached huge mappings whose delay has passed, and releases
+    /// the spare medium chunks due, if any waits: called on layer 2's pool
+    /// transitions too, so that a program that stops allocating large
+    /// blocks does not keep their pages. Two relaxed loads when none waits.
+    pub(crate) fn purge_expired(&self) {
         if self.huge_waiting.load(Ordering::Relaxed) {
             let mut core = self.core.lock();
             self.purge_huge_cache(&mut core);
+        }
+        if self.spares_waiting.load(Ordering::Relaxed) {
+            let mut waiting = false;
+            for slot in &self.shards {
+                // A busy shard checks for itself.
+                let Some(mut shard) = slot.0.try_lock() else {
+                    waiting = true;
+                    continue;
+                };
+                self.release_spare_chunks(&mut shard);
+                waiting |= shard.spare_since.is_some();
+            }
+            if !waiting {
+                self.spares_waiting.store(false, Ordering::Relaxed);
+            }
         }
     }
 
@@ -810,14 +849,17 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             shard.blocks -= 1;
             // SAFETY: as above; freed once.
             if let Some(chunk) = unsafe { shard.tlsf.free(ptr) } {
-                if shard.tlsf.empty_chunks > 1 {
+                if shard.tlsf.empty_chunks > MEDIUM_SPARE_CHUNKS {
                     // SAFETY: the chunk is wholly free and registered.
                     unsafe {
                         shard.tlsf.take_empty_chunk(chunk);
                         self.unmap_medium_chunk(chunk.cast());
                     }
                 } else if shard.spare_since.is_none() {
+                    // The first chunk kept: an interval starts.
                     shard.spare_since = Some(std::time::Instant::now());
+                    shard.tlsf.reset_empty_low();
+                    self.spares_waiting.store(true, Ordering::Relaxed);
                 }
             }
             self.purge_spare_chunk(&mut shard);

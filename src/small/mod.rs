@@ -433,7 +433,7 @@ impl SmallHeap {
     }
 
     pub(crate) fn purge_expired<S: PageSource, R: RawMutex>(&mut self, raw: &RawHeap<S, R>) {
-        raw.purge_expired_huge();
+        raw.purge_expired();
         if !self.purge.is_empty() {
             self.purge_due(raw, Instant::now(), Some(PURGE_DELAY));
         }
