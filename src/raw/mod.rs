@@ -1270,7 +1270,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     }
 
     /// Whether `size` more bytes may be mapped under the heap's bound, once
-    /// the cached huge mappings are dropped if that is what it takes.
+    /// the cached huge mappings and the shards' spare medium chunks are
+    /// given back if that is what it takes.
     fn room_for(&self, core: &mut RawCore, size: usize) -> bool {
         let limit = self.limit.load(Ordering::Relaxed);
         let fits = |core: &RawCore| {
@@ -1283,6 +1284,25 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             return true;
         }
         self.release_huge_cache(core);
+        if fits(core) {
+            return true;
+        }
+        // Against the lock order (shard, then core), so only shards free
+        // at this moment: a shard whose lock the caller holds is mapping
+        // because it has no free chunk.
+        for slot in &self.shards {
+            if let Some(mut shard) = slot.0.try_lock() {
+                while let Some(chunk) = shard.tlsf.any_empty_chunk() {
+                    // SAFETY: the chunk is wholly free and registered;
+                    // nothing refers to it once taken out of the index.
+                    unsafe {
+                        shard.tlsf.take_empty_chunk(chunk);
+                        self.unmap_chunk(core, chunk.cast());
+                    }
+                    core.stats.medium_chunks -= 1;
+                }
+            }
+        }
         fits(core)
     }
 
@@ -1509,6 +1529,39 @@ mod tests {
             (s.bytes_in_use, s.medium_blocks, s.bytes_requested),
             (0, 0, 0)
         );
+        raw.trim();
+        assert_eq!(raw.stats().bytes_mapped, 0);
+    }
+
+    #[test]
+    fn a_bounded_heap_gives_back_spare_medium_chunks_before_it_fails() {
+        let raw = RawHeap::<OsPages, SpinLock>::with_source_and_limit(
+            OsPages,
+            2 * MEDIUM_CHUNK_SIZE + 2 * CHUNK_SIZE,
+        );
+        let size = MEDIUM_MAX;
+        let fill = |shard: usize| -> Vec<_> {
+            (0..2 * (MEDIUM_CHUNK_SIZE / size - 1))
+                .map(|_| raw.alloc_block_in(size, ALIGNMENT, shard).unwrap().ptr)
+                .collect()
+        };
+        let free = |blocks: Vec<NonNull<u8>>| {
+            for p in blocks {
+                let (header, p) = raw.find_own_block(p, "test");
+                // SAFETY: a live block of `raw` requested with `size` bytes.
+                unsafe { raw.free_block(header, p, size) };
+            }
+        };
+        // Shard 0 fills two chunks and frees them: both stay as spares.
+        free(fill(0));
+        assert_eq!(raw.stats().medium_chunks, 2);
+        // Shard 1 needs two chunks: shard 0's spares go first.
+        let b = fill(1);
+        let s = raw.stats();
+        assert_eq!(s.medium_chunks, 2, "{s:?}");
+        assert!(s.bytes_mapped <= raw.limit());
+        raw.validate();
+        free(b);
         raw.trim();
         assert_eq!(raw.stats().bytes_mapped, 0);
     }
