@@ -194,6 +194,7 @@ pub(crate) unsafe fn freed_usable_size_exposed(payload: NonNull<u8>) -> usize {
 ///
 /// `payload` is a pointer into the live medium chunk at `chunk`, at least
 /// `HEADER` bytes past its start, that the caller is freeing.
+#[inline]
 pub(crate) unsafe fn freed_usable_size(payload: NonNull<u8>, chunk: *const u8) -> usize {
     let b = block_of(payload);
     let _ = chunk;
