@@ -385,3 +385,37 @@ fn the_medium_cache_is_bounded() {
     assert_eq!((s.bytes_requested, s.bytes_in_use), (0, 0));
     heap.validate();
 }
+
+#[test]
+fn the_medium_cache_makes_room_for_a_new_size() {
+    use allocator_api2::alloc::Allocator;
+    use core::alloc::Layout;
+    let heap = PrivateHeap::new();
+    let a = &heap;
+    // Four 64 KiB blocks fill the cache's budget...
+    let old = Layout::from_size_align(64 << 10, 8).unwrap();
+    let blocks: std::vec::Vec<_> = (0..4)
+        .map(|_| a.allocate(old).unwrap().cast::<u8>())
+        .collect();
+    for p in blocks {
+        // SAFETY: allocated above with `old`, freed once.
+        unsafe { a.deallocate(p, old) };
+    }
+    assert!(heap.stats().raw.bytes_cached >= 4 * (64 << 10));
+    // ... then the thread uses 200 KiB blocks only: refused at first, they
+    // are cached once the idle 64 KiB bin has been collected.
+    let new = Layout::from_size_align(200 << 10, 8).unwrap();
+    for _ in 0..100 {
+        let p = a.allocate(new).unwrap().cast::<u8>();
+        // SAFETY: allocated with `new`, freed once.
+        unsafe { a.deallocate(p, new) };
+    }
+    let s = heap.stats();
+    // One 200 KiB block (its bin's bound: 208 KiB), no 64 KiB one.
+    assert!(
+        s.raw.bytes_cached >= 200 << 10 && s.raw.bytes_cached < 220 << 10,
+        "{s:?}"
+    );
+    assert_eq!((s.bytes_requested, s.bytes_in_use), (0, 0));
+    heap.validate();
+}

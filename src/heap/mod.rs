@@ -194,10 +194,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         shared
             .threads
             .collect_idle(own, release_cached, &mut chain, |block| {
-                let (header, block) = self.raw.find_own_block(block, "trim");
-                // SAFETY: a live medium block of this heap, out of its
-                // cache; its requested bytes left the counters when cached.
-                unsafe { self.raw.free_block(header, block, 0) };
+                self.release_cached(block)
             });
         // SAFETY: the chain holds empty pools that left their owners.
         unsafe { shared.small.release_chain(&self.raw, chain) };
@@ -770,7 +767,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                         "is already free (double free)",
                     )
                 }
-                if MediumCache::push(ThreadHeap::medium(th), ptr, usable, size, mark) {
+                if self.cache_medium(th, ptr, usable, size, mark) {
                     crate::valgrind::freelike(ptr.as_ptr());
                     return;
                 }
@@ -780,6 +777,44 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         let _ = align;
         // SAFETY: caller's contract.
         unsafe { self.free_sized(ptr, size) }
+    }
+
+    /// Keeps freed medium block `ptr` (`usable` bytes, requested with
+    /// `size`) in `th`'s medium cache, marked with `mark`. If the cache
+    /// refuses it, every so often its idle bins go back to layer 1 and it
+    /// is offered again ([`MediumCache::overflowed`]); `false`: the caller
+    /// frees it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`MediumCache::push`], with `th` the calling thread's own.
+    #[inline(always)]
+    unsafe fn cache_medium(
+        &self,
+        th: *mut ThreadHeap,
+        ptr: NonNull<u8>,
+        usable: usize,
+        size: usize,
+        mark: usize,
+    ) -> bool {
+        // SAFETY: caller's contract; the collected blocks are cached ones,
+        // live medium blocks of this heap.
+        unsafe {
+            let cache = ThreadHeap::medium(th);
+            MediumCache::push(cache, ptr, usable, size, mark)
+                || (MediumCache::overflowed(cache)
+                    && MediumCache::collect_idle(cache, |b| self.release_cached(b)) > 0
+                    && MediumCache::push(cache, ptr, usable, size, mark))
+        }
+    }
+
+    /// Gives a block out of a thread's medium cache back to layer 1 (as
+    /// requested with 0 bytes: its requested bytes left the counters when
+    /// it was cached).
+    fn release_cached(&self, block: NonNull<u8>) {
+        let (header, block) = self.raw.find_own_block(block, "medium cache");
+        // SAFETY: a live medium block of this heap, out of its cache.
+        unsafe { self.raw.free_block(header, block, 0) };
     }
 
     /// Frees a live block that was requested with `size` bytes, any
@@ -859,13 +894,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 if self.raw.limit() == usize::MAX
                     && let th = self.thread_heap()
                     && !th.is_null()
-                    && MediumCache::push(
-                        ThreadHeap::medium(th),
-                        ptr,
-                        usable,
-                        size,
-                        self.raw.free_mark(),
-                    )
+                    && self.cache_medium(th, ptr, usable, size, self.raw.free_mark())
                 {
                     return;
                 }

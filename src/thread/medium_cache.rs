@@ -23,6 +23,10 @@ const BIN_BASE_LOG: u32 = SMALL_REQUEST_THRESHOLD.trailing_zeros();
 const MEDIUM_BINS: usize =
     ((MEDIUM_CACHE_MAX.trailing_zeros() - BIN_BASE_LOG) * MEDIUM_CACHE_BIN_STEPS) as usize;
 
+/// Frees the cache could not take between two collections of idle bins
+/// (see [`MediumCache::overflowed`]).
+const GC_INTERVAL: u32 = 32;
+
 /// One thread's cache of freed medium blocks, for one heap: one LIFO list
 /// per bin, linked through the blocks' first word; the second word holds
 /// the block's usable size, the third the free mark.
@@ -32,8 +36,17 @@ const MEDIUM_BINS: usize =
 /// counters; `stats()` reads the counters from any thread. Every cached
 /// block is a live medium block of the heap with at least `bin_bound(bin)`
 /// usable bytes; `bytes` and `blocks` sum what the bins hold.
+///
+/// A full cache does not keep what it holds forever: every `GC_INTERVAL`
+/// frees it had to refuse, the bins no allocation took from since the
+/// last such collection are emptied (jemalloc's tcache collects idle bins
+/// likewise), so a thread whose sizes change caches its new ones.
 pub(crate) struct MediumCache {
     bins: [*mut u8; MEDIUM_BINS],
+    /// Whether each bin served an allocation since the last collection.
+    used: [bool; MEDIUM_BINS],
+    /// Frees refused since the last collection.
+    refused: u32,
     /// Requested bytes freed into the cache minus those allocated from it
     /// (wrapping), plus the thread's direct medium and huge requests (see
     /// `ThreadHeap::add_medium_requested`).
@@ -99,6 +112,8 @@ impl MediumCache {
     pub(crate) const fn new() -> Self {
         Self {
             bins: [null_mut(); MEDIUM_BINS],
+            used: [false; MEDIUM_BINS],
+            refused: 0,
             requested: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             blocks: AtomicUsize::new(0),
@@ -122,6 +137,7 @@ impl MediumCache {
             crate::valgrind::defined(head, 2 * size_of::<usize>());
             let usable = head.cast::<usize>().add(1).read();
             *(*this).bins.get_unchecked_mut(bin) = head.cast::<*mut u8>().read();
+            *(*this).used.get_unchecked_mut(bin) = true;
             crate::harden::clear_mark(head.cast::<usize>().add(MARK_WORD));
             add_owned(&(*this).requested, size);
             add_owned(&(*this).bytes, usable.wrapping_neg());
@@ -186,6 +202,55 @@ impl MediumCache {
             add_owned(&(*this).blocks, 1);
         }
         true
+    }
+
+    /// Counts a free the cache refused; `true` once every `GC_INTERVAL`,
+    /// when the caller should [`Self::collect_idle`] and try again.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this`.
+    #[inline]
+    pub(crate) unsafe fn overflowed(this: *mut Self) -> bool {
+        // SAFETY: caller's contract.
+        unsafe {
+            (*this).refused += 1;
+            if (*this).refused < GC_INTERVAL {
+                return false;
+            }
+            (*this).refused = 0;
+        }
+        true
+    }
+
+    /// Empties the bins that served no allocation since the last
+    /// collection, passing each block to `free` (as [`Self::drain`] does);
+    /// returns how many blocks went.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this`.
+    #[cold]
+    pub(crate) unsafe fn collect_idle(this: *mut Self, mut free: impl FnMut(NonNull<u8>)) -> usize {
+        let mut freed = 0;
+        // SAFETY: as for `pop`.
+        unsafe {
+            let used = core::mem::replace(&mut (*this).used, [false; MEDIUM_BINS]);
+            for (bin, _) in used.iter().enumerate().filter(|(_, used)| !**used) {
+                let mut p = core::mem::replace(&mut (*this).bins[bin], null_mut());
+                while let Some(block) = NonNull::new(p) {
+                    crate::valgrind::defined(p, 2 * size_of::<usize>());
+                    crate::harden::clear_mark(p.cast::<usize>().add(MARK_WORD));
+                    let usable = p.cast::<usize>().add(1).read();
+                    p = p.cast::<*mut u8>().read();
+                    add_owned(&(*this).bytes, usable.wrapping_neg());
+                    add_owned(&(*this).blocks, usize::MAX);
+                    free(block);
+                    freed += 1;
+                }
+            }
+        }
+        freed
     }
 
     /// Empties the cache, passing each block to `free` (which gives it back
@@ -325,6 +390,16 @@ mod tests {
             assert_eq!(drained, [ptrs[1], ptrs[0]]);
             let (_, bytes, n) = MediumCache::counters(this);
             assert_eq!((bytes, n), (0, 0));
+            // Collection: a bin that served an allocation since the last
+            // one keeps its blocks; an idle bin is emptied.
+            assert!(MediumCache::push(this, ptrs[0], bound, size, 1));
+            assert_eq!(MediumCache::collect_idle(this, |_| {}), 0, "bin was used");
+            let mut collected = Vec::new();
+            assert_eq!(MediumCache::collect_idle(this, |b| collected.push(b)), 1);
+            assert_eq!(collected, [ptrs[0]]);
+            assert_eq!(MediumCache::counters(this).1, 0);
+            assert!((0..GC_INTERVAL - 1).all(|_| !MediumCache::overflowed(this)));
+            assert!(MediumCache::overflowed(this));
             // An empty cache takes one block past the budget, and no more.
             assert!(MediumCache::push(
                 this,
