@@ -776,6 +776,18 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         #[cfg(any(miri, feature = "hardened"))]
         let _ = align;
         // SAFETY: caller's contract.
+        unsafe { self.free_sized_outlined(ptr, size) }
+    }
+
+    /// [`Self::free_sized`], out of line: the slow path of `free_larger`,
+    /// kept out of its register allocation.
+    ///
+    /// # Safety
+    ///
+    /// As for `free_sized`.
+    #[inline(never)]
+    unsafe fn free_sized_outlined(&self, ptr: NonNull<u8>, size: usize) {
+        // SAFETY: caller's contract.
         unsafe { self.free_sized(ptr, size) }
     }
 
@@ -797,14 +809,37 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         size: usize,
         mark: usize,
     ) -> bool {
+        // SAFETY: caller's contract.
+        unsafe {
+            MediumCache::push(ThreadHeap::medium(th), ptr, usable, size, mark)
+                || self.cache_medium_refused(th, ptr, usable, size, mark)
+        }
+    }
+
+    /// The cache refused a block: count it, and every so often collect the
+    /// idle bins and offer it again. Out of line, so that the fast path
+    /// saves no registers.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::cache_medium`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn cache_medium_refused(
+        &self,
+        th: *mut ThreadHeap,
+        ptr: NonNull<u8>,
+        usable: usize,
+        size: usize,
+        mark: usize,
+    ) -> bool {
         // SAFETY: caller's contract; the collected blocks are cached ones,
         // live medium blocks of this heap.
         unsafe {
             let cache = ThreadHeap::medium(th);
-            MediumCache::push(cache, ptr, usable, size, mark)
-                || (MediumCache::overflowed(cache)
-                    && MediumCache::collect_idle(cache, |b| self.release_cached(b)) > 0
-                    && MediumCache::push(cache, ptr, usable, size, mark))
+            MediumCache::overflowed(cache)
+                && MediumCache::collect_idle(cache, |b| self.release_cached(b)) > 0
+                && MediumCache::push(cache, ptr, usable, size, mark)
         }
     }
 
