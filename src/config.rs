@@ -92,7 +92,7 @@ pub const THREAD_SPARE_POOLS: usize = 8;
 /// thread heap (thread heaps take shards in turn), and a block is freed to
 /// its chunk's shard: threads that miss their medium caches at once do
 /// not contend on one lock, nor bounce one set of free lists between
-/// cores. Each shard keeps at most one wholly free chunk.
+/// cores. Each shard keeps up to `MEDIUM_SPARE_CHUNKS` wholly free chunks.
 pub const MEDIUM_SHARDS: usize = 4;
 /// Wholly free medium chunks each shard keeps mapped for reuse: a program
 /// that builds and drops medium structures of a few MiB reuses the chunks

@@ -290,8 +290,8 @@ fn stats_match_a_workload_with_known_live_bytes() {
         );
     }
     assert_eq!(s.raw.medium_blocks, 1);
-    // Medium requests up to 128 KiB are rounded up by at most 1/8, to the
-    // bin of the per-thread medium cache.
+    // Medium requests are rounded up by at most 1/8, to the bin of the
+    // per-thread medium cache.
     assert!(s.raw.bytes_in_use >= 10_000 && s.raw.bytes_in_use < 10_000 * 9 / 8 + 64);
     assert_eq!(s.bytes_quantization(), s.bytes_in_use - s.bytes_requested);
     let text = s.to_string();
@@ -304,26 +304,6 @@ fn stats_match_a_workload_with_known_live_bytes() {
     drop((keep, medium));
     let s = heap.stats();
     assert_eq!((s.bytes_requested, s.bytes_in_use), (0, 0));
-}
-
-/// Page source counting the bytes purged through it.
-#[derive(Default)]
-struct PurgeCounter(std::sync::atomic::AtomicUsize);
-
-// SAFETY: forwards every call to `OsPages`, which upholds the contract.
-unsafe impl pymalloc::PageSource for &PurgeCounter {
-    fn map(&self, size: usize, align: usize) -> Option<core::ptr::NonNull<u8>> {
-        pymalloc::OsPages.map(size, align)
-    }
-    unsafe fn unmap(&self, ptr: core::ptr::NonNull<u8>, size: usize, align: usize) {
-        // SAFETY: forwarded contract.
-        unsafe { pymalloc::OsPages.unmap(ptr, size, align) }
-    }
-    unsafe fn purge(&self, ptr: core::ptr::NonNull<u8>, size: usize) -> bool {
-        self.0.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: forwarded contract.
-        unsafe { pymalloc::OsPages.purge(ptr, size) }
-    }
 }
 
 #[test]

@@ -401,7 +401,8 @@ fn the_medium_cache_makes_room_for_a_new_size() {
         // SAFETY: allocated above with `old`, freed once.
         unsafe { a.deallocate(p, old) };
     }
-    assert!(heap.stats().raw.bytes_cached >= 4 * (64 << 10));
+    // (Three or four of them, as the blocks hold exactly 64 KiB or more.)
+    assert!(heap.stats().raw.bytes_cached > 3 * (64 << 10));
     // ... then the thread uses 200 KiB blocks only: refused at first, they
     // are cached once the idle 64 KiB bin has been collected.
     let new = Layout::from_size_align(200 << 10, 8).unwrap();

@@ -166,8 +166,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 
     /// Gives back to the OS everything the heap holds but does not use: the
     /// pages of every empty pool (without waiting for the purge delay), the
-    /// spare arenas, cached empty pools, the spare medium chunk and the whole
-    /// pages inside free medium blocks. Live blocks are untouched.
+    /// spare arenas, cached empty pools, the spare medium chunks and the
+    /// whole pages inside free medium blocks. Live blocks are untouched.
     ///
     /// ```
     /// let heap = pymalloc::PrivateHeap::new();
@@ -205,7 +205,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         &self.raw
     }
 
-    /// A snapshot of the heap's counters. Takes both locks briefly; does not
+    /// A snapshot of the heap's counters. Takes the heap's locks briefly,
+    /// one at a time; does not
     /// allocate.
     pub fn stats(&self) -> Stats {
         let own = self.thread_heap();
@@ -430,7 +431,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     }
 
     /// The medium allocator's shard for the calling thread: its thread
-    /// heap's, or one from its stack's address without one.
+    /// heap's, or its own thread-local one without a thread heap.
     #[inline]
     fn medium_shard(&self, th: Option<*mut ThreadHeap>) -> usize {
         th.map_or_else(RawHeap::<S, R>::thread_shard, ThreadHeap::shard)
@@ -667,7 +668,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// ([ref:arena-layout]); if the calling thread owns the pool, push the
     /// block on the pool's free list and uncount it, with plain loads and
     /// stores. A block of another thread's pool goes onto that pool's remote
-    /// list (one CAS). Other layouts take the arena map ([`Self::free_sized`]).
+    /// list (one CAS). A medium layout of the default alignment goes to the
+    /// thread's medium cache without the map either ([`Self::free_larger`]);
+    /// other layouts take the arena map ([`Self::free_sized`]).
     #[inline(always)]
     pub(crate) unsafe fn free_layout(&self, ptr: NonNull<u8>, size: usize, align: usize) {
         if class_of(size, align).is_none() {
@@ -739,8 +742,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// `align`. A medium request of the default alignment up to
     /// `MEDIUM_CACHE_MAX` is always a medium block (never small, never
     /// huge), so it goes straight to the calling thread's medium cache,
-    /// its size read from its header, without the arena map. Anything else
-    /// takes [`Self::free_sized`].
+    /// its size read from its header, without the arena map. A double free
+    /// is still caught while the block's chunk is mapped (its header says
+    /// free, or it holds the free mark); like a small block's, a pointer
+    /// the heap does not own — of another heap, or of a chunk already given
+    /// back — is undefined behaviour here, as `GlobalAlloc::dealloc` says
+    /// (`hardened` checks every pointer in the map). Anything else takes
+    /// [`Self::free_sized`].
     ///
     /// # Safety
     ///
@@ -767,16 +775,33 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                         "is already free (double free)",
                     )
                 }
-                if self.cache_medium(th, ptr, usable, size, mark) {
-                    crate::valgrind::freelike(ptr.as_ptr());
-                    return;
+                crate::valgrind::freelike(ptr.as_ptr());
+                if !self.cache_medium(th, ptr, usable, size, mark) {
+                    // Checked and refused once: straight to layer 1.
+                    self.free_uncached(ptr, size);
                 }
+                return;
             }
         }
         #[cfg(any(miri, feature = "hardened"))]
         let _ = align;
         // SAFETY: caller's contract.
         unsafe { self.free_sized_outlined(ptr, size) }
+    }
+
+    /// A medium block the thread's cache refused, to layer 1.
+    ///
+    /// # Safety
+    ///
+    /// As for `free_sized`, for a medium block already checked and
+    /// reported to memcheck as freed.
+    #[cfg(not(any(miri, feature = "hardened")))]
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_uncached(&self, ptr: NonNull<u8>, size: usize) {
+        let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
+        // SAFETY: caller's contract.
+        unsafe { self.raw.free_block(header, ptr, size) }
     }
 
     /// [`Self::free_sized`], out of line: the slow path of `free_larger`,
@@ -1041,7 +1066,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// `p` is a live block of this heap holding at least `size` bytes,
     /// whose contents nobody needs.
     unsafe fn zero_block(&self, p: NonNull<u8>, size: usize) {
-        if size >= ZERO_BY_PURGE {
+        // Elsewhere a purge does not make pages read zero.
+        if cfg!(target_os = "linux") && size >= ZERO_BY_PURGE {
             let page = crate::os::page_size();
             let start = p.as_ptr().addr();
             let (from, to) = (start.next_multiple_of(page), (start + size) & !(page - 1));

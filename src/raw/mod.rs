@@ -3,8 +3,10 @@
 //!
 //! * **Medium** requests (up to `MEDIUM_MAX` bytes, alignment up to
 //!   `MEDIUM_MAX_ALIGN`) come from a TLSF allocator ([`crate::raw::medium`]) over
-//!   `MEDIUM_CHUNK_SIZE` chunks, so they cost no system call. One wholly free
-//!   medium chunk is kept; further ones are unmapped.
+//!   `MEDIUM_CHUNK_SIZE` chunks, so they cost no system call. It is split
+//!   in `MEDIUM_SHARDS` shards, each with its own chunks and lock; a shard
+//!   keeps up to `MEDIUM_SPARE_CHUNKS` wholly free chunks while they are
+//!   reused, and unmaps the others.
 //! * **Huge** requests get a mapping of their own. The chunk header sits at
 //!   the mapping's base; the block starts at the first suitably aligned
 //!   offset after it. A freed huge mapping is kept for reuse by a later huge
@@ -333,7 +335,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     }
 
     /// Gives back to the OS what layer 1 holds but does not use: the spare
-    /// wholly free medium chunk and the cached huge mappings are unmapped,
+    /// wholly free medium chunks and the cached huge mappings are unmapped,
     /// and the whole pages inside free medium blocks are purged.
     pub fn trim(&self) {
         self.release_huge_cache(&mut self.core.lock());
@@ -619,7 +621,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         // SAFETY: caller's contract; the field is set before any block of
         // the chunk exists and never changes.
         let index = unsafe { (*header.as_ptr()).shard } as usize;
-        &self.shards[index].0
+        // In bounds whatever the header says: no panic on `dealloc`.
+        &self.shards[index % MEDIUM_SHARDS].0
     }
 
     /// Adds `delta` (wrapping) to the bytes requested by live blocks.
@@ -807,7 +810,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             let mut core = self.core.lock();
             self.purge_huge_cache(&mut core);
         }
-        if self.spares_waiting.load(Ordering::Relaxed) {
+        // Cleared first: a shard that starts keeping chunks meanwhile sets
+        // it again.
+        if self.spares_waiting.swap(false, Ordering::Relaxed) {
             let mut waiting = false;
             for slot in &self.shards {
                 // A busy shard checks for itself.
@@ -818,8 +823,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 self.release_spare_chunks(&mut shard);
                 waiting |= shard.spare_since.is_some();
             }
-            if !waiting {
-                self.spares_waiting.store(false, Ordering::Relaxed);
+            if waiting {
+                self.spares_waiting.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -1153,6 +1158,10 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         assert_eq!(
             (s.arena_chunks, s.medium_chunks, s.huge_blocks),
             (arenas, medium_chunks, huge)
+        );
+        assert!(
+            huge > 0 || s.bytes_in_use == 0,
+            "huge bytes without huge blocks"
         );
         let medium_blocks: usize = shards.iter().map(|s| s.blocks).sum();
         let medium_bytes: usize = shards.iter().map(|s| s.bytes_in_use).sum();
@@ -1492,7 +1501,7 @@ mod tests {
         assert_eq!(
             raw.stats().bytes_mapped,
             0,
-            "trim unmaps the spare medium chunk and the cached mapping"
+            "trim unmaps the spare medium chunks and the cached mapping"
         );
         raw.validate();
     }
