@@ -341,18 +341,27 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         self.release_huge_cache(&mut self.core.lock());
         for slot in &self.shards {
             let mut shard = slot.0.lock();
-            while let Some(chunk) = shard.tlsf.any_empty_chunk() {
-                // SAFETY: the chunk is wholly free and registered; nothing
-                // refers to it once taken out of the index.
-                unsafe {
-                    shard.tlsf.take_empty_chunk(chunk);
-                    self.unmap_medium_chunk(chunk.cast());
-                }
-            }
+            self.unmap_empty_chunks(&mut shard, usize::MAX);
             shard
                 .tlsf
                 .for_each_free_block(|start, end| self.purge_free_range(start, end));
             shard.spare_since = None;
+        }
+    }
+
+    /// Takes up to `most` wholly free chunks out of `shard` and unmaps
+    /// them.
+    fn unmap_empty_chunks(&self, shard: &mut MediumShard, most: usize) {
+        for _ in 0..most {
+            let Some(chunk) = shard.tlsf.any_empty_chunk() else {
+                break;
+            };
+            // SAFETY: the chunk is wholly free and registered; nothing
+            // refers to it once taken out of the index.
+            unsafe {
+                shard.tlsf.take_empty_chunk(chunk);
+                self.unmap_medium_chunk(chunk.cast());
+            }
         }
     }
 
@@ -417,17 +426,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         if now.saturating_duration_since(since) < POOL_PURGE_INTERVAL {
             return;
         }
-        for _ in 0..shard.tlsf.empty_low() {
-            let Some(chunk) = shard.tlsf.any_empty_chunk() else {
-                break;
-            };
-            // SAFETY: the chunk is wholly free and registered; nothing
-            // refers to it once taken out of the index.
-            unsafe {
-                shard.tlsf.take_empty_chunk(chunk);
-                self.unmap_medium_chunk(chunk.cast());
-            }
-        }
+        self.unmap_empty_chunks(shard, shard.tlsf.empty_low());
         shard.tlsf.reset_empty_low();
         shard.spare_since = (shard.tlsf.empty_chunks > 0).then_some(now);
     }
@@ -569,18 +568,18 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             .unwrap_or(0)
     }
 
-    /// A medium block of `size` bytes at `align` from shard `shard`
-    /// (modulo `MEDIUM_SHARDS`), counted as a request of `requested` bytes
+    /// A medium block of `size` bytes at `align` from shard `hint` (modulo
+    /// `MEDIUM_SHARDS`), counted as a request of `requested` bytes
     /// (thread caches allocate whole bins).
     pub(crate) fn alloc_medium_as(
         &self,
         requested: usize,
         size: usize,
         align: usize,
-        shard: usize,
+        hint: usize,
     ) -> Option<RawBlock> {
         debug_assert!(Self::is_medium(size, align));
-        let index = shard % MEDIUM_SHARDS;
+        let index = hint % MEDIUM_SHARDS;
         let mut shard = self.shards[index].0.lock();
         self.purge_spare_chunk(&mut shard);
         let (ptr, usable) = match shard.tlsf.allocate(size, align) {

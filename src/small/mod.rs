@@ -416,9 +416,8 @@ impl SmallHeap {
                 }
                 // SAFETY: the run's data regions are whole, page-aligned,
                 // touching `POOL_SIZE` regions of one live arena, used by no
-                // block. Whether
-                // the pages now read zero does not matter: a pool's blocks
-                // are carved (their links written) before use.
+                // block. Whether the pages now read zero does not matter: a
+                // pool's blocks are carved (their links written) before use.
                 unsafe {
                     let _ = raw.purge(NonNull::new_unchecked(start), (end - run) * Pool::SIZE);
                 }

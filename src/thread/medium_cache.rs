@@ -2,13 +2,14 @@
 //!
 //! Medium blocks (above the small threshold, up to
 //! `config::MEDIUM_CACHE_MAX`) are served by layer 1's TLSF allocator under
-//! a lock. A thread that frees one keeps it here instead, in one of 64 bins
+//! a lock. A thread that frees one keeps it here instead, in one of 88 bins
 //! (`MEDIUM_CACHE_BIN_STEPS` per doubling of size), and its next request of
 //! that bin pops it with no lock and no atomic read-modify-write. A request
 //! is rounded up to its bin's bound when it goes to layer 1, so every block
 //! of a bin serves every request of it. At most `MEDIUM_CACHE_BYTES` are
-//! kept per thread and heap (or one block, whatever its size); a bounded heap keeps none (its limit must see
-//! every free block). `trim()` and thread exit give the blocks back.
+//! kept per thread and heap (or one block, whatever its size); a bounded
+//! heap keeps none (its limit must see every free block). `trim()` and
+//! thread exit give the blocks back.
 
 use crate::config::{
     MEDIUM_CACHE_BIN_STEPS, MEDIUM_CACHE_BYTES, MEDIUM_CACHE_MAX, SMALL_REQUEST_THRESHOLD,
@@ -232,22 +233,35 @@ impl MediumCache {
     /// The caller owns `this`.
     #[cold]
     pub(crate) unsafe fn collect_idle(this: *mut Self, mut free: impl FnMut(NonNull<u8>)) -> usize {
+        // SAFETY: caller's contract.
+        unsafe {
+            let used = core::mem::replace(&mut (*this).used, [false; MEDIUM_BINS]);
+            (0..MEDIUM_BINS)
+                .filter(|&bin| !used[bin])
+                .map(|bin| Self::empty_bin(this, bin, &mut free))
+                .sum()
+        }
+    }
+
+    /// Passes every block of `bin` to `free`, uncounted; returns how many.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `this`; `bin < MEDIUM_BINS`.
+    unsafe fn empty_bin(this: *mut Self, bin: usize, free: &mut impl FnMut(NonNull<u8>)) -> usize {
         let mut freed = 0;
         // SAFETY: as for `pop`.
         unsafe {
-            let used = core::mem::replace(&mut (*this).used, [false; MEDIUM_BINS]);
-            for (bin, _) in used.iter().enumerate().filter(|(_, used)| !**used) {
-                let mut p = core::mem::replace(&mut (*this).bins[bin], null_mut());
-                while let Some(block) = NonNull::new(p) {
-                    crate::valgrind::defined(p, 2 * size_of::<usize>());
-                    crate::harden::clear_mark(p.cast::<usize>().add(MARK_WORD));
-                    let usable = p.cast::<usize>().add(1).read();
-                    p = p.cast::<*mut u8>().read();
-                    add_owned(&(*this).bytes, usable.wrapping_neg());
-                    add_owned(&(*this).blocks, usize::MAX);
-                    free(block);
-                    freed += 1;
-                }
+            let mut p = core::mem::replace(&mut (*this).bins[bin], null_mut());
+            while let Some(block) = NonNull::new(p) {
+                crate::valgrind::defined(p, 2 * size_of::<usize>());
+                crate::harden::clear_mark(p.cast::<usize>().add(MARK_WORD));
+                let usable = p.cast::<usize>().add(1).read();
+                p = p.cast::<*mut u8>().read();
+                add_owned(&(*this).bytes, usable.wrapping_neg());
+                add_owned(&(*this).blocks, usize::MAX);
+                free(block);
+                freed += 1;
             }
         }
         freed
@@ -261,19 +275,9 @@ impl MediumCache {
     ///
     /// The caller owns `this`.
     pub(crate) unsafe fn drain(this: *mut Self, mut free: impl FnMut(NonNull<u8>)) {
-        // SAFETY: as for `pop`.
-        unsafe {
-            for bin in 0..MEDIUM_BINS {
-                let mut p = core::mem::replace(&mut (*this).bins[bin], null_mut());
-                while let Some(block) = NonNull::new(p) {
-                    crate::valgrind::defined(p, 2 * size_of::<usize>());
-                    crate::harden::clear_mark(p.cast::<usize>().add(MARK_WORD));
-                    p = p.cast::<*mut u8>().read();
-                    free(block);
-                }
-            }
-            (*this).bytes.store(0, Relaxed);
-            (*this).blocks.store(0, Relaxed);
+        for bin in 0..MEDIUM_BINS {
+            // SAFETY: caller's contract.
+            unsafe { Self::empty_bin(this, bin, &mut free) };
         }
     }
 
