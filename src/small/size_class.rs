@@ -23,9 +23,8 @@ pub(crate) type SizeClass = usize;
 /// request is not small.
 #[inline]
 pub(crate) const fn class_of(size: usize, align: usize) -> Option<SizeClass> {
-    // The common case in one test: 1..=512 bytes at the default alignment.
-    if size.wrapping_sub(1) < SMALL_REQUEST_THRESHOLD && align <= ALIGNMENT {
-        return Some((size - 1) >> ALIGNMENT_SHIFT);
+    if let Some(class) = common_class_of(size, align) {
+        return Some(class);
     }
     if size > SMALL_REQUEST_THRESHOLD || align > SMALL_REQUEST_THRESHOLD {
         return None;
@@ -42,6 +41,16 @@ pub(crate) const fn class_of(size: usize, align: usize) -> Option<SizeClass> {
         return None;
     }
     Some((padded - 1) >> ALIGNMENT_SHIFT)
+}
+
+/// [`class_of`]'s common case in one test: 1..=512 bytes at the default
+/// alignment; `None` for everything else.
+#[inline(always)]
+pub(crate) const fn common_class_of(size: usize, align: usize) -> Option<SizeClass> {
+    if size.wrapping_sub(1) < SMALL_REQUEST_THRESHOLD && align <= ALIGNMENT {
+        return Some((size - 1) >> ALIGNMENT_SHIFT);
+    }
+    None
 }
 
 /// Bytes in each block of `class`.
