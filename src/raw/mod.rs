@@ -1815,16 +1815,18 @@ mod tests {
     fn cached_huge_mappings_keep_their_pages_up_to_a_resident_budget() {
         let pages = Counting::default();
         let raw = RawHeap::<&Counting>::with_source(&pages);
-        let size = 6 * CHUNK_SIZE;
+        // Two fit in HUGE_CACHE_RESIDENT, three do not.
+        let size = (HUGE_CACHE_RESIDENT * 3 / 8).next_multiple_of(CHUNK_SIZE);
+        assert!(2 * size <= HUGE_CACHE_RESIDENT && 3 * size <= HUGE_CACHE_BYTES);
         let blocks: Vec<_> = (0..3)
             .map(|_| raw.alloc_block(size, ALIGNMENT).unwrap().ptr)
             .collect();
         for (i, &b) in blocks.iter().enumerate() {
             free(&raw, b, size);
             // Cached mappings that still hold their pages stay within
-            // HUGE_CACHE_RESIDENT (16 MiB): two of 6 MiB fit, the third is
-            // purged as it is cached (or earlier ones were, if the purge
-            // delay passed meanwhile, as under Miri).
+            // HUGE_CACHE_RESIDENT: two fit, the third is purged as it is
+            // cached (or earlier ones were, if the purge delay passed
+            // meanwhile, as under Miri).
             let core = raw.core.lock();
             let resident: usize = core.huge_cache[..core.huge_cached]
                 .iter()
