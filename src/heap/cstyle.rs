@@ -12,11 +12,12 @@
 use crate::config::ALIGNMENT;
 use crate::heap::PrivateHeap;
 use crate::os::PageSource;
-use crate::raw::chunk::ChunkKind;
+use crate::raw::chunk::{ChunkHeader, ChunkKind};
 use crate::small::arena::Arena;
 use crate::small::pool::Pool;
 use crate::small::size_class::{block_size, class_of};
 use crate::thread::ThreadHeap;
+use crate::thread::medium_cache::medium_bin;
 use crate::trace::hook as trace;
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -109,8 +110,29 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         self.malloc_large(n, align, zeroed)
     }
 
+    /// A request larger than small. Out of line: inlined, its medium
+    /// path would cost the small one registers.
     #[inline(never)]
     fn malloc_large(&self, n: usize, align: usize, zeroed: bool) -> *mut u8 {
+        // A medium request asks for its bin's bound, as a small one for
+        // its block: the thread's medium cache serves it at once, and the
+        // block (which then holds exactly the bound, as a rule) frees
+        // through the sized fast path too.
+        if align <= ALIGNMENT
+            && !zeroed
+            && let Some((_, bound)) = medium_bin(n)
+        {
+            let Some(p) = self.alloc_fast(bound, ALIGNMENT) else {
+                return core::ptr::null_mut();
+            };
+            // SAFETY: a medium block just allocated (`bound` is medium at
+            // the default alignment), with its chunk's provenance.
+            let usable = unsafe { crate::raw::medium::usable_size(p) };
+            if usable != bound {
+                self.count_extra_medium(usable - bound);
+            }
+            return p.as_ptr();
+        }
         if n > isize::MAX as usize {
             return core::ptr::null_mut();
         }
@@ -196,8 +218,32 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                     let pool = Arena::pool_of(header.as_ptr().cast(), p.as_ptr());
                     self.free_small(pool, p, block_size(Pool::class(pool)));
                 } else {
-                    self.free_in_chunk(header, p, Self::block_usable(header, p));
+                    self.free_larger_sizeless(header, p);
                 }
+            }
+        }
+    }
+
+    /// [`Self::free`] of a medium or huge block. A medium block is freed as
+    /// a sized free of its whole usable size, through the medium fast path
+    /// (which, but under Miri and `hardened`, does not look the map up
+    /// again; a block of an aligned request may hold a small size, which
+    /// that path sends to the map too). Out of line: the small path keeps
+    /// its registers.
+    ///
+    /// # Safety
+    ///
+    /// As for `free`, with `header` the (medium or huge) chunk of `p`, and
+    /// `p` carrying its provenance.
+    #[inline(never)]
+    unsafe fn free_larger_sizeless(&self, header: NonNull<ChunkHeader>, p: NonNull<u8>) {
+        // SAFETY: caller's contract; a medium block's usable size is what
+        // it was counted with.
+        unsafe {
+            if (*header.as_ptr()).kind == ChunkKind::Medium {
+                self.free_larger(p, crate::raw::medium::usable_size(p), ALIGNMENT);
+            } else {
+                self.free_in_chunk(header, p, Self::block_usable(header, p));
             }
         }
     }
@@ -219,13 +265,60 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         if unsafe { (*header.as_ptr()).kind } == ChunkKind::Arena {
             self.account(extra);
         } else {
-            let th = self.thread_heap();
-            if th.is_null() {
-                self.raw().add_requested(extra);
-            } else {
-                // SAFETY: the calling thread owns `th`.
-                unsafe { ThreadHeap::add_medium_requested(th, extra) };
+            self.count_extra_medium(extra);
+        }
+    }
+
+    /// Counts `extra` more bytes requested in medium or huge blocks: a
+    /// size-less block counts its whole usable size.
+    #[cold]
+    #[inline(never)]
+    fn count_extra_medium(&self, extra: usize) {
+        let th = self.thread_heap();
+        if th.is_null() {
+            self.raw().add_requested(extra);
+        } else {
+            // SAFETY: the calling thread owns `th`.
+            unsafe { ThreadHeap::add_medium_requested(th, extra) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::PrivateHeap;
+
+    /// Size-less medium blocks take the thread's medium cache both ways
+    /// (a freed block serves the next request of its bin), and count
+    /// exactly what they hold.
+    #[test]
+    fn medium_blocks_round_trip_through_the_thread_cache() {
+        let heap = PrivateHeap::new();
+        for n in [513, 1000, 4096, 5000, 65_536] {
+            let p = heap.malloc(n);
+            assert!(!p.is_null());
+            // SAFETY: `p` is a live block of `heap` of at least `n` bytes,
+            // freed once; so is `q`.
+            unsafe {
+                let usable = heap.usable_size(core::ptr::NonNull::new(p).unwrap());
+                assert!(usable >= n);
+                p.write_bytes(0xa5, usable);
+                assert_eq!(heap.stats().bytes_requested, usable, "a whole block counts");
+                heap.free(p);
+                assert!(heap.stats().raw.bytes_cached >= usable, "cached, {n} bytes");
+                let q = heap.malloc(n);
+                assert_eq!(q, p, "the cached block serves its bin again");
+                heap.free(q);
             }
         }
+        // An aligned request of a small size is a medium block with a
+        // small usable size: freed through the map.
+        let a = heap.malloc_aligned(4096, 100);
+        // SAFETY: a live block of `heap`, freed once.
+        unsafe { heap.free(a) };
+        assert_eq!(heap.stats().bytes_requested, 0);
+        heap.trim();
+        assert_eq!(heap.stats().bytes_in_use, 0);
+        heap.validate();
     }
 }

@@ -763,7 +763,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     ///
     /// As for [`Self::free_layout`].
     #[inline(always)]
-    unsafe fn free_larger(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+    pub(crate) unsafe fn free_larger(&self, ptr: NonNull<u8>, size: usize, align: usize) {
         // Under Miri and `hardened`, every pointer is checked in the map.
         #[cfg(not(any(miri, feature = "hardened")))]
         if align <= ALIGNMENT
