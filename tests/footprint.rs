@@ -6,6 +6,8 @@ use allocator_api2::vec::Vec;
 use core::alloc::Layout;
 use pymalloc::PrivateHeap;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// The tests run one at a time, so that RSS readings see only their own.
 static RSS_LOCK: Mutex<()> = Mutex::new(());
@@ -311,14 +313,20 @@ fn spare_medium_chunks_stay_while_reused_and_go_once_unused() {
     let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // Layer 1 alone: a `PrivateHeap`'s per-thread medium cache would serve
     // the churn below without reaching it. One thread: one shard.
-    let heap = pymalloc::RawHeap::new();
+    let pages = CountingPages::default();
+    let heap = pymalloc::RawHeap::<&CountingPages>::with_source(&pages);
     let chunk = pymalloc::config::MEDIUM_CHUNK_SIZE;
     let big = Layout::from_size_align(200_000, 8).unwrap();
     let medium = Layout::from_size_align(2000, 8).unwrap();
-    // About three chunks' worth of blocks, built and dropped five times
-    // within an interval: the chunks are kept and reused, never remapped.
+    // A block that stays: its chunk is never wholly free, and serves the
+    // small probes at the end.
+    let anchor = heap.allocate(big).unwrap();
+    // As many chunks' worth of blocks as a shard keeps, built and dropped
+    // five times within an interval: the chunks are kept and reused, never
+    // unmapped and mapped again.
+    let spares = pymalloc::config::MEDIUM_SPARE_CHUNKS;
     let build = || -> std::vec::Vec<_> {
-        (0..3 * chunk / 200_000)
+        (0..spares * chunk / 200_000)
             .map(|_| {
                 let p = heap.allocate(big).unwrap();
                 // SAFETY: a live block of 200_000 bytes.
@@ -335,18 +343,21 @@ fn spare_medium_chunks_stay_while_reused_and_go_once_unused() {
     };
     drop_all(build());
     let chunks = heap.stats().medium_chunks;
-    assert!((3..=4).contains(&chunks), "{chunks} chunks");
+    assert!((2..=spares + 1).contains(&chunks), "{chunks} chunks");
     let started = std::time::Instant::now();
+    let maps = pages.maps.load(Relaxed);
     for _ in 0..5 {
         drop_all(build());
-        assert_eq!(heap.stats().medium_chunks, chunks, "chunks remapped");
     }
     // (Only checkable if this thread was not descheduled meanwhile.)
     if started.elapsed() < pymalloc::config::POOL_PURGE_INTERVAL {
+        assert_eq!(pages.maps.load(Relaxed), maps, "chunks mapped again");
         assert_eq!(heap.stats().medium_chunks, chunks, "released while reused");
     }
-    // Unused for two whole intervals, they go back: the clock is checked
-    // every few dozen medium calls.
+    // Unused for two whole intervals, the spares go back: the clock is
+    // checked every few dozen medium calls (served by the anchor's chunk,
+    // the best fit).
+    let unmaps = pages.unmaps.load(Relaxed);
     for _ in 0..2 {
         std::thread::sleep(pymalloc::config::POOL_PURGE_INTERVAL);
         for _ in 0..200 {
@@ -356,9 +367,36 @@ fn spare_medium_chunks_stay_while_reused_and_go_once_unused() {
         }
     }
     let s = heap.stats();
-    assert!(s.medium_chunks <= 1, "{s:?}");
+    assert_eq!(pages.unmaps.load(Relaxed), unmaps + chunks - 1, "{s:?}");
+    assert_eq!(s.medium_chunks, 1, "{s:?}");
     assert!(s.bytes_mapped <= chunk, "{s:?}");
+    // SAFETY: allocated with `big`, freed once.
+    unsafe { heap.deallocate(anchor, big) };
     heap.validate();
+}
+
+/// The OS's pages, counting the chunks mapped and unmapped.
+#[derive(Default)]
+struct CountingPages {
+    maps: AtomicUsize,
+    unmaps: AtomicUsize,
+}
+
+// SAFETY: forwards every call to `OsPages`, which upholds the contract.
+unsafe impl pymalloc::PageSource for &CountingPages {
+    fn map(&self, size: usize, align: usize) -> Option<core::ptr::NonNull<u8>> {
+        self.maps.fetch_add(1, Relaxed);
+        pymalloc::OsPages.map(size, align)
+    }
+    unsafe fn unmap(&self, ptr: core::ptr::NonNull<u8>, size: usize, align: usize) {
+        self.unmaps.fetch_add(1, Relaxed);
+        // SAFETY: forwarded contract.
+        unsafe { pymalloc::OsPages.unmap(ptr, size, align) }
+    }
+    unsafe fn purge(&self, ptr: core::ptr::NonNull<u8>, size: usize) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { pymalloc::OsPages.purge(ptr, size) }
+    }
 }
 
 #[test]

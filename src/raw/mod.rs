@@ -1543,13 +1543,15 @@ mod tests {
 
     #[test]
     fn a_bounded_heap_gives_back_spare_medium_chunks_before_it_fails() {
+        let spares = MEDIUM_SPARE_CHUNKS;
+        assert!(spares >= 1);
         let raw = RawHeap::<OsPages, SpinLock>::with_source_and_limit(
             OsPages,
-            2 * MEDIUM_CHUNK_SIZE + 2 * CHUNK_SIZE,
+            (spares + 1) * MEDIUM_CHUNK_SIZE + 2 * CHUNK_SIZE,
         );
         let size = MEDIUM_MAX;
-        let fill = |shard: usize| -> Vec<_> {
-            (0..2 * (MEDIUM_CHUNK_SIZE / size - 1))
+        let fill = |shard: usize, chunks: usize| -> Vec<_> {
+            (0..chunks * (MEDIUM_CHUNK_SIZE / size - 1))
                 .map(|_| raw.alloc_block_in(size, ALIGNMENT, shard).unwrap().ptr)
                 .collect()
         };
@@ -1560,13 +1562,15 @@ mod tests {
                 unsafe { raw.free_block(header, p, size) };
             }
         };
-        // Shard 0 fills two chunks and frees them: both stay as spares.
-        free(fill(0));
-        assert_eq!(raw.stats().medium_chunks, 2);
-        // Shard 1 needs two chunks: shard 0's spares go first.
-        let b = fill(1);
+        // Shard 0 fills as many chunks as it keeps and frees them: all
+        // stay as spares.
+        free(fill(0, spares));
+        assert_eq!(raw.stats().medium_chunks, spares);
+        // Shard 1 needs one more chunk than that: shard 0's spares go
+        // first.
+        let b = fill(1, spares + 1);
         let s = raw.stats();
-        assert_eq!(s.medium_chunks, 2, "{s:?}");
+        assert_eq!(s.medium_chunks, spares + 1, "{s:?}");
         assert!(s.bytes_mapped <= raw.limit());
         raw.validate();
         free(b);
