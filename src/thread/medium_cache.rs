@@ -199,11 +199,11 @@ impl MediumCache {
     /// [`Self::push`] into the bin of the request size `size`, the fast
     /// path's: `false` also if the block does not hold exactly that bin's
     /// bound (layer 1 gave it more, or it was resized in place or
-    /// allocated aligned). Nothing the cache writes waits for the header
-    /// load that gave `usable`: the bin comes from `size`, the bytes from
-    /// the bound. Taken from the header, they put that load on the path
-    /// from one pair to the next: a 4 KiB pair took 7.2 ns instead of 4.4
-    /// (`workloads pairs 4096 50000000`, best of 5).
+    /// allocated aligned). The bin comes from `size`, not from the header
+    /// load that gave `usable`, so the address of the bin's store does not
+    /// wait for that load: with the bin taken from the header, a 4 KiB
+    /// pair took 7.2 ns instead of 4.4 (`workloads pairs 4096 50000000`,
+    /// best of 5).
     ///
     /// # Safety
     ///
@@ -218,9 +218,6 @@ impl MediumCache {
         mark: usize,
     ) -> bool {
         match medium_bin(size) {
-            // The bound, not `usable`, is what the cache writes (the same
-            // number): stores whose data waits for the header load cost a
-            // 4 KiB pair 1.7 ns more.
             // SAFETY: caller's contract; `bin`'s bound is `usable`.
             Some((bin, bound)) if usable == bound => unsafe {
                 Self::push_in(this, bin, ptr, bound, size, mark)
