@@ -755,9 +755,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// (`hardened` checks every pointer in the map). Anything else takes
     /// [`Self::free_sized`].
     ///
-    /// Inline, with every other path one tail call: a call of its own, and
-    /// the registers it saved for its slow paths, cost a 4 KiB pair a fifth
-    /// of its instructions.
+    /// Inline, with every other path one out-of-line call: a call of its
+    /// own, and the registers it saved for its slow paths, cost a 4 KiB
+    /// pair a fifth of its instructions.
     ///
     /// # Safety
     ///
