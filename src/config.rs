@@ -81,8 +81,9 @@ pub const HUGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// holding tens of MiB more than it uses at its peak. 32 MiB: eight
 /// vectors growing side by side to 4 MiB each (`vec_growth_8x`) refill
 /// what the last round freed without faulting it in again (16 MiB took
-/// 3.2x the page faults and 1.2x the time), with the same peak RSS, since
-/// the cache empties as the vectors grow.
+/// 3.2x the page faults and 1.2x the time, by `/usr/bin/time` on
+/// `workloads time =vec_growth_8x` with each value), with the same peak
+/// RSS, since the cache empties as the vectors grow.
 pub const HUGE_CACHE_RESIDENT: usize = 32 * 1024 * 1024;
 /// Empty pools a thread heap keeps for reuse without the heap's lock, and
 /// takes from the arenas at once when it needs a pool: threads that fill
@@ -104,7 +105,8 @@ pub const MEDIUM_SHARDS: usize = 4;
 /// `POOL_PURGE_INTERVAL` a shard unmaps as many as stayed unused over the
 /// whole interval; past this many, a chunk is unmapped as soon as it
 /// empties. One: with four, the growth of eight vectors side by side
-/// (`vec_growth_8x`) peaked 3 MiB higher (31 against 28 MiB) for no
+/// (`vec_growth_8x`) peaked 3 MiB higher (31 against 28 MiB maxrss, by
+/// `/usr/bin/time` as for `HUGE_CACHE_RESIDENT`) for no
 /// measurable speed there or in `json_2t` (171 against 173 ms, medians of
 /// 9 interleaved runs); with none, every chunk the growth empties is
 /// mapped and faulted in again (3.2x the page faults, 1.2x the time).

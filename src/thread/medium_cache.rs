@@ -199,11 +199,11 @@ impl MediumCache {
     /// [`Self::push`] into the bin of the request size `size`, the fast
     /// path's: `false` also if the block does not hold exactly that bin's
     /// bound (layer 1 gave it more, or it was resized in place or
-    /// allocated aligned). The bin comes from `size`, not from the header
-    /// load that gave `usable`, so the address of the bin's store does not
-    /// wait for that load: with the bin taken from the header, a 4 KiB
-    /// pair took 7.2 ns instead of 4.4 (`workloads pairs 4096 50000000`,
-    /// best of 5).
+    /// allocated aligned). The bin and the bytes counted come from `size`,
+    /// so the bin's store need not wait for the header load that gave
+    /// `usable`. With both taken from the header, a 4 KiB pair measured
+    /// 7.2 ns against 4.4 (`workloads pairs 4096 50000000`, best of 5),
+    /// though timings of paths this short also move with code placement.
     ///
     /// # Safety
     ///
