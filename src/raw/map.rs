@@ -62,17 +62,13 @@ impl ArenaMap {
         Some((key >> LEAF_BITS, key & (LEAF_LEN - 1)))
     }
 
-    /// The slot for `addr`, creating its leaf if `create`.
+    /// The slot for `addr`, if its leaf exists.
     #[inline]
-    fn slot(&self, addr: usize, create: bool) -> Option<&AtomicPtr<ChunkHeader>> {
+    fn slot(&self, addr: usize) -> Option<&AtomicPtr<ChunkHeader>> {
         let (hi, lo) = Self::split(addr)?;
-        let root = &self.root[hi];
-        let mut leaf = root.load(Ordering::Acquire);
+        let leaf = self.root[hi].load(Ordering::Acquire);
         if leaf.is_null() {
-            if !create {
-                return None;
-            }
-            leaf = Self::new_leaf(root)?;
+            return None;
         }
         // SAFETY: non-null leaves are live for the rest of the process: they
         // are created zeroed (all slots null) and never freed.
@@ -109,11 +105,9 @@ impl ArenaMap {
         if !self.prepare(base, size) {
             return false;
         }
-        for i in 0..Self::slot_count(size) {
-            if let Some(s) = self.slot(base + (i << CHUNK_SHIFT), false) {
-                s.store(header.as_ptr(), Ordering::Release);
-            }
-        }
+        self.for_each_slot(base, Self::slot_count(size), false, |s| {
+            s.store(header.as_ptr(), Ordering::Release)
+        });
         true
     }
 
@@ -121,7 +115,7 @@ impl ArenaMap {
     /// that registering that range cannot fail afterwards), changing no
     /// slot. `false` if the range is not mappable.
     pub(crate) fn prepare(&self, base: usize, size: usize) -> bool {
-        (0..Self::slot_count(size)).all(|i| self.slot(base + (i << CHUNK_SHIFT), true).is_some())
+        self.for_each_slot(base, Self::slot_count(size), true, |_| {})
     }
 
     /// Clears the slots of a chunk `base..base + size` that `register`
@@ -131,11 +125,48 @@ impl ArenaMap {
     }
 
     fn unregister_slots(&self, base: usize, slots: usize) {
-        for i in 0..slots {
-            if let Some(s) = self.slot(base + (i << CHUNK_SHIFT), false) {
-                s.store(null_mut(), Ordering::Release);
+        self.for_each_slot(base, slots, false, |s| {
+            s.store(null_mut(), Ordering::Release)
+        });
+    }
+
+    /// Calls `f` on the `slots` consecutive slots from `base`'s, a leaf at
+    /// a time (one root load per leaf, not per slot: a 4 MiB block has
+    /// five slots, registered and cleared on every huge alloc and free).
+    /// A missing leaf is created if `create`, else its slots are skipped;
+    /// `false` if some slot could not be reached (past the address space,
+    /// or a leaf missing or not created).
+    fn for_each_slot(
+        &self,
+        base: usize,
+        slots: usize,
+        create: bool,
+        mut f: impl FnMut(&AtomicPtr<ChunkHeader>),
+    ) -> bool {
+        let Some((mut hi, mut lo)) = Self::split(base) else {
+            return false;
+        };
+        let (mut left, mut all) = (slots, true);
+        while left > 0 {
+            let Some(root) = self.root.get(hi) else {
+                return false;
+            };
+            let take = left.min(LEAF_LEN - lo);
+            let mut leaf = root.load(Ordering::Acquire);
+            if leaf.is_null() && create {
+                leaf = Self::new_leaf(root).unwrap_or(null_mut());
             }
+            if leaf.is_null() {
+                all = false;
+            } else {
+                // SAFETY: a published leaf is never freed; `lo + take` is
+                // at most `LEAF_LEN`.
+                unsafe { (&(*leaf))[lo..lo + take].iter().for_each(&mut f) };
+            }
+            left -= take;
+            (hi, lo) = (hi + 1, 0);
         }
+        all
     }
 
     fn slot_count(size: usize) -> usize {
@@ -145,7 +176,7 @@ impl ArenaMap {
     /// The header of the live chunk whose mapping contains `addr`, if any.
     #[inline]
     pub(crate) fn lookup(&self, addr: usize) -> Option<NonNull<ChunkHeader>> {
-        let header = NonNull::new(self.slot(addr, false)?.load(Ordering::Acquire))?;
+        let header = NonNull::new(self.slot(addr)?.load(Ordering::Acquire))?;
         // SAFETY: a non-null slot points at the header of a live chunk (map
         // invariant); its size is immutable while the chunk is registered.
         // Only that field is read: a `&ChunkHeader` would also read the

@@ -34,7 +34,7 @@ use crate::config::{
     POOL_PURGE_INTERVAL, PURGE_DELAY,
 };
 use crate::lock::{ForkSafe, SpinLock};
-use crate::os::{OsPages, PageSource, checked_align_up, page_size};
+use crate::os::{OsPages, PageSource, Stamp, checked_align_up, page_size};
 use crate::raw::chunk::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkKind};
 use crate::raw::map::ARENA_MAP;
 use core::alloc::Layout;
@@ -94,7 +94,7 @@ struct CachedMapping {
     size: usize,
     align: usize,
     /// When it was freed; `None` once its pages were purged.
-    freed: Option<std::time::Instant>,
+    freed: Option<Stamp>,
     /// Its pages read zero (purged by a source that says so).
     zeroed: bool,
 }
@@ -119,7 +119,7 @@ pub(crate) struct MediumShard {
     tlsf: Tlsf,
     /// While the shard keeps wholly free chunks: when the current interval
     /// of the TLSF's low water of them began (`None`: it keeps none).
-    spare_since: Option<std::time::Instant>,
+    spare_since: Option<Stamp>,
     /// Medium operations so far (wrapping); the clock is read on every
     /// `PURGE_CHECK_INTERVAL`-th only.
     ops: u32,
@@ -422,8 +422,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         let Some(since) = shard.spare_since else {
             return;
         };
-        let now = std::time::Instant::now();
-        if now.saturating_duration_since(since) < POOL_PURGE_INTERVAL {
+        let now = Stamp::now();
+        if now.since(since) < POOL_PURGE_INTERVAL {
             return;
         }
         self.unmap_empty_chunks(shard, shard.tlsf.empty_low());
@@ -644,8 +644,12 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
         let chunk_align = align.max(CHUNK_SIZE);
         let mut core = self.core.lock();
+        // Taken before the purge: a mapping due to be purged is better
+        // reused with its pages, and a pair that reuses the one mapping it
+        // freed leaves none waiting, so the purge reads no clock.
+        let cached = self.take_cached_huge(&mut core, map_size, chunk_align);
         self.purge_huge_cache(&mut core);
-        let (header, zeroed) = match self.take_cached_huge(&mut core, map_size, chunk_align) {
+        let (header, zeroed) = match cached {
             Some(found) => found,
             None => (
                 self.map_chunk(&mut core, ChunkKind::Huge, map_size, chunk_align)?,
@@ -745,7 +749,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             base: base.as_ptr(),
             size,
             align,
-            freed: Some(std::time::Instant::now()),
+            freed: Some(Stamp::now()),
             zeroed: false,
         };
         if size > HUGE_CACHE_BYTES {
@@ -785,10 +789,10 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             self.huge_waiting.store(false, Ordering::Relaxed);
             return;
         }
-        let now = std::time::Instant::now();
+        let now = Stamp::now();
         for c in &mut core.huge_cache[..n] {
             if let Some(freed) = c.freed
-                && now.saturating_duration_since(freed) >= PURGE_DELAY
+                && now.since(freed) >= PURGE_DELAY
             {
                 // SAFETY: the whole of a cached mapping of this source
                 // (page-aligned at both ends), whose contents nobody needs.
@@ -861,7 +865,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                     }
                 } else if shard.spare_since.is_none() {
                     // The first chunk kept: an interval starts.
-                    shard.spare_since = Some(std::time::Instant::now());
+                    shard.spare_since = Some(Stamp::now());
                     shard.tlsf.reset_empty_low();
                     self.spares_waiting.store(true, Ordering::Relaxed);
                 }
@@ -884,8 +888,11 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                     ((*header.as_ptr()).size, (*header.as_ptr()).align)
                 };
                 ARENA_MAP.unregister(header.as_ptr().addr(), size);
-                self.cache_huge(&mut core, header.cast(), size, align);
+                // Purged before this mapping joins the cache: a pair that
+                // takes it again leaves no other waiting, so only
+                // `cache_huge` reads the clock.
                 self.purge_huge_cache(&mut core);
+                self.cache_huge(&mut core, header.cast(), size, align);
             }
             // Medium blocks were freed above.
             ChunkKind::Arena | ChunkKind::Medium => {
@@ -1791,7 +1798,8 @@ mod tests {
         unsafe { a.as_ptr().write_bytes(0xAB, size) };
         free(&raw, a, size);
         assert_eq!(pages.counts()[2], 0, "not purged at once");
-        std::thread::sleep(PURGE_DELAY * 2);
+        // The purge clock lags by up to a tick (`Stamp`; 10 ms at most).
+        std::thread::sleep(PURGE_DELAY * 3);
         // The next huge operation purges it (without taking it: too small).
         let big = raw.alloc_block(4 * size, ALIGNMENT).unwrap().ptr;
         assert_eq!(pages.counts()[2], 1, "purged once the delay passed");
