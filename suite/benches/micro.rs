@@ -95,7 +95,19 @@ fn config<'a>(
 
 fn micro(c: &mut Criterion) {
     let mut g = config(c, "alloc_free_pair");
-    for size in [16usize, 32, 64, 128, 256, 512, 1024, 4096, 65536, 1 << 20] {
+    for size in [
+        16usize,
+        32,
+        64,
+        128,
+        256,
+        512,
+        1024,
+        4096,
+        65536,
+        1 << 20,
+        1 << 22,
+    ] {
         let layout = Layout::from_size_align(size, 8).unwrap();
         g.throughput(Throughput::Elements(1));
         each_allocator!(g, size, |a| pair(a, layout));

@@ -471,16 +471,18 @@ pub fn pairs(size: usize, count: usize) {
     }
 }
 
-/// Alloc+free pairs of one size, timed as a workload.
+/// Alloc+free pairs of one size, timed as a workload: 2 million, or 200,000
+/// from 1 MiB up (where some allocators map and unmap each block, 4 µs a
+/// pair).
 fn pair_workload(size: usize) -> u64 {
-    pairs(size, 2_000_000);
+    pairs(size, if size < 1 << 20 { 2_000_000 } else { 200_000 });
     size as u64
 }
 
 /// The micro workloads, also run per process so that allocators that cannot
 /// share one binary (mimalloc's v2 and v3 lines) are compared too.
 pub fn micro() -> Vec<(String, Box<dyn Fn() -> u64>)> {
-    [16usize, 64, 256, 512, 4096, 65536]
+    [16usize, 64, 256, 512, 4096, 65536, 1 << 20, 1 << 22]
         .into_iter()
         .map(|s| {
             (
