@@ -9,6 +9,12 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 
+/// A purge interval and the lag of the clock that times spare chunks (a
+/// coarse one: up to a scheduler tick, 10 ms at most, behind).
+const INTERVAL_AND_TICK: std::time::Duration = pymalloc::config::POOL_PURGE_INTERVAL
+    .checked_add(std::time::Duration::from_millis(10))
+    .unwrap();
+
 /// The tests run one at a time, so that RSS readings see only their own.
 static RSS_LOCK: Mutex<()> = Mutex::new(());
 
@@ -70,7 +76,7 @@ fn a_peak_of_small_and_medium_blocks_goes_back_to_the_os() {
     // transitions (a new size class each) give them back.
     let mut probes = std::vec::Vec::new();
     for round in 0..2 {
-        std::thread::sleep(pymalloc::config::POOL_PURGE_INTERVAL);
+        std::thread::sleep(INTERVAL_AND_TICK);
         for k in 0..3 {
             let mut probe = Vec::with_capacity_in(200 + 48 * (3 * round + k), &heap);
             probe.push(1u8);
@@ -359,7 +365,7 @@ fn spare_medium_chunks_stay_while_reused_and_go_once_unused() {
     // the best fit).
     let unmaps = pages.unmaps.load(Relaxed);
     for _ in 0..2 {
-        std::thread::sleep(pymalloc::config::POOL_PURGE_INTERVAL);
+        std::thread::sleep(INTERVAL_AND_TICK);
         for _ in 0..200 {
             let p = heap.allocate(medium).unwrap();
             // SAFETY: live block with this layout.

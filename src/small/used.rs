@@ -113,20 +113,35 @@ impl UsedPools {
     pub(crate) unsafe fn free_block(&mut self, pool: *mut Pool, ptr: NonNull<u8>) -> Freed {
         // SAFETY: caller's contract.
         unsafe {
-            if Pool::put(pool, ptr) {
-                // Inline, the case of a class with one pool whose last
-                // block comes back: it stays cached (an alloc/free pair
-                // must not cost a call).
-                if Pool::in_use_raw(pool) == 0
-                    && *self.heads.get_unchecked(Pool::class(pool)) == pool
-                    && (*pool).next.is_null()
-                {
-                    return Freed::Kept;
-                }
-                return self.free_block_slow(pool);
+            if self.put_block(pool, ptr) {
+                Freed::Kept
+            } else {
+                self.free_block_slow(pool)
             }
         }
-        Freed::Kept
+    }
+
+    /// The inline part of [`Self::free_block`]: puts `ptr` back into
+    /// `pool`; `true` if the pool stays as it was, else the caller follows
+    /// with [`Self::free_block_slow`]. Split so that a caller's fast path
+    /// ends in one out-of-line call with nothing live after it, and saves
+    /// no registers for it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::free_block`].
+    #[inline(always)]
+    pub(crate) unsafe fn put_block(&mut self, pool: *mut Pool, ptr: NonNull<u8>) -> bool {
+        // SAFETY: caller's contract.
+        unsafe {
+            // Inline, the case of a class with one pool whose last block
+            // comes back: it stays cached (an alloc/free pair must not
+            // cost a call).
+            !Pool::put(pool, ptr)
+                || (Pool::in_use_raw(pool) == 0
+                    && *self.heads.get_unchecked(Pool::class(pool)) == pool
+                    && (*pool).next.is_null())
+        }
     }
 
     /// `pool` was full (back on the table) or became empty (off the table
@@ -138,7 +153,7 @@ impl UsedPools {
     /// block was just put back.
     #[cold]
     #[inline(never)]
-    unsafe fn free_block_slow(&mut self, pool: *mut Pool) -> Freed {
+    pub(crate) unsafe fn free_block_slow(&mut self, pool: *mut Pool) -> Freed {
         // SAFETY: caller's contract.
         unsafe {
             let class = Pool::class(pool);

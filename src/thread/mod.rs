@@ -195,7 +195,9 @@ impl ThreadHeap {
     }
 
     /// Returns block `ptr` (requested with `size` bytes) to `pool`, which
-    /// `th` owns, counted.
+    /// `th` owns, counted: `true` if the pool stays as it was, else the
+    /// caller follows with [`Self::pool_changed`] (see
+    /// `UsedPools::put_block`).
     ///
     /// # Safety
     ///
@@ -207,12 +209,25 @@ impl ThreadHeap {
         pool: *mut Pool,
         ptr: NonNull<u8>,
         size: usize,
-    ) -> Freed {
+    ) -> bool {
         // SAFETY: caller's contract.
         unsafe {
             add_owned(&(*th).requested, size.wrapping_neg());
-            (*th).used.free_block(pool, ptr)
+            (*th).used.put_block(pool, ptr)
         }
+    }
+
+    /// After [`Self::free_local`] returned `false`: `pool` was full and is
+    /// back on `th`'s table, or became empty and left it.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread owns `th`, which owns `pool`, whose block was
+    /// just put back.
+    #[inline(always)]
+    pub(crate) unsafe fn pool_changed(th: *mut ThreadHeap, pool: *mut Pool) -> Freed {
+        // SAFETY: caller's contract.
+        unsafe { (*th).used.free_block_slow(pool) }
     }
 
     /// Puts `pool`, fresh from its arena for `th`, on `th`'s table.
