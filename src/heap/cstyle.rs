@@ -120,9 +120,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // through the sized fast path too.
         if align <= ALIGNMENT
             && !zeroed
-            && let Some((_, bound)) = medium_bin(n)
+            && let Some((bin, bound)) = medium_bin(n)
         {
-            let Some(p) = self.alloc_fast(bound, ALIGNMENT) else {
+            let Some(p) = self.alloc_medium_fast(bin, bound) else {
                 return core::ptr::null_mut();
             };
             // SAFETY: a medium block just allocated (`bound` is medium at

@@ -355,14 +355,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         let class = if let Some(class) = common_class_of(size, align) {
             Some(class)
         } else if align <= ALIGNMENT && size > SMALL_REQUEST_THRESHOLD {
-            if let Some((bin, _)) = medium_bin(size)
-                && let Some(th) = local::cached(self.raw.id())
-                // SAFETY: the calling thread owns `th`; `bin` is `size`'s.
-                && let Some(block) = unsafe { MediumCache::pop(ThreadHeap::medium(th), bin, size) }
-            {
-                #[cfg(feature = "valgrind")]
-                crate::valgrind::malloclike(block.as_ptr(), size, false);
-                return Some(block);
+            if let Some((bin, _)) = medium_bin(size) {
+                return self.alloc_medium_fast(bin, size);
             }
             None
         } else {
@@ -378,6 +372,23 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             return Some(block);
         }
         self.alloc_outlined(size, align)
+    }
+
+    /// The medium branch of [`Self::alloc_fast`]: `size` bytes (of bin
+    /// `bin`, at the default alignment) from the calling thread's medium
+    /// cache, inline; else one call.
+    #[inline(always)]
+    pub(crate) fn alloc_medium_fast(&self, bin: usize, size: usize) -> Option<NonNull<u8>> {
+        debug_assert_eq!(medium_bin(size).map(|(b, _)| b), Some(bin));
+        if let Some(th) = local::cached(self.raw.id())
+            // SAFETY: the calling thread owns `th`; `bin` is `size`'s.
+            && let Some(block) = unsafe { MediumCache::pop(ThreadHeap::medium(th), bin, size) }
+        {
+            #[cfg(feature = "valgrind")]
+            crate::valgrind::malloclike(block.as_ptr(), size, false);
+            return Some(block);
+        }
+        self.alloc_outlined(size, ALIGNMENT)
     }
 
     /// Everything `alloc_fast` does not inline.
