@@ -709,7 +709,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// other layouts take the arena map ([`Self::free_sized`]).
     #[inline(always)]
     pub(crate) unsafe fn free_layout(&self, ptr: NonNull<u8>, size: usize, align: usize) {
-        if class_of(size, align).is_none() {
+        // A medium layout is told from a small one in one test after the
+        // common one, as in `alloc_fast` (`class_of`'s own order costs a
+        // medium free 7 instructions more).
+        if common_class_of(size, align).is_none()
+            && ((align <= ALIGNMENT && size > SMALL_REQUEST_THRESHOLD)
+                || class_of(size, align).is_none())
+        {
             // SAFETY: caller's contract.
             return unsafe { self.free_larger(ptr, size, align) };
         }
