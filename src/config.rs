@@ -42,7 +42,11 @@ pub const MEDIUM_CHUNK_SIZE: usize = 4 * CHUNK_SIZE;
 pub const MEDIUM_MAX: usize = 1024 * 1024;
 /// How long a pool stays empty before its pages are given back to the OS
 /// (`madvise(MADV_DONTNEED)`): long enough that churn at a steady size reuses
-/// pools without a system call, short enough that RSS follows frees.
+/// pools without a system call, short enough that RSS follows frees. Also
+/// how long a cached huge mapping keeps its pages; that delay, and the
+/// spare medium chunks' `POOL_PURGE_INTERVAL`, are timed on a coarse clock
+/// (the last scheduler tick, read without the timestamp counter), so they
+/// may end up to a tick (1–10 ms) early or late.
 pub const PURGE_DELAY: core::time::Duration = core::time::Duration::from_millis(10);
 /// How often empty pools are purged, at most, and the window that decides
 /// how many: a pass purges only as many pools (empty for `PURGE_DELAY`) as

@@ -192,6 +192,8 @@ fn mix(mut z: u64) -> u64 {
 /// process (Linux `AT_RANDOM`), mixed with addresses (ASLR) and the time.
 fn entropy() -> u64 {
     let local = 0u8;
+    // Under Miri only the addresses are mixed in.
+    #[cfg_attr(miri, allow(unused_mut))]
     let mut seed =
         (&raw const local).addr() as u64 ^ ((&raw const SEED).addr() as u64).rotate_left(32);
     #[cfg(all(target_os = "linux", not(miri)))]

@@ -139,12 +139,12 @@ pub fn page_size() -> usize {
 
 /// A reading of a monotonic clock that is cheap but coarse, for the purge
 /// delays: on Linux `CLOCK_MONOTONIC_COARSE`, the last scheduler tick, read
-/// from the vDSO without the timestamp counter (4 ns here against 16 ns
-/// for `Instant::now`, `clock_gettime` in a loop; a huge alloc+free pair
-/// read the clock twice). It lags the true time by up to one tick (1-10
-/// ms), so a delay of `d` measured with it may be up to a tick short or
-/// long; the delays it times are a few ticks or more. Elsewhere, and under
-/// Miri, an [`Instant`](std::time::Instant).
+/// from the vDSO without the timestamp counter that `Instant::now` reads
+/// (huge alloc+free pairs read the clock; `suite/instructions.sh 4194304`
+/// counts them). It lags the true time by up to one tick (1-10 ms), so a
+/// delay measured with it may be up to a tick short or long; the delays it
+/// times are a few ticks or more. Elsewhere, and under Miri, an
+/// [`Instant`](std::time::Instant).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stamp(
     #[cfg(all(target_os = "linux", not(miri)))] core::time::Duration,
