@@ -133,9 +133,9 @@ impl ArenaMap {
     /// Calls `f` on the `slots` consecutive slots from `base`'s, a leaf at
     /// a time (one root load per leaf, not per slot: a 4 MiB block has
     /// five slots, registered and cleared on every huge alloc and free).
-    /// A missing leaf is created if `create`, else its slots are skipped;
-    /// `false` if some slot could not be reached (past the address space,
-    /// or a leaf missing or not created).
+    /// A missing leaf is created if `create` (`false` at once if it cannot
+    /// be), else its slots are skipped; `false` if some slot could not be
+    /// reached (past the address space, or a leaf missing).
     fn for_each_slot(
         &self,
         base: usize,
@@ -154,7 +154,12 @@ impl ArenaMap {
             let take = left.min(LEAF_LEN - lo);
             let mut leaf = root.load(Ordering::Acquire);
             if leaf.is_null() && create {
-                leaf = Self::new_leaf(root).unwrap_or(null_mut());
+                // Stop before mapping leaves for the rest of a range that
+                // cannot be prepared.
+                let Some(fresh) = Self::new_leaf(root) else {
+                    return false;
+                };
+                leaf = fresh;
             }
             if leaf.is_null() {
                 all = false;

@@ -122,7 +122,7 @@ impl UsedPools {
     }
 
     /// The inline part of [`Self::free_block`]: puts `ptr` back into
-    /// `pool`; `true` if the pool stays as it was, else the caller follows
+    /// `pool`; `true` if the pool stays where it is, else the caller follows
     /// with [`Self::free_block_slow`]. Split so that a caller's fast path
     /// ends in one out-of-line call with nothing live after it, and saves
     /// no registers for it.

@@ -195,7 +195,7 @@ impl ThreadHeap {
     }
 
     /// Returns block `ptr` (requested with `size` bytes) to `pool`, which
-    /// `th` owns, counted: `true` if the pool stays as it was, else the
+    /// `th` owns, counted: `true` if the pool stays where it is, else the
     /// caller follows with [`Self::pool_changed`] (see
     /// `UsedPools::put_block`).
     ///
