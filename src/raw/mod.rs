@@ -1798,7 +1798,8 @@ mod tests {
         unsafe { a.as_ptr().write_bytes(0xAB, size) };
         free(&raw, a, size);
         assert_eq!(pages.counts()[2], 0, "not purged at once");
-        // The purge clock lags by up to a tick (`Stamp`; 10 ms at most).
+        // The purge clock lags by a tick or two (`Stamp`; 10 ms a tick at
+        // most).
         std::thread::sleep(PURGE_DELAY * 3);
         // The next huge operation purges it (without taking it: too small).
         let big = raw.alloc_block(4 * size, ALIGNMENT).unwrap().ptr;

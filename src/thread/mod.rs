@@ -218,7 +218,8 @@ impl ThreadHeap {
     }
 
     /// After [`Self::free_local`] returned `false`: `pool` was full and is
-    /// back on `th`'s table, or became empty and left it.
+    /// back on `th`'s table, or became empty (and left the table, unless it
+    /// is its class's only pool).
     ///
     /// # Safety
     ///
