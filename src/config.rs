@@ -46,7 +46,7 @@ pub const MEDIUM_MAX: usize = 1024 * 1024;
 /// how long a cached huge mapping keeps its pages; that delay, and the
 /// spare medium chunks' `POOL_PURGE_INTERVAL`, are timed on a coarse clock
 /// (the last scheduler tick, read without the timestamp counter), so they
-/// may end up to a tick (1–10 ms) early or late.
+/// may end a tick (1–10 ms) or more early or late (see `os::Stamp`).
 pub const PURGE_DELAY: core::time::Duration = core::time::Duration::from_millis(10);
 /// How often empty pools are purged, at most, and the window that decides
 /// how many: a pass purges only as many pools (empty for `PURGE_DELAY`) as

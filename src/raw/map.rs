@@ -133,9 +133,9 @@ impl ArenaMap {
     /// Calls `f` on the `slots` consecutive slots from `base`'s, a leaf at
     /// a time (one root load per leaf, not per slot: a 4 MiB block has
     /// five slots, registered and cleared on every huge alloc and free).
-    /// A missing leaf is created if `create` (`false` at once if it cannot
-    /// be), else its slots are skipped; `false` if some slot could not be
-    /// reached (past the address space, or a leaf missing).
+    /// A missing leaf is created if `create`, else its slots are skipped
+    /// (nothing registered there). `false` if the range runs past the
+    /// address space or a leaf cannot be created.
     fn for_each_slot(
         &self,
         base: usize,
@@ -146,7 +146,7 @@ impl ArenaMap {
         let Some((mut hi, mut lo)) = Self::split(base) else {
             return false;
         };
-        let (mut left, mut all) = (slots, true);
+        let mut left = slots;
         while left > 0 {
             let Some(root) = self.root.get(hi) else {
                 return false;
@@ -161,9 +161,7 @@ impl ArenaMap {
                 };
                 leaf = fresh;
             }
-            if leaf.is_null() {
-                all = false;
-            } else {
+            if !leaf.is_null() {
                 // SAFETY: a published leaf is never freed; `lo + take` is
                 // at most `LEAF_LEN`.
                 unsafe { (&(*leaf))[lo..lo + take].iter().for_each(&mut f) };
@@ -171,7 +169,7 @@ impl ArenaMap {
             left -= take;
             (hi, lo) = (hi + 1, 0);
         }
-        all
+        true
     }
 
     fn slot_count(size: usize) -> usize {
