@@ -9,9 +9,11 @@
 //! layer 1 maps its first chunk:
 //!
 //! * a small block holds it in its second word;
-//! * a medium block in a thread's medium cache, in its third (the first
-//!   two hold the cache's link and size); medium blocks in layer 1's free
-//!   lists are caught by their headers instead.
+//! * a medium block, in a thread's medium cache or in layer 1's free
+//!   lists, in its third (the first two hold the cache's link and size,
+//!   or layer 1's free-list links); layer 1 clears it when it hands the
+//!   block out. The sized free's fast path checks only the mark; other
+//!   medium frees check the block's header too.
 //!
 //! Why random, and not a value the free path has at hand (such as the
 //! pool header's address): a live block's word may hold bytes the program

@@ -97,6 +97,41 @@ fn case(name: &str) {
             free(&HEAP, p, 5000);
             free_on_thread(&HEAP, p, 5000);
         }
+        "medium_released" => {
+            // Cached, then given back to layer 1 by `trim`: freed again, it
+            // takes the fast path, which sees the mark layer 1 left.
+            let p = say(alloc(&HEAP, 5000));
+            let _keep = alloc(&HEAP, 5000);
+            free(&HEAP, p, 5000);
+            HEAP.trim();
+            free(&HEAP, p, 5000);
+        }
+        "medium_released_merged" => {
+            // `b` goes to layer 1 (the thread's medium cache is full) and
+            // is merged into the free block before it, then freed again.
+            // (After `trim` it would not be caught: trim purges the merged
+            // block's whole pages, its mark and header with them.)
+            let fill: Vec<_> = (0..4).map(|_| alloc(&HEAP, 65536)).collect();
+            let a = alloc(&HEAP, 5000);
+            let b = say(alloc(&HEAP, 5000));
+            let _keep = alloc(&HEAP, 5000);
+            for p in fill {
+                free(&HEAP, p, 65536);
+            }
+            free(&HEAP, a, 5000);
+            free(&HEAP, b, 5000);
+            free(&HEAP, b, 5000);
+        }
+        "medium_refused" => {
+            // More than the thread's medium cache takes: the last block
+            // goes to layer 1 at once.
+            let blocks: Vec<_> = (0..8).map(|_| alloc(&HEAP, 65536)).collect();
+            let p = say(blocks[7]);
+            for &b in &blocks {
+                free(&HEAP, b, 65536);
+            }
+            free(&HEAP, p, 65536);
+        }
         "medium_uncached" => {
             let p = say(alloc(&BOUNDED, 5000));
             let _keep = alloc(&BOUNDED, 5000);
@@ -271,6 +306,17 @@ fn clean() {
             free(&HEAP, p, size);
         }
     }
+    // Medium blocks given back to layer 1 (which marks them free) and
+    // allocated from it again: allocation clears the mark.
+    for size in [700, 5000, 70_000] {
+        for _ in 0..3 {
+            let blocks: Vec<_> = (0..50).map(|_| alloc(&HEAP, size)).collect();
+            for p in blocks {
+                free(&HEAP, p, size);
+            }
+            HEAP.trim();
+        }
+    }
     HEAP.validate();
     println!("clean run ok");
 }
@@ -346,6 +392,9 @@ fn main() {
     for name in [
         "medium_twice",
         "medium_other_thread",
+        "medium_released",
+        "medium_released_merged",
+        "medium_refused",
         "medium_uncached",
         "medium_merged",
     ] {

@@ -116,8 +116,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     fn malloc_large(&self, n: usize, align: usize, zeroed: bool) -> *mut u8 {
         // A medium request asks for its bin's bound, as a small one for
         // its block: the thread's medium cache serves it at once, and the
-        // block (which then holds exactly the bound, as a rule) frees
-        // through the sized fast path too.
+        // block (which holds exactly the bound, [ref:bin-bound]) frees
+        // through the sized fast path too, counted as what it holds.
         if align <= ALIGNMENT
             && !zeroed
             && let Some((bin, bound)) = medium_bin(n)
@@ -125,12 +125,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             let Some(p) = self.alloc_medium_fast(bin, bound) else {
                 return core::ptr::null_mut();
             };
-            // SAFETY: a medium block just allocated (`bound` is medium at
-            // the default alignment), with its chunk's provenance.
-            let usable = unsafe { crate::raw::medium::usable_size(p) };
-            if usable != bound {
-                self.count_extra_medium(usable - bound);
-            }
+            // SAFETY: a medium block just allocated, with its chunk's
+            // provenance.
+            debug_assert_eq!(unsafe { crate::raw::medium::usable_size(p) }, bound);
             return p.as_ptr();
         }
         if n > isize::MAX as usize {
@@ -224,12 +221,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
     }
 
-    /// [`Self::free`] of a medium or huge block. A medium block is freed as
-    /// a sized free of its whole usable size, through the medium fast path
-    /// (which, but under Miri and `hardened`, does not look the map up
-    /// again; a block of an aligned request may hold a small size, which
-    /// that path sends to the map too). Out of line: the small path keeps
-    /// its registers.
+    /// [`Self::free`] of a medium or huge block. A medium block that holds
+    /// exactly a bin's bound (every block of an unaligned request does,
+    /// [ref:bin-bound]) is freed as a sized free of that size, through the
+    /// medium fast path (which, but under Miri and `hardened`, does not
+    /// look the map up again). A block of an aligned request may hold any
+    /// size, even a small one: freed through its chunk, never counted as
+    /// a bin's. Out of line: the small path keeps its registers.
     ///
     /// # Safety
     ///
@@ -241,10 +239,12 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // it was counted with.
         unsafe {
             if (*header.as_ptr()).kind == ChunkKind::Medium {
-                self.free_larger(p, crate::raw::medium::usable_size(p), ALIGNMENT);
-            } else {
-                self.free_in_chunk(header, p, Self::block_usable(header, p));
+                let usable = crate::raw::medium::usable_size(p);
+                if medium_bin(usable).is_some_and(|(_, bound)| bound == usable) {
+                    return self.free_larger(p, usable, ALIGNMENT);
+                }
             }
+            self.free_in_chunk(header, p, Self::block_usable(header, p));
         }
     }
 
@@ -317,6 +317,19 @@ mod tests {
         // SAFETY: a live block of `heap`, freed once.
         unsafe { heap.free(a) };
         assert_eq!(heap.stats().bytes_requested, 0);
+        // Nor does a medium block of an aligned request that holds no
+        // bin's bound go to a bin (its next request would overrun it).
+        for n in [1100, 5000] {
+            let a = heap.malloc_aligned(64, n);
+            // SAFETY: a live block of `heap`, freed once.
+            unsafe {
+                let usable = heap.usable_size(core::ptr::NonNull::new(a).unwrap());
+                assert!((n..n + 32).contains(&usable), "no bin's bound: {usable}");
+                let cached = heap.stats().raw.bytes_cached;
+                heap.free(a);
+                assert_eq!(heap.stats().raw.bytes_cached, cached, "{n}: not cached");
+            }
+        }
         heap.trim();
         assert_eq!(heap.stats().bytes_in_use, 0);
         heap.validate();

@@ -784,10 +784,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// Frees a block larger than small, requested with `size` bytes at
     /// `align`. A medium request of the default alignment up to
     /// `MEDIUM_CACHE_MAX` is always a medium block (never small, never
-    /// huge), so it goes straight to the calling thread's medium cache,
-    /// its size read from its header, without the arena map. A double free
-    /// is still caught while the block's chunk is mapped (its header says
-    /// free, or it holds the free mark); like a small block's, a pointer
+    /// huge) holding exactly its bin's bound ([ref:bin-bound]), so it goes
+    /// straight to the calling thread's medium cache without the arena map
+    /// or its header (reading the header cost a 4 KiB pair a tenth of its
+    /// time in criterion's `alloc_free_pair`). A double free is caught by the free mark, which layer 1
+    /// writes too, while the block's chunk is mapped and its pages not
+    /// purged (a block merged into a free neighbour whose pages were
+    /// purged has lost it, mark and header alike); like a small block's, a pointer
     /// the heap does not own — of another heap, or of a chunk already given
     /// back — is undefined behaviour here, as `GlobalAlloc::dealloc` says
     /// (`hardened` checks every pointer in the map). Anything else takes
@@ -811,13 +814,29 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         {
             let mark = self.raw.free_mark();
             // SAFETY: `ptr` is a live medium block of this heap (caller,
-            // and the size range above); the calling thread owns `th`.
+            // and the size range above: over 512 bytes, so the mark's word
+            // lies in it); the calling thread owns `th`.
             unsafe {
-                let usable = crate::raw::medium::freed_usable_size_exposed(ptr);
-                Self::check_not_cached(ptr, usable, mark);
+                // Freed blocks hold the mark, cached or in layer 1.
+                if crate::harden::is_marked(
+                    ptr.as_ptr().add(crate::raw::medium::MARK_OFFSET).cast(),
+                    mark,
+                ) {
+                    crate::fatal::misuse(
+                        ptr.as_ptr(),
+                        size,
+                        "medium",
+                        "is already free (double free)",
+                    )
+                }
+                debug_assert_eq!(
+                    Some(self.usable_size(ptr)),
+                    medium_bin(size).map(|(_, bound)| bound),
+                    "medium block {ptr:?} of {size} bytes holds its bin's bound"
+                );
                 crate::valgrind::freelike(ptr.as_ptr());
-                if !MediumCache::push_sized(ThreadHeap::medium(th), ptr, usable, size, mark) {
-                    self.free_medium_refused(th, ptr, usable, size, mark);
+                if !MediumCache::push_sized(ThreadHeap::medium(th), ptr, size, mark) {
+                    self.free_medium_refused(th, ptr, size, mark);
                 }
                 return;
             }
@@ -849,15 +868,15 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         }
     }
 
-    /// A checked medium block the thread's cache refused: offered to the
-    /// bin of its usable size if it does not hold exactly its request's
-    /// bin bound (the fast path takes only those), or again after the
-    /// cache's idle bins went (every so often); else to layer 1.
+    /// A checked medium block the thread's full cache refused: offered
+    /// again after the cache's idle bins went (every so often); else to
+    /// layer 1.
     ///
     /// # Safety
     ///
-    /// As for `free_sized`, for a medium block already checked and
-    /// reported to memcheck as freed, with `th` the calling thread's.
+    /// As for `free_sized`, for a medium block of a bin's request `size`
+    /// ([ref:bin-bound]), already checked and reported to memcheck as
+    /// freed, with `th` the calling thread's.
     #[cfg(not(any(miri, feature = "hardened")))]
     #[cold]
     #[inline(never)]
@@ -865,18 +884,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         &self,
         th: *mut ThreadHeap,
         ptr: NonNull<u8>,
-        usable: usize,
         size: usize,
         mark: usize,
     ) {
-        // SAFETY: caller's contract.
+        // SAFETY: caller's contract: the block holds its bin's bound.
         unsafe {
-            if medium_bin(size).is_some_and(|(_, bound)| usable != bound)
-                && MediumCache::push(ThreadHeap::medium(th), ptr, usable, size, mark)
-            {
-                return;
-            }
-            if !self.cache_medium_refused(th, ptr, usable, size, mark) {
+            let bound = medium_bin(size).map_or(0, |(_, bound)| bound);
+            if !self.cache_medium_refused(th, ptr, bound, size, mark) {
                 let (header, ptr) = self.raw.find_own_block(ptr, "PrivateHeap::dealloc");
                 self.raw.free_block(header, ptr, size);
             }
@@ -1579,10 +1593,10 @@ mod tests {
         assert!(heap.arenas().is_empty(), "trim gave the arena back");
     }
 
-    /// The medium free's fast path takes a block that holds exactly its
-    /// request's bin bound ([`MediumCache::push_sized`]); layer 1 must
-    /// give such blocks, fresh and reused alike, or every free would take
-    /// the slow path.
+    /// The medium free's fast path counts a block as holding exactly its
+    /// request's bin bound without looking ([`MediumCache::push_sized`],
+    /// [ref:bin-bound]); layer 1 must give such blocks, fresh and reused
+    /// alike. (Debug builds also check every block the fast path frees.)
     #[test]
     fn medium_blocks_hold_exactly_their_bin_bound() {
         let heap = PrivateHeap::new();

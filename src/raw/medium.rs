@@ -30,7 +30,9 @@
 //!   bit `sl` of `sl_bitmap[fl]` (and bit `fl` of `fl_bitmap`) is set iff
 //!   that list is non-empty.
 
-use crate::config::{ALIGNMENT, MEDIUM_CHUNK_SIZE};
+use crate::config::{
+    ALIGNMENT, MEDIUM_CACHE_BIN_STEPS, MEDIUM_CACHE_MAX, MEDIUM_CHUNK_SIZE, SMALL_REQUEST_THRESHOLD,
+};
 use crate::raw::chunk::CHUNK_HEADER_SIZE;
 use core::ptr::{NonNull, null_mut};
 
@@ -91,6 +93,53 @@ fn mapping_search(size: usize) -> (usize, usize) {
     }
     let m = usize::BITS - 1 - size.leading_zeros();
     mapping(size + (1 << (m - SL_BITS)) - 1)
+}
+
+// Request bins [tag:bin-bound]. A medium request of the default alignment
+// up to `MEDIUM_CACHE_MAX` bytes is served by a block holding exactly its
+// bin's bound: allocation asks layer 1 for the bound, resizing in place
+// keeps it, and layer 1 fits blocks of the default alignment exactly
+// ([ref:exact-fit]). So every block of a bin serves every request of it,
+// and a block freed with its request's size is known to hold that size's
+// bound: the threads' medium caches take it without reading its header.
+
+const BIN_STEP_BITS: u32 = MEDIUM_CACHE_BIN_STEPS.trailing_zeros();
+/// First doubling of the bins: requests just above the small threshold.
+const BIN_BASE_LOG: u32 = SMALL_REQUEST_THRESHOLD.trailing_zeros();
+/// Request bins: `MEDIUM_CACHE_BIN_STEPS` per doubling of size.
+pub(crate) const MEDIUM_BINS: usize =
+    ((MEDIUM_CACHE_MAX.trailing_zeros() - BIN_BASE_LOG) * MEDIUM_CACHE_BIN_STEPS) as usize;
+
+/// Where a freed medium block holds its heap's free mark
+/// ([ref:free-mark]), in bytes from its payload: after the two words that
+/// hold layer 1's free-list links, or a medium cache's link and size.
+pub(crate) const MARK_OFFSET: usize = 2 * size_of::<usize>();
+const _: () = assert!(MARK_OFFSET >= size_of::<FreeLinks>());
+
+/// The bin of a request of `size` bytes (above the small threshold, at most
+/// `MEDIUM_CACHE_MAX`) and the size to allocate for it: the bin's bound
+/// ([ref:bin-bound]).
+#[inline]
+pub(crate) fn medium_bin(size: usize) -> Option<(usize, usize)> {
+    if size <= SMALL_REQUEST_THRESHOLD || size > MEDIUM_CACHE_MAX {
+        return None;
+    }
+    let r = size - 1;
+    let log = usize::BITS - 1 - r.leading_zeros();
+    let shift = log - BIN_STEP_BITS;
+    // `MEDIUM_CACHE_BIN_STEPS` plus the step: the top bits of `r`.
+    let top = r >> shift;
+    let bin = ((log - BIN_BASE_LOG) * MEDIUM_CACHE_BIN_STEPS) as usize + top
+        - MEDIUM_CACHE_BIN_STEPS as usize;
+    Some((bin, (top + 1) << shift))
+}
+
+/// The request size bin `bin` serves up to (its blocks hold at least this).
+#[inline]
+pub(crate) const fn bin_bound(bin: usize) -> usize {
+    let steps = MEDIUM_CACHE_BIN_STEPS as usize;
+    let log = BIN_BASE_LOG + (bin as u32 >> BIN_STEP_BITS);
+    (steps + (bin & (steps - 1)) + 1) << (log - BIN_STEP_BITS)
 }
 
 // Raw accessors. All take pointers to block headers inside a live medium
@@ -165,22 +214,6 @@ fn payload_of(b: *mut Block) -> NonNull<u8> {
 pub(crate) unsafe fn usable_size(payload: NonNull<u8>) -> usize {
     // SAFETY: a live payload is preceded by its block header.
     unsafe { size_of_block(block_of(payload)) - HEADER }
-}
-
-/// [`freed_usable_size`] for a payload that may carry only its own
-/// provenance (a `dealloc`'s pointer): the header is read through the
-/// chunk's provenance, exposed by [`Tlsf::add_chunk`].
-///
-/// # Safety
-///
-/// `payload` is a live medium block that the caller is freeing.
-#[cfg(not(any(miri, feature = "hardened")))]
-#[inline(always)]
-pub(crate) unsafe fn freed_usable_size_exposed(payload: NonNull<u8>) -> usize {
-    let at: *mut u8 = core::ptr::with_exposed_provenance_mut(payload.as_ptr().addr());
-    // SAFETY: caller's contract; non-null as `payload` is. Not `hardened`,
-    // so the chunk is not used.
-    unsafe { freed_usable_size(NonNull::new_unchecked(at), core::ptr::null()) }
 }
 
 /// Usable bytes of the block whose payload `payload` is being freed, after
@@ -263,9 +296,6 @@ impl Tlsf {
     /// `chunk` points to `MEDIUM_CHUNK_SIZE` writable bytes, owned by this
     /// allocator from now until [`Tlsf::take_empty_chunk`] gives them back.
     pub(crate) unsafe fn add_chunk(&mut self, chunk: NonNull<u8>) {
-        // For `freed_usable_size_exposed`: frees whose pointer carries only
-        // the block's provenance read the header before it.
-        let _ = chunk.as_ptr().expose_provenance();
         let first: *mut Block = chunk.as_ptr().wrapping_add(CHUNK_HEADER_SIZE).cast();
         // SAFETY: the chunk is ours (caller), and both headers lie inside it.
         unsafe {
@@ -382,7 +412,8 @@ impl Tlsf {
     }
 
     /// Allocates `size` bytes aligned to `align`; returns the payload and its
-    /// usable size.
+    /// usable size: at the default alignment, exactly `size` rounded up to
+    /// `ALIGNMENT` ([ref:exact-fit]).
     pub(crate) fn allocate(&mut self, size: usize, align: usize) -> Option<(NonNull<u8>, usize)> {
         let need = Self::block_size_for(size);
         let search = if align <= ALIGNMENT {
@@ -391,21 +422,36 @@ impl Tlsf {
             need + align + MIN_BLOCK
         };
         let mut b = self.take_fit(search)?;
-        if align > ALIGNMENT {
-            let payload = payload_of(b).as_ptr();
-            let mut gap = payload.align_offset(align);
-            if gap != 0 && gap < MIN_BLOCK {
-                gap += align;
+        if align <= ALIGNMENT {
+            // SAFETY: `b` is a used (just taken) block of at least `need`
+            // bytes.
+            if unsafe { self.fit_exactly(b, need) } {
+                return Some((payload_of(b), need - HEADER));
             }
-            if gap != 0 {
-                // SAFETY: `b` is a used (just taken) block of at least
-                // `need + align + MIN_BLOCK > gap + need` bytes; the split
-                // point lies inside it.
-                unsafe {
-                    let rest = self.split(b, gap);
-                    self.release(b);
-                    b = rest;
-                }
+            // A free block's neighbours are used: a header's worth too
+            // much cannot be given away. Put back; a block with room to
+            // split fits exactly ([ref:exact-fit]).
+            // SAFETY: `b` is a used block, not handed out.
+            unsafe { self.release(b) };
+            b = self.take_fit(need + MIN_BLOCK)?;
+            // SAFETY: as above; `b` has at least `MIN_BLOCK` bytes to spare.
+            let exact = unsafe { self.fit_exactly(b, need) };
+            debug_assert!(exact);
+            return Some((payload_of(b), need - HEADER));
+        }
+        let payload = payload_of(b).as_ptr();
+        let mut gap = payload.align_offset(align);
+        if gap != 0 && gap < MIN_BLOCK {
+            gap += align;
+        }
+        if gap != 0 {
+            // SAFETY: `b` is a used (just taken) block of at least
+            // `need + align + MIN_BLOCK > gap + need` bytes; the split
+            // point lies inside it.
+            unsafe {
+                let rest = self.split(b, gap);
+                self.release(b);
+                b = rest;
             }
         }
         // SAFETY: `b` is a used block of at least `need` bytes.
@@ -446,6 +492,47 @@ impl Tlsf {
         }
     }
 
+    /// Makes used block `b` exactly `keep` bytes [tag:exact-fit]: the excess
+    /// split off and freed if it makes a block, or, a header's worth (too
+    /// little for a block), given to the next block if that one is free.
+    /// `false`, `b` untouched, if neither works; so a block of the default
+    /// alignment holds exactly its request rounded up to `ALIGNMENT`, and
+    /// one allocated for a request bin's bound holds exactly the bound
+    /// ([ref:bin-bound]).
+    ///
+    /// # Safety
+    ///
+    /// `b` is a used block of a chunk of this index, of at least `keep`
+    /// bytes, `keep >= MIN_BLOCK`.
+    unsafe fn fit_exactly(&mut self, b: *mut Block, keep: usize) -> bool {
+        // SAFETY: `b` is a used block (caller); its next neighbour is a
+        // valid block, in its list if free.
+        unsafe {
+            let excess = size_of_block(b) - keep;
+            if excess == 0 || excess >= MIN_BLOCK {
+                self.shrink_block(b, keep);
+                return true;
+            }
+            let next = next_phys(b);
+            if !is_free(next) {
+                return false;
+            }
+            self.remove(next);
+            let grown = size_of_block(next) + excess;
+            let moved: *mut Block = b.byte_add(keep);
+            // The new header lies in `b`'s payload, which it leaves.
+            crate::valgrind::defined(moved.cast(), HEADER);
+            moved.write(Block {
+                prev_phys: b,
+                size_flags: grown | FREE,
+            });
+            (*next_phys(moved)).prev_phys = moved;
+            (*b).size_flags = keep;
+            self.insert(moved);
+        }
+        true
+    }
+
     /// Shrinks used block `b` to `keep` bytes if the excess makes a block,
     /// freeing the excess.
     ///
@@ -480,7 +567,7 @@ impl Tlsf {
             let next = next_phys(b);
             if is_free(next) {
                 self.remove(next);
-                (*b).size_flags = size_of_block(b) + size_of_block(next);
+                (*b).size_flags = (size_of_block(b) + size_of_block(next)) | FREE;
                 (*next_phys(b)).prev_phys = b;
             }
             let prev = (*b).prev_phys;
@@ -537,9 +624,10 @@ impl Tlsf {
         self.empty_low = self.empty_chunks;
     }
 
-    /// Tries to resize the used block at `payload` in place to hold `size`
-    /// bytes, growing into a free next neighbour or trimming the tail.
-    /// Returns the new usable size on success.
+    /// Tries to resize the used block at `payload` in place to hold exactly
+    /// `size` bytes rounded up to `ALIGNMENT` ([ref:exact-fit]), growing
+    /// into a free next neighbour or trimming the tail. Returns the new
+    /// usable size on success.
     ///
     /// # Safety
     ///
@@ -555,17 +643,24 @@ impl Tlsf {
         // valid block.
         unsafe {
             let have = size_of_block(b);
-            if need > have {
-                let next = next_phys(b);
-                if !is_free(next) || have + size_of_block(next) < need {
-                    return None;
-                }
-                self.remove(next);
-                (*b).size_flags = have + size_of_block(next);
-                (*next_phys(b)).prev_phys = b;
+            if need <= have {
+                return self.fit_exactly(b, need).then_some(need - HEADER);
             }
+            let next = next_phys(b);
+            if !is_free(next) {
+                return None;
+            }
+            let total = have + size_of_block(next);
+            // Merged, the block's next neighbour is used: a header's worth
+            // left over could not be given away ([ref:exact-fit]).
+            if total < need || (total > need && total - need < MIN_BLOCK) {
+                return None;
+            }
+            self.remove(next);
+            (*b).size_flags = total;
+            (*next_phys(b)).prev_phys = b;
             self.shrink_block(b, need);
-            Some(size_of_block(b) - HEADER)
+            Some(need - HEADER)
         }
     }
 }
@@ -769,6 +864,51 @@ mod tests {
             assert!(t.free(b).is_none());
             assert!(t.free(a).is_none());
             assert_eq!(t.free(c), Some(chunk));
+            t.take_empty_chunk(chunk);
+            std::alloc::dealloc(chunk.as_ptr(), layout);
+        }
+        assert_eq!(t.fl_bitmap, 0);
+    }
+
+    /// Blocks of the default alignment hold exactly their request rounded
+    /// up to 16 ([ref:exact-fit]), also where a free block or a resize
+    /// would leave a header's worth over, too little for a block.
+    #[test]
+    fn default_alignment_fits_exactly() {
+        let layout = core::alloc::Layout::from_size_align(MEDIUM_CHUNK_SIZE, 4096).unwrap();
+        // SAFETY: non-zero size.
+        let chunk = NonNull::new(unsafe { std::alloc::alloc(layout) }).unwrap();
+        let mut t = Tlsf::new();
+        // SAFETY: the chunk is ours and big enough.
+        unsafe { t.add_chunk(chunk) };
+        let blocks = [1000, 2000, 3000, 4000].map(|size| t.allocate(size, 8).unwrap());
+        assert_eq!(blocks.map(|(_, u)| u), [1008, 2000, 3008, 4000]);
+        let [a, y, z, w] = blocks.map(|(p, _)| p);
+        // SAFETY: blocks of `t`, each freed once.
+        unsafe {
+            // A free block between two used ones, 16 bytes more than a
+            // request of 1984 needs: not handed out.
+            assert!(t.free(y).is_none());
+            let (p, u) = t.allocate(1984, 8).unwrap();
+            assert_eq!(u, 1984);
+            assert_ne!(p, y, "the free block would hold 2000");
+            assert!(t.free(p).is_none());
+            // `a` (1024 with its header) grows into `y`'s 2016: not to
+            // leave 16 over, but 32, which makes a block.
+            assert_eq!(t.resize_in_place(a, 3008), None);
+            assert_eq!(usable_size(a), 1008);
+            assert_eq!(t.resize_in_place(a, 2992), Some(2992));
+            // Shrunk by 16, `a` gives them to that free block...
+            assert_eq!(t.resize_in_place(a, 2976), Some(2976));
+            assert_eq!(usable_size(a), 2976);
+            // ... but `z`, followed by `w`, has no free block to give them.
+            assert_eq!(t.resize_in_place(z, 2992), None);
+            assert_eq!(usable_size(z), 3008);
+            assert_eq!(t.resize_in_place(z, 2976), Some(2976));
+            for p in [a, z] {
+                assert!(t.free(p).is_none());
+            }
+            assert_eq!(t.free(w), Some(chunk));
             t.take_empty_chunk(chunk);
             std::alloc::dealloc(chunk.as_ptr(), layout);
         }

@@ -40,7 +40,7 @@ use crate::raw::map::ARENA_MAP;
 use core::alloc::Layout;
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::{AtomicUsize, Ordering};
-use medium::Tlsf;
+use medium::{MARK_OFFSET, Tlsf};
 use parking_lot::lock_api::{Mutex, RawMutex};
 
 /// Counters of layer 1.
@@ -605,6 +605,10 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 shard.tlsf.allocate(size, align)?
             }
         };
+        if usable > MARK_OFFSET {
+            // SAFETY: the mark's word lies in the block, just allocated.
+            unsafe { crate::harden::clear_mark(ptr.as_ptr().add(MARK_OFFSET).cast()) };
+        }
         shard.bytes_in_use += usable;
         shard.requested = shard.requested.wrapping_add(requested);
         shard.blocks += 1;
@@ -853,6 +857,14 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             shard.requested = shard.requested.wrapping_sub(size);
             // SAFETY: a medium block being freed (caller).
             let usable = unsafe { medium::freed_usable_size(ptr, header.as_ptr().cast()) };
+            // Marked free, as a cached block is: the medium free's fast
+            // path tells a double free by the mark alone ([ref:free-mark]).
+            if usable > MARK_OFFSET {
+                // SAFETY: the mark's word lies in the block, ours to write.
+                unsafe {
+                    crate::harden::put_mark(ptr.as_ptr().add(MARK_OFFSET).cast(), self.free_mark())
+                };
+            }
             shard.bytes_in_use -= usable;
             shard.blocks -= 1;
             // SAFETY: as above; freed once.
@@ -946,8 +958,11 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 let mut shard = unsafe { self.shard_of(header) }.lock();
                 // SAFETY: a live medium block (caller).
                 let old = unsafe { medium::usable_size(ptr) };
+                // A request of a bin keeps holding the bin's bound, as
+                // when it was allocated ([ref:bin-bound]).
+                let hold = medium::medium_bin(size).map_or(size, |(_, bound)| bound);
                 // SAFETY: as above.
-                let new = unsafe { shard.tlsf.resize_in_place(ptr, size) }?;
+                let new = unsafe { shard.tlsf.resize_in_place(ptr, hold) }?;
                 shard.bytes_in_use = shard.bytes_in_use - old + new;
                 shard.requested = shard.requested.wrapping_sub(old_size).wrapping_add(size);
                 Some(new)

@@ -5,24 +5,19 @@
 //! a lock. A thread that frees one keeps it here instead, in one of 88 bins
 //! (`MEDIUM_CACHE_BIN_STEPS` per doubling of size), and its next request of
 //! that bin pops it with no lock and no atomic read-modify-write. A request
-//! is rounded up to its bin's bound when it goes to layer 1, so every block
-//! of a bin serves every request of it. At most `MEDIUM_CACHE_BYTES` are
+//! is rounded up to its bin's bound when it goes to layer 1, which fits it
+//! exactly, so every block of a bin holds just the bin's bound and serves
+//! every request of it ([ref:bin-bound]). At most `MEDIUM_CACHE_BYTES` are
 //! kept per thread and heap (or one block, whatever its size); a bounded
 //! heap keeps none (its limit must see every free block). `trim()` and
 //! thread exit give the blocks back.
 
-use crate::config::{
-    MEDIUM_CACHE_BIN_STEPS, MEDIUM_CACHE_BYTES, MEDIUM_CACHE_MAX, SMALL_REQUEST_THRESHOLD,
-};
+use crate::config::MEDIUM_CACHE_BYTES;
+pub(crate) use crate::raw::medium::medium_bin;
+use crate::raw::medium::{MARK_OFFSET, MEDIUM_BINS, bin_bound};
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::AtomicUsize;
 use core::sync::atomic::Ordering::Relaxed;
-
-const BIN_STEP_BITS: u32 = MEDIUM_CACHE_BIN_STEPS.trailing_zeros();
-/// First doubling of the bins: requests just above the small threshold.
-const BIN_BASE_LOG: u32 = SMALL_REQUEST_THRESHOLD.trailing_zeros();
-const MEDIUM_BINS: usize =
-    ((MEDIUM_CACHE_MAX.trailing_zeros() - BIN_BASE_LOG) * MEDIUM_CACHE_BIN_STEPS) as usize;
 
 /// Frees the cache could not take between two collections of idle bins
 /// (see [`MediumCache::overflowed`]).
@@ -59,51 +54,29 @@ pub(crate) struct MediumCache {
 }
 
 /// The word of a cached block that holds the free mark, after the cache's
-/// link and the block's size ([ref:free-mark]).
-const MARK_WORD: usize = 2;
+/// link and the block's size ([ref:free-mark]); layer 1 marks the blocks
+/// it frees in the same word.
+const MARK_WORD: usize = MARK_OFFSET / size_of::<usize>();
 
 /// What a cache holds, for `stats()`: (requested delta, usable bytes,
 /// blocks).
 pub(crate) type CacheCounters = (usize, usize, usize);
 
-/// The bin of a request of `size` bytes (above the small threshold, at most
-/// `MEDIUM_CACHE_MAX`) and the size to allocate for it: the bin's bound, so
-/// that every block in the bin can serve every request of it.
-#[inline]
-pub(crate) fn medium_bin(size: usize) -> Option<(usize, usize)> {
-    if size <= SMALL_REQUEST_THRESHOLD || size > MEDIUM_CACHE_MAX {
-        return None;
-    }
-    let r = size - 1;
-    let log = usize::BITS - 1 - r.leading_zeros();
-    let step = (r >> (log - BIN_STEP_BITS)) & (MEDIUM_CACHE_BIN_STEPS as usize - 1);
-    let bin = ((log - BIN_BASE_LOG) * MEDIUM_CACHE_BIN_STEPS) as usize + step;
-    Some((bin, bin_bound(bin)))
-}
-
-/// The request size bin `bin` serves up to (its blocks hold at least this).
-#[inline]
-const fn bin_bound(bin: usize) -> usize {
-    let steps = MEDIUM_CACHE_BIN_STEPS as usize;
-    let log = BIN_BASE_LOG + (bin as u32 >> BIN_STEP_BITS);
-    (steps + (bin & (steps - 1)) + 1) << (log - BIN_STEP_BITS)
-}
-
 /// Usable bytes of the smallest block a bin takes.
 const MIN_CACHED: usize = bin_bound(0);
 const _: () = assert!(MIN_CACHED > (MARK_WORD + 1) * size_of::<usize>());
 
-/// The bin a freed block of `usable` bytes joins: the largest whose bound
-/// it holds.
+/// The bin a freed block of `usable` bytes joins: the one whose bound it
+/// holds exactly. Every cached block holds its bin's bound exactly, so the
+/// fast path, which counts a block by its request's bin, counts what the
+/// block holds ([ref:bin-bound]); a block that holds more (one allocated
+/// over-aligned) is not cached.
 #[inline]
 fn bin_of_usable(usable: usize) -> Option<usize> {
-    if usable < MIN_CACHED {
-        return None;
+    match medium_bin(usable) {
+        Some((bin, bound)) if bound == usable => Some(bin),
+        _ => None,
     }
-    Some(match medium_bin(usable + 1) {
-        Some((bin, _)) => bin - 1,
-        None => MEDIUM_BINS - 1,
-    })
 }
 
 /// Adds `delta` (wrapping) to a counter only its owner writes: a load and
@@ -172,9 +145,9 @@ impl MediumCache {
     }
 
     /// Keeps freed medium block `ptr` (`usable` bytes, requested with
-    /// `size`), marked with its heap's free `mark`, in the largest bin
-    /// whose bound it holds; `false` if it fits no bin or the cache is
-    /// full, and then the caller frees it.
+    /// `size`), marked with its heap's free `mark`, in the bin whose bound
+    /// it holds exactly; `false` if it fits no bin or the cache is full,
+    /// and then the caller frees it.
     ///
     /// # Safety
     ///
@@ -197,33 +170,27 @@ impl MediumCache {
     }
 
     /// [`Self::push`] into the bin of the request size `size`, the fast
-    /// path's: `false` also if the block does not hold exactly that bin's
-    /// bound (layer 1 gave it more, or it was resized in place or
-    /// allocated aligned). The bin and the bytes counted come from `size`,
-    /// so the bin's store need not wait for the header load that gave
-    /// `usable`. With both taken from the header, a 4 KiB pair measured
-    /// 7.2 ns against 4.4 (`workloads pairs 4096 50000000`, best of 5),
-    /// though timings of paths this short also move with code placement.
+    /// path's, which does not read the block's header: the block holds
+    /// exactly the bin's bound ([ref:bin-bound]).
     ///
     /// # Safety
     ///
-    /// As for [`Self::push`].
+    /// As for [`Self::push`], with `ptr` a medium block of the default
+    /// alignment requested (or last resized) with `size` bytes, a size of
+    /// a bin.
     #[cfg(not(any(miri, feature = "hardened")))]
     #[inline(always)]
     pub(crate) unsafe fn push_sized(
         this: *mut Self,
         ptr: NonNull<u8>,
-        usable: usize,
         size: usize,
         mark: usize,
     ) -> bool {
-        match medium_bin(size) {
-            // SAFETY: caller's contract; `bin`'s bound is `usable`.
-            Some((bin, bound)) if usable == bound => unsafe {
-                Self::push_in(this, bin, ptr, bound, size, mark)
-            },
-            _ => false,
-        }
+        let Some((bin, bound)) = medium_bin(size) else {
+            return false;
+        };
+        // SAFETY: caller's contract; the block holds `bound` bytes.
+        unsafe { Self::push_in(this, bin, ptr, bound, size, mark) }
     }
 
     /// Keeps `ptr` in `bin` if the cache has room.
@@ -376,6 +343,7 @@ impl MediumCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{MEDIUM_CACHE_BIN_STEPS, MEDIUM_CACHE_MAX, SMALL_REQUEST_THRESHOLD};
 
     #[test]
     fn medium_bins_serve_their_requests() {
@@ -401,17 +369,17 @@ mod tests {
                 assert!(last.1 < size);
             }
             last = (bin, bound);
-            // A block allocated for the bin goes back to it, and any larger
-            // block to a bin whose requests it can serve.
+            // A block allocated for the bin goes back to it; any other
+            // size is not cached.
             assert_eq!(bin_of_usable(bound), Some(bin));
-            let b = bin_of_usable(bound + 17).unwrap();
-            assert!(bin_bound(b) <= bound + 17);
+            assert_eq!(bin_of_usable(bound + 16), None);
+            assert_eq!(bin_of_usable(bound - 16), None);
         }
         assert_eq!(last.0, MEDIUM_BINS - 1);
         assert_eq!(medium_bin(SMALL_REQUEST_THRESHOLD), None);
         assert_eq!(medium_bin(MEDIUM_CACHE_MAX + 1), None);
         assert_eq!(bin_of_usable(bin_bound(0) - 1), None);
-        assert_eq!(bin_of_usable(usize::MAX / 2), Some(MEDIUM_BINS - 1));
+        assert_eq!(bin_of_usable(usize::MAX / 2), None);
     }
 
     #[test]
@@ -436,7 +404,7 @@ mod tests {
             );
             assert_eq!(MediumCache::pop(this, bin, size), Some(ptrs[2]));
             assert_eq!(MediumCache::pop(this, bin + 1, size + 200), None);
-            // Too big for what is left of the budget.
+            // Too big for what is left of the budget (a bin's bound).
             assert!(!MediumCache::push(
                 this,
                 ptrs[2],
@@ -460,13 +428,7 @@ mod tests {
             assert!((0..GC_INTERVAL - 1).all(|_| !MediumCache::overflowed(this)));
             assert!(MediumCache::overflowed(this));
             // An empty cache takes one block past the budget, and no more.
-            assert!(MediumCache::push(
-                this,
-                ptrs[0],
-                MEDIUM_CACHE_BYTES + 16,
-                size,
-                1
-            ));
+            assert!(MediumCache::push(this, ptrs[0], MEDIUM_CACHE_MAX, size, 1));
             assert!(!MediumCache::push(this, ptrs[1], bound, size, 1));
             MediumCache::drain(this, |_| {});
         }
