@@ -352,13 +352,18 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// everything else is one call.
     #[inline(always)]
     pub(crate) fn alloc_fast(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        let class = if let Some(class) = common_class_of(size, align) {
-            Some(class)
-        } else if align <= ALIGNMENT && size > SMALL_REQUEST_THRESHOLD {
-            if let Some((bin, _)) = medium_bin(size) {
-                return self.alloc_medium_fast(bin, size);
+        // Nested tests, as in `free_layout`.
+        let class = if align <= ALIGNMENT {
+            if size > SMALL_REQUEST_THRESHOLD {
+                if let Some((bin, _)) = medium_bin(size) {
+                    return self.alloc_medium_fast(bin, size);
+                }
+                None
+            } else {
+                // Not `class_of`, which costs a small pair 2 instructions
+                // more: a zero-byte request takes the outlined path.
+                common_class_of(size, align)
             }
-            None
         } else {
             class_of(size, align)
         };
@@ -710,13 +715,15 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// other layouts take the arena map ([`Self::free_sized`]).
     #[inline(always)]
     pub(crate) unsafe fn free_layout(&self, ptr: NonNull<u8>, size: usize, align: usize) {
-        // A medium layout is told from a small one in one test after the
-        // common one, as in `alloc_fast` (`class_of`'s own order cost a
-        // medium pair whose size is not a constant 5 instructions more).
-        if common_class_of(size, align).is_none()
-            && ((align <= ALIGNMENT && size > SMALL_REQUEST_THRESHOLD)
-                || class_of(size, align).is_none())
-        {
+        // Nested tests, not one combined condition: LLVM then knows the
+        // alignment and the size's lower bound in `free_larger`, and does
+        // not test them again.
+        if align <= ALIGNMENT {
+            if size > SMALL_REQUEST_THRESHOLD {
+                // SAFETY: caller's contract.
+                return unsafe { self.free_larger(ptr, size, align) };
+            }
+        } else if class_of(size, align).is_none() {
             // SAFETY: caller's contract.
             return unsafe { self.free_larger(ptr, size, align) };
         }
