@@ -105,24 +105,24 @@ unsafe impl<R: lock_api::RawMutex> lock_api::RawMutex for ForkSafe<R> {
         // The outermost lock: be counted in the gate only while holding
         // it, so that a fork waits for holders, never for waiters.
         loop {
-            crate::fork::enter_outer();
+            crate::fork::enter_outer(self.addr());
             if self.inner.try_lock() {
                 return;
             }
-            crate::fork::leave();
+            crate::fork::leave(self.addr());
             self.wait_unlocked();
         }
     }
 
     #[inline]
     fn try_lock(&self) -> bool {
-        let entered = crate::fork::enter_nested() || crate::fork::try_enter_outer();
+        let entered = crate::fork::enter_nested() || crate::fork::try_enter_outer(self.addr());
         if !entered {
             return false;
         }
         let taken = self.inner.try_lock();
         if !taken {
-            crate::fork::leave();
+            crate::fork::leave(self.addr());
         }
         taken
     }
@@ -131,7 +131,7 @@ unsafe impl<R: lock_api::RawMutex> lock_api::RawMutex for ForkSafe<R> {
     unsafe fn unlock(&self) {
         // SAFETY: the caller holds the lock (RawMutex contract).
         unsafe { self.inner.unlock() };
-        crate::fork::leave();
+        crate::fork::leave(self.addr());
     }
 
     #[inline]
@@ -141,6 +141,12 @@ unsafe impl<R: lock_api::RawMutex> lock_api::RawMutex for ForkSafe<R> {
 }
 
 impl<R: lock_api::RawMutex> ForkSafe<R> {
+    /// The lock's address: its stripe of the fork gate.
+    #[inline]
+    fn addr(&self) -> usize {
+        core::ptr::from_ref(self).addr()
+    }
+
     /// Waits, outside the gate, until the lock looks free.
     #[cold]
     #[inline(never)]
