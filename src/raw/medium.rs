@@ -50,7 +50,12 @@ pub(crate) const HEADER: usize = 16;
 pub(crate) const MIN_BLOCK: usize = 2 * ALIGNMENT;
 const _: () = assert!(HEADER + size_of::<FreeLinks>() <= MIN_BLOCK);
 const FREE: usize = 1;
+/// A used block whose last `ALIGNMENT` bytes are not part of its payload:
+/// fitting it exactly left them over, too few to split off as a block
+/// ([ref:exact-fit]).
+const SLACK: usize = 2;
 const SIZE_MASK: usize = !(ALIGNMENT - 1);
+const _: () = assert!(ALIGNMENT > SLACK && MIN_BLOCK == HEADER + ALIGNMENT);
 /// Size of the single free block of an empty chunk.
 pub(crate) const CHUNK_BLOCK: usize = MEDIUM_CHUNK_SIZE - CHUNK_HEADER_SIZE - HEADER;
 
@@ -156,6 +161,19 @@ unsafe fn size_of_block(b: *mut Block) -> usize {
     unsafe { (*b).size_flags & SIZE_MASK }
 }
 
+/// Payload bytes of used block `b`: its size less the header and any
+/// slack.
+///
+/// # Safety
+///
+/// `b` is a block header in a live chunk.
+#[inline]
+unsafe fn usable_of(b: *mut Block) -> usize {
+    // SAFETY: as above.
+    let flags = unsafe { (*b).size_flags };
+    (flags & SIZE_MASK) - HEADER - if flags & SLACK != 0 { ALIGNMENT } else { 0 }
+}
+
 /// Whether block `b` is free.
 ///
 /// # Safety
@@ -213,7 +231,7 @@ fn payload_of(b: *mut Block) -> NonNull<u8> {
 /// `payload` was returned by [`Tlsf::allocate`] and not freed since.
 pub(crate) unsafe fn usable_size(payload: NonNull<u8>) -> usize {
     // SAFETY: a live payload is preceded by its block header.
-    unsafe { size_of_block(block_of(payload)) - HEADER }
+    unsafe { usable_of(block_of(payload)) }
 }
 
 /// Usable bytes of the block whose payload `payload` is being freed, after
@@ -255,7 +273,7 @@ pub(crate) unsafe fn freed_usable_size(payload: NonNull<u8>, chunk: *const u8) -
                 "is not the start of a live block (an interior pointer, or its header was overwritten)",
             )
         }
-        size - HEADER
+        usable_of(b)
     }
 }
 
@@ -425,18 +443,7 @@ impl Tlsf {
         if align <= ALIGNMENT {
             // SAFETY: `b` is a used (just taken) block of at least `need`
             // bytes.
-            if unsafe { self.fit_exactly(b, need) } {
-                return Some((payload_of(b), need - HEADER));
-            }
-            // A free block's neighbours are used: a header's worth too
-            // much cannot be given away. Put back; a block with room to
-            // split fits exactly ([ref:exact-fit]).
-            // SAFETY: `b` is a used block, not handed out.
-            unsafe { self.release(b) };
-            b = self.take_fit(need + MIN_BLOCK)?;
-            // SAFETY: as above; `b` has at least `MIN_BLOCK` bytes to spare.
-            let exact = unsafe { self.fit_exactly(b, need) };
-            debug_assert!(exact);
+            unsafe { self.fit_exactly(b, need) };
             return Some((payload_of(b), need - HEADER));
         }
         let payload = payload_of(b).as_ptr();
@@ -492,30 +499,33 @@ impl Tlsf {
         }
     }
 
-    /// Makes used block `b` exactly `keep` bytes [tag:exact-fit]: the excess
-    /// split off and freed if it makes a block, or, a header's worth (too
-    /// little for a block), given to the next block if that one is free.
-    /// `false`, `b` untouched, if neither works; so a block of the default
-    /// alignment holds exactly its request rounded up to `ALIGNMENT`, and
-    /// one allocated for a request bin's bound holds exactly the bound
+    /// Makes used block `b` hold exactly `keep - HEADER` bytes
+    /// [tag:exact-fit]: the excess is split off and freed if it makes a
+    /// block; a header's worth (too little for a block) goes to the next
+    /// block if that one is free, else stays as the block's slack, not
+    /// counted in its usable size. So a block of the default alignment
+    /// holds exactly its request rounded up to `ALIGNMENT`, and one
+    /// allocated for a request bin's bound exactly the bound
     /// ([ref:bin-bound]).
     ///
     /// # Safety
     ///
     /// `b` is a used block of a chunk of this index, of at least `keep`
     /// bytes, `keep >= MIN_BLOCK`.
-    unsafe fn fit_exactly(&mut self, b: *mut Block, keep: usize) -> bool {
+    unsafe fn fit_exactly(&mut self, b: *mut Block, keep: usize) {
         // SAFETY: `b` is a used block (caller); its next neighbour is a
         // valid block, in its list if free.
         unsafe {
+            (*b).size_flags &= !SLACK;
             let excess = size_of_block(b) - keep;
             if excess == 0 || excess >= MIN_BLOCK {
                 self.shrink_block(b, keep);
-                return true;
+                return;
             }
             let next = next_phys(b);
             if !is_free(next) {
-                return false;
+                (*b).size_flags = size_of_block(b) | SLACK;
+                return;
             }
             self.remove(next);
             let grown = size_of_block(next) + excess;
@@ -530,7 +540,6 @@ impl Tlsf {
             (*b).size_flags = keep;
             self.insert(moved);
         }
-        true
     }
 
     /// Shrinks used block `b` to `keep` bytes if the excess makes a block,
@@ -643,23 +652,16 @@ impl Tlsf {
         // valid block.
         unsafe {
             let have = size_of_block(b);
-            if need <= have {
-                return self.fit_exactly(b, need).then_some(need - HEADER);
+            if need > have {
+                let next = next_phys(b);
+                if !is_free(next) || have + size_of_block(next) < need {
+                    return None;
+                }
+                self.remove(next);
+                (*b).size_flags = have + size_of_block(next);
+                (*next_phys(b)).prev_phys = b;
             }
-            let next = next_phys(b);
-            if !is_free(next) {
-                return None;
-            }
-            let total = have + size_of_block(next);
-            // Merged, the block's next neighbour is used: a header's worth
-            // left over could not be given away ([ref:exact-fit]).
-            if total < need || (total > need && total - need < MIN_BLOCK) {
-                return None;
-            }
-            self.remove(next);
-            (*b).size_flags = total;
-            (*next_phys(b)).prev_phys = b;
-            self.shrink_block(b, need);
+            self.fit_exactly(b, need);
             Some(need - HEADER)
         }
     }
@@ -749,7 +751,7 @@ impl Tlsf {
                     walk.free_blocks += 1;
                 } else {
                     walk.used_blocks += 1;
-                    walk.used_bytes += size - HEADER;
+                    walk.used_bytes += usable_of(b);
                 }
                 prev_free = free;
                 prev = b;
@@ -871,8 +873,9 @@ mod tests {
     }
 
     /// Blocks of the default alignment hold exactly their request rounded
-    /// up to 16 ([ref:exact-fit]), also where a free block or a resize
-    /// would leave a header's worth over, too little for a block.
+    /// up to 16 ([ref:exact-fit]), also where a resize leaves a header's
+    /// worth over, too little for a block: given to a free next block, or
+    /// kept as slack that the block's usable size leaves out.
     #[test]
     fn default_alignment_fits_exactly() {
         let layout = core::alloc::Layout::from_size_align(MEDIUM_CHUNK_SIZE, 4096).unwrap();
@@ -881,34 +884,37 @@ mod tests {
         let mut t = Tlsf::new();
         // SAFETY: the chunk is ours and big enough.
         unsafe { t.add_chunk(chunk) };
-        let blocks = [1000, 2000, 3000, 4000].map(|size| t.allocate(size, 8).unwrap());
-        assert_eq!(blocks.map(|(_, u)| u), [1008, 2000, 3008, 4000]);
-        let [a, y, z, w] = blocks.map(|(p, _)| p);
+        let blocks = [1000, 2000, 3000, 4000, 5000].map(|size| t.allocate(size, 8).unwrap());
+        assert_eq!(blocks.map(|(_, u)| u), [1008, 2000, 3008, 4000, 5008]);
+        let [a, y, z, w, v] = blocks.map(|(p, _)| p);
         // SAFETY: blocks of `t`, each freed once.
         unsafe {
-            // A free block between two used ones, 16 bytes more than a
-            // request of 1984 needs: not handed out.
+            let used = || Tlsf::validate_chunk(chunk).used_bytes;
+            // `a` (1024 bytes with its header) grows into `y`'s 2016 and
+            // keeps the 16 left over as slack.
             assert!(t.free(y).is_none());
-            let (p, u) = t.allocate(1984, 8).unwrap();
-            assert_eq!(u, 1984);
-            assert_ne!(p, y, "the free block would hold 2000");
-            assert!(t.free(p).is_none());
-            // `a` (1024 with its header) grows into `y`'s 2016: not to
-            // leave 16 over, but 32, which makes a block.
-            assert_eq!(t.resize_in_place(a, 3008), None);
-            assert_eq!(usable_size(a), 1008);
+            assert_eq!(t.resize_in_place(a, 3008), Some(3008));
+            assert_eq!(usable_size(a), 3008);
+            assert_eq!(used(), 3008 + 3008 + 4000 + 5008);
+            // With `z` freed, shrinking by 32 splits a block off, and by
+            // 16 more gives them to that free block.
+            assert!(t.free(z).is_none());
             assert_eq!(t.resize_in_place(a, 2992), Some(2992));
-            // Shrunk by 16, `a` gives them to that free block...
             assert_eq!(t.resize_in_place(a, 2976), Some(2976));
             assert_eq!(usable_size(a), 2976);
-            // ... but `z`, followed by `w`, has no free block to give them.
-            assert_eq!(t.resize_in_place(z, 2992), None);
-            assert_eq!(usable_size(z), 3008);
-            assert_eq!(t.resize_in_place(z, 2976), Some(2976));
-            for p in [a, z] {
+            assert_eq!(next_phys(block_of(a)), block_of(a).byte_add(2992));
+            // `w`, followed by `v`, keeps 16 as slack, and takes them back.
+            assert_eq!(t.resize_in_place(w, 3984), Some(3984));
+            assert_eq!(usable_size(w), 3984);
+            assert_eq!(size_of_block(block_of(w)), 4016);
+            assert_eq!(used(), 2976 + 3984 + 5008);
+            assert_eq!(t.resize_in_place(w, 4000), Some(4000));
+            assert_eq!(usable_size(w), 4000);
+            assert_eq!(used(), 2976 + 4000 + 5008);
+            for p in [a, w] {
                 assert!(t.free(p).is_none());
             }
-            assert_eq!(t.free(w), Some(chunk));
+            assert_eq!(t.free(v), Some(chunk));
             t.take_empty_chunk(chunk);
             std::alloc::dealloc(chunk.as_ptr(), layout);
         }
