@@ -352,18 +352,18 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// everything else is one call.
     #[inline(always)]
     pub(crate) fn alloc_fast(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        // Nested tests, as in `free_layout`.
+        // The alignment tested first, then the size, in nested branches
+        // (as in `free_layout`): LLVM then tests neither twice. A zero-byte
+        // request is neither small nor medium here: it takes the outlined
+        // path.
         let class = if align <= ALIGNMENT {
-            if size > SMALL_REQUEST_THRESHOLD {
-                if let Some((bin, _)) = medium_bin(size) {
-                    return self.alloc_medium_fast(bin, size);
-                }
-                None
-            } else {
-                // Not `class_of`, which costs a small pair 2 instructions
-                // more: a zero-byte request takes the outlined path.
-                common_class_of(size, align)
+            let class = common_class_of(size, ALIGNMENT);
+            if class.is_none()
+                && let Some((bin, _)) = medium_bin(size)
+            {
+                return self.alloc_medium_fast(bin, size);
             }
+            class
         } else {
             class_of(size, align)
         };
