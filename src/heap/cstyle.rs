@@ -236,10 +236,12 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     #[inline(never)]
     unsafe fn free_larger_sizeless(&self, header: NonNull<ChunkHeader>, p: NonNull<u8>) {
         // SAFETY: caller's contract; a medium block's usable size is what
-        // it was counted with.
+        // it was counted with. Its header is checked (a free one is a
+        // double free, reported) before the fast path, which sees only the
+        // free mark.
         unsafe {
             if (*header.as_ptr()).kind == ChunkKind::Medium {
-                let usable = crate::raw::medium::usable_size(p);
+                let usable = crate::raw::medium::freed_usable_size(p, header.as_ptr().cast());
                 if medium_bin(usable).is_some_and(|(_, bound)| bound == usable) {
                     return self.free_larger(p, usable, ALIGNMENT);
                 }

@@ -794,14 +794,17 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// huge) holding exactly its bin's bound ([ref:bin-bound]), so it goes
     /// straight to the calling thread's medium cache without the arena map
     /// or its header (reading the header cost a 4 KiB pair a tenth of its
-    /// time in criterion's `alloc_free_pair`). A double free is caught by the free mark, which layer 1
-    /// writes too, while the block's chunk is mapped and its pages not
-    /// purged (a block merged into a free neighbour whose pages were
-    /// purged has lost it, mark and header alike); like a small block's, a pointer
-    /// the heap does not own — of another heap, or of a chunk already given
-    /// back — is undefined behaviour here, as `GlobalAlloc::dealloc` says
-    /// (`hardened` checks every pointer in the map). Anything else takes
-    /// [`Self::free_sized`].
+    /// time in criterion's `alloc_free_pair`). A double free is caught by
+    /// the free mark, which layer 1 writes too and its purges keep, while
+    /// the block's chunk is mapped (a block merged into the free block
+    /// before it may lose it, and its header, when that block's pages are
+    /// purged by `trim()`). Like a small block's, a pointer the heap does
+    /// not own — of another heap, or of a chunk already given back — is
+    /// undefined behaviour here, as `GlobalAlloc::dealloc` says, and so is
+    /// a layout larger than the block's: the block would join a larger
+    /// bin (`hardened` checks every pointer in the map and takes the size
+    /// from the header).
+    /// Anything else takes [`Self::free_sized`].
     ///
     /// Inline, with every other path one out-of-line call: a call of its
     /// own, and the registers it saved for its slow paths, cost a 4 KiB
@@ -935,9 +938,12 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         mark: usize,
     ) -> bool {
         // SAFETY: caller's contract.
+        // A block that fits no bin (one allocated over-aligned) is not a
+        // refusal: it says nothing of the cache's idle bins.
         unsafe {
             MediumCache::push(ThreadHeap::medium(th), ptr, usable, size, mark)
-                || self.cache_medium_refused(th, ptr, usable, size, mark)
+                || (MediumCache::takes(usable)
+                    && self.cache_medium_refused(th, ptr, usable, size, mark))
         }
     }
 
@@ -1206,7 +1212,8 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         if ptr.as_ptr().addr() & (new_align - 1) == 0
             && crate::valgrind::resize_in_place(ptr.as_ptr(), old_size, new_size, || {
                 // SAFETY: `header` is the chunk of live block `ptr` (caller).
-                unsafe { self.resize_in_place(header, ptr, old_size, new_size) }.then_some(())
+                unsafe { self.resize_in_place(header, ptr, old_size, new_size, new_align) }
+                    .then_some(())
             })
             .is_some()
         {
@@ -1246,6 +1253,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         ptr: NonNull<u8>,
         old_size: usize,
         new_size: usize,
+        new_align: usize,
     ) -> bool {
         // SAFETY: `header` is the live chunk of live block `ptr` (caller).
         unsafe {
@@ -1260,10 +1268,16 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 self.account(new_size.wrapping_sub(old_size));
                 return true;
             }
+            // A request of a bin keeps holding exactly the bin's bound, as
+            // when it was allocated ([ref:bin-bound]).
+            let fit = match medium_bin(new_size) {
+                Some((_, bound)) if new_align <= ALIGNMENT => bound,
+                _ => new_size,
+            };
             new_size > SMALL_REQUEST_THRESHOLD
                 && self
                     .raw
-                    .resize_in_place(header, ptr, old_size, new_size)
+                    .resize_in_place(header, ptr, old_size, new_size, fit)
                     .is_some()
         }
     }

@@ -74,7 +74,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         unsafe {
             let old_size = Self::block_usable_size(header, old);
             let in_place = crate::valgrind::resize_in_place(old.as_ptr(), old_size, size, || {
-                self.resize_in_place(header, old, old_size, size)
+                self.resize_in_place(header, old, old_size, size, size)
             });
             if let Some(usable) = in_place {
                 self.add_requested(usable - size);

@@ -16,14 +16,20 @@
 //! ```
 //!
 //! Blocks are physically contiguous. Every block starts with a 16-byte
-//! [`Block`] header (previous physical block, size and free flag); the
-//! payload follows it, so payloads are 16-aligned. A free block also holds
-//! its free-list links in its first payload bytes. The sentinel is a used
-//! block of size 0 that ends the chunk.
+//! [`Block`] header (previous physical block, size, free flag and slack
+//! flag); the payload follows it, so payloads are 16-aligned. A free block
+//! also holds its free-list links in its first payload bytes, then its
+//! heap's free mark. The sentinel is a used block of size 0 that ends the
+//! chunk.
+//!
+//! Blocks of the default alignment are fitted exactly ([ref:exact-fit]):
+//! a used block's usable size is its request rounded up to 16, the 16
+//! bytes a split could not take kept as slack outside it.
 //!
 //! # Invariants
 //!
 //! * sizes are multiples of 16 and at least [`MIN_BLOCK`] (sentinel: 0);
+//! * only used blocks carry the slack flag;
 //! * `next_phys(b) == b + size(b)` and `prev_phys(next_phys(b)) == b`;
 //! * no two physically adjacent blocks are both free (free coalesces);
 //! * a block is in free list `(fl, sl) == mapping(size)` iff it is free, and
@@ -67,7 +73,7 @@ const _: () = assert!(CHUNK_BLOCK < 1 << (FL_COUNT as u32 + LINEAR_SHIFT - 1 + 1
 pub(crate) struct Block {
     /// The physically previous block, or null for a chunk's first block.
     prev_phys: *mut Block,
-    /// Block size in bytes (header included), ORed with `FREE`.
+    /// Block size in bytes (header included), ORed with `FREE` or `SLACK`.
     size_flags: usize,
 }
 
@@ -114,6 +120,11 @@ const BIN_BASE_LOG: u32 = SMALL_REQUEST_THRESHOLD.trailing_zeros();
 /// Request bins: `MEDIUM_CACHE_BIN_STEPS` per doubling of size.
 pub(crate) const MEDIUM_BINS: usize =
     ((MEDIUM_CACHE_MAX.trailing_zeros() - BIN_BASE_LOG) * MEDIUM_CACHE_BIN_STEPS) as usize;
+
+/// Bytes at the start of a free block that purging leaves in place: its
+/// header, links and free mark.
+const KEPT_WHEN_PURGED: usize = HEADER + MARK_OFFSET + size_of::<usize>();
+const _: () = assert!(KEPT_WHEN_PURGED <= 48 && KEPT_WHEN_PURGED > HEADER + size_of::<FreeLinks>());
 
 /// Where a freed medium block holds its heap's free mark
 /// ([ref:free-mark]), in bytes from its payload: after the two words that
@@ -437,7 +448,7 @@ impl Tlsf {
         let search = if align <= ALIGNMENT {
             need
         } else {
-            need + align + MIN_BLOCK
+            need + align + KEPT_WHEN_PURGED.next_multiple_of(ALIGNMENT)
         };
         let mut b = self.take_fit(search)?;
         if align <= ALIGNMENT {
@@ -448,13 +459,16 @@ impl Tlsf {
         }
         let payload = payload_of(b).as_ptr();
         let mut gap = payload.align_offset(align);
-        if gap != 0 && gap < MIN_BLOCK {
+        // The leading block put back keeps `b`'s free mark: the new header
+        // must not land on it ([ref:free-mark]).
+        if gap != 0 && gap < KEPT_WHEN_PURGED {
             gap += align;
         }
         if gap != 0 {
             // SAFETY: `b` is a used (just taken) block of at least
-            // `need + align + MIN_BLOCK > gap + need` bytes; the split
-            // point lies inside it.
+            // `need + align + 48 > gap + need` bytes (`gap` is a multiple
+            // of 16 below `align + 40`), and `gap >= 48 >= MIN_BLOCK`: the
+            // split point lies inside it.
             unsafe {
                 let rest = self.split(b, gap);
                 self.release(b);
@@ -689,8 +703,10 @@ impl Tlsf {
         None
     }
 
-    /// Calls `f(start, end)` for the part of every free block past its header
-    /// and links, as a pointer and an end address.
+    /// Calls `f(start, end)` for the part of every free block past its
+    /// header, links and free mark ([ref:free-mark]: a purge must not wipe
+    /// the mark, which the sized free's fast path reads alone), as a
+    /// pointer and an end address.
     pub(crate) fn for_each_free_block(&self, mut f: impl FnMut(*mut u8, usize)) {
         for lists in &self.heads {
             for &head in lists {
@@ -698,7 +714,7 @@ impl Tlsf {
                 while !b.is_null() {
                     // SAFETY: list members are free blocks of live chunks.
                     unsafe {
-                        let start = b.cast::<u8>().add(MIN_BLOCK);
+                        let start = b.cast::<u8>().add(KEPT_WHEN_PURGED);
                         f(start, b.addr() + size_of_block(b));
                         b = (*links(b)).next;
                     }
@@ -804,6 +820,23 @@ impl Tlsf {
 mod tests {
     use super::*;
 
+    const CHUNK_LAYOUT: core::alloc::Layout =
+        match core::alloc::Layout::from_size_align(MEDIUM_CHUNK_SIZE, 4096) {
+            Ok(layout) => layout,
+            Err(_) => panic!("chunk layout"),
+        };
+
+    /// A fresh index over one chunk from the system allocator (given back
+    /// with `dealloc(chunk, CHUNK_LAYOUT)`).
+    fn index_with_a_chunk() -> (Tlsf, NonNull<u8>) {
+        // SAFETY: non-zero size.
+        let chunk = NonNull::new(unsafe { std::alloc::alloc(CHUNK_LAYOUT) }).unwrap();
+        let mut t = Tlsf::new();
+        // SAFETY: the chunk is ours and big enough.
+        unsafe { t.add_chunk(chunk) };
+        (t, chunk)
+    }
+
     /// Smallest block size that maps to list `(fl, sl)`.
     fn list_min(fl: usize, sl: usize) -> usize {
         if fl == 0 {
@@ -841,12 +874,7 @@ mod tests {
 
     #[test]
     fn allocates_aligns_coalesces_and_empties() {
-        let layout = core::alloc::Layout::from_size_align(MEDIUM_CHUNK_SIZE, 4096).unwrap();
-        // SAFETY: non-zero size.
-        let chunk = NonNull::new(unsafe { std::alloc::alloc(layout) }).unwrap();
-        let mut t = Tlsf::new();
-        // SAFETY: the chunk is ours and big enough.
-        unsafe { t.add_chunk(chunk) };
+        let (mut t, chunk) = index_with_a_chunk();
         assert_eq!(t.empty_chunks, 1);
         let (a, ua) = t.allocate(1000, 16).unwrap();
         assert_eq!(t.empty_chunks, 0);
@@ -867,7 +895,7 @@ mod tests {
             assert!(t.free(a).is_none());
             assert_eq!(t.free(c), Some(chunk));
             t.take_empty_chunk(chunk);
-            std::alloc::dealloc(chunk.as_ptr(), layout);
+            std::alloc::dealloc(chunk.as_ptr(), CHUNK_LAYOUT);
         }
         assert_eq!(t.fl_bitmap, 0);
     }
@@ -878,12 +906,7 @@ mod tests {
     /// kept as slack that the block's usable size leaves out.
     #[test]
     fn default_alignment_fits_exactly() {
-        let layout = core::alloc::Layout::from_size_align(MEDIUM_CHUNK_SIZE, 4096).unwrap();
-        // SAFETY: non-zero size.
-        let chunk = NonNull::new(unsafe { std::alloc::alloc(layout) }).unwrap();
-        let mut t = Tlsf::new();
-        // SAFETY: the chunk is ours and big enough.
-        unsafe { t.add_chunk(chunk) };
+        let (mut t, chunk) = index_with_a_chunk();
         let blocks = [1000, 2000, 3000, 4000, 5000].map(|size| t.allocate(size, 8).unwrap());
         assert_eq!(blocks.map(|(_, u)| u), [1008, 2000, 3008, 4000, 5008]);
         let [a, y, z, w, v] = blocks.map(|(p, _)| p);
@@ -916,8 +939,45 @@ mod tests {
             }
             assert_eq!(t.free(v), Some(chunk));
             t.take_empty_chunk(chunk);
-            std::alloc::dealloc(chunk.as_ptr(), layout);
+            std::alloc::dealloc(chunk.as_ptr(), CHUNK_LAYOUT);
         }
         assert_eq!(t.fl_bitmap, 0);
+    }
+
+    /// A free block keeps its free mark ([ref:free-mark]) through what
+    /// layer 1 does to it: purging skips it, and an over-aligned
+    /// allocation that takes the block and puts its front back does not
+    /// write the new block's header over it.
+    #[test]
+    fn free_blocks_keep_their_mark() {
+        let (mut t, chunk) = index_with_a_chunk();
+        // The chunk's first header is at +64; after a block of 1040 bytes
+        // the free rest starts at +1104, its payload 32 bytes short of a
+        // 64-byte boundary: an aligned request's split would fall on the
+        // mark's word.
+        let (a, _) = t.allocate(1024, 8).unwrap();
+        let rest = block_of(a).addr() + 1040;
+        assert_eq!((rest + HEADER) % 64, 32);
+        let mark: *mut usize = a.as_ptr().wrapping_add(1024 + HEADER + MARK_OFFSET).cast();
+        // SAFETY: the free rest's mark word, inside the chunk.
+        unsafe { mark.write(0x5eed) };
+        t.for_each_free_block(|start, _| {
+            assert!(
+                start.addr() >= mark.addr() + size_of::<usize>(),
+                "purge spares the mark"
+            );
+        });
+        let (b, _) = t.allocate(100, 64).unwrap();
+        assert_eq!(b.as_ptr().addr() % 64, 0);
+        assert!(block_of(b).addr() >= rest + KEPT_WHEN_PURGED);
+        // SAFETY: as above; the word is in the free block put back.
+        assert_eq!(unsafe { mark.read() }, 0x5eed);
+        // SAFETY: blocks of `t`, freed once each.
+        unsafe {
+            assert!(t.free(a).is_none());
+            assert_eq!(t.free(b), Some(chunk));
+            t.take_empty_chunk(chunk);
+            std::alloc::dealloc(chunk.as_ptr(), CHUNK_LAYOUT);
+        }
     }
 }

@@ -937,9 +937,10 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
     }
 
-    /// Resizes a medium or huge block in place to hold `size` bytes, if it
-    /// can stay where it is without wasting much; returns its new usable
-    /// size.
+    /// Resizes a medium or huge block in place for a request of `size`
+    /// bytes, if it can stay where it is without wasting much; returns its
+    /// new usable size. A medium block is fitted to hold exactly `fit`
+    /// bytes (`size` or more: a request bin's bound, [ref:bin-bound]).
     ///
     /// # Safety
     ///
@@ -950,6 +951,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         ptr: NonNull<u8>,
         old_size: usize,
         size: usize,
+        fit: usize,
     ) -> Option<usize> {
         // SAFETY: `header` is a live chunk of ours (caller).
         match unsafe { (*header.as_ptr()).kind } {
@@ -958,11 +960,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 let mut shard = unsafe { self.shard_of(header) }.lock();
                 // SAFETY: a live medium block (caller).
                 let old = unsafe { medium::usable_size(ptr) };
-                // A request of a bin keeps holding the bin's bound, as
-                // when it was allocated ([ref:bin-bound]).
-                let hold = medium::medium_bin(size).map_or(size, |(_, bound)| bound);
+                debug_assert!(fit >= size);
                 // SAFETY: as above.
-                let new = unsafe { shard.tlsf.resize_in_place(ptr, hold) }?;
+                let new = unsafe { shard.tlsf.resize_in_place(ptr, fit) }?;
                 shard.bytes_in_use = shard.bytes_in_use - old + new;
                 shard.requested = shard.requested.wrapping_sub(old_size).wrapping_add(size);
                 Some(new)
@@ -1612,12 +1612,12 @@ mod tests {
         unsafe {
             raw.free_block(hb, b, 1000);
             let usable = raw
-                .resize_in_place(ha, a, 1000, 1900)
+                .resize_in_place(ha, a, 1000, 1900, 1900)
                 .expect("grows in place");
             assert!(usable >= 1900);
             assert_eq!(raw.stats().bytes_requested, 1900);
             // Shrinking in place always works for a medium block.
-            assert!(raw.resize_in_place(ha, a, 1900, 700).is_some());
+            assert!(raw.resize_in_place(ha, a, 1900, 700, 700).is_some());
             raw.validate();
             raw.free_block(ha, a, 700);
         }

@@ -30,7 +30,7 @@ const GC_INTERVAL: u32 = 32;
 /// Invariants: only the owning thread (or a holder of the heap's lock,
 /// while the thread heap is an orphan) touches the bins and writes the
 /// counters; `stats()` reads the counters from any thread. Every cached
-/// block is a live medium block of the heap with at least `bin_bound(bin)`
+/// block is a live medium block of the heap with exactly `bin_bound(bin)`
 /// usable bytes; `bytes` and `blocks` sum what the bins hold.
 ///
 /// A full cache does not keep what it holds forever: every `GC_INTERVAL`
@@ -98,6 +98,13 @@ impl MediumCache {
         }
     }
 
+    /// Whether a block of `usable` bytes fits a bin (holds exactly a bin's
+    /// bound), so that [`Self::push`] takes it unless the cache is full.
+    #[inline]
+    pub(crate) fn takes(usable: usize) -> bool {
+        bin_of_usable(usable).is_some()
+    }
+
     /// A cached block for a request of `size` bytes in `bin`.
     ///
     /// # Safety
@@ -125,9 +132,11 @@ impl MediumCache {
     }
 
     /// Whether medium block `ptr` (`usable` bytes), being freed, holds its
-    /// heap's free `mark`, as cached blocks do: then it is in some thread's cache
-    /// already (a double free). Checked for every medium free, whether the
-    /// block is cached or not.
+    /// heap's free `mark`, as cached blocks do: for a block whose header
+    /// says used, it is in some thread's cache already (a double free).
+    /// Checked on the medium frees that read the header (the blocks layer
+    /// 1 holds free carry the mark too, but their headers say so first);
+    /// the sized free's fast path checks the mark alone.
     ///
     /// # Safety
     ///
@@ -165,7 +174,7 @@ impl MediumCache {
         let Some(bin) = bin_of_usable(usable) else {
             return false;
         };
-        // SAFETY: caller's contract; `bin`'s bound is at most `usable`.
+        // SAFETY: caller's contract; `bin`'s bound is `usable`.
         unsafe { Self::push_in(this, bin, ptr, usable, size, mark) }
     }
 
@@ -197,7 +206,7 @@ impl MediumCache {
     ///
     /// # Safety
     ///
-    /// As for [`Self::push`], with `bin_bound(bin) <= usable`.
+    /// As for [`Self::push`], with `bin_bound(bin) == usable`.
     #[inline(always)]
     unsafe fn push_in(
         this: *mut Self,
