@@ -803,8 +803,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// undefined behaviour here, as `GlobalAlloc::dealloc` says, and so is
     /// a layout larger than the block's: the block would join a larger
     /// bin (`hardened` checks every pointer in the map and takes the size
-    /// from the header).
-    /// Anything else takes [`Self::free_sized`].
+    /// from the header). Anything else takes [`Self::free_sized`].
     ///
     /// Inline, with every other path one out-of-line call: a call of its
     /// own, and the registers it saved for its slow paths, cost a 4 KiB
