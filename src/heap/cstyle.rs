@@ -17,7 +17,7 @@ use crate::small::arena::Arena;
 use crate::small::pool::Pool;
 use crate::small::size_class::{block_size, class_of};
 use crate::thread::ThreadHeap;
-use crate::thread::medium_cache::medium_bin;
+use crate::thread::medium_cache::{MediumCache, medium_bin};
 use crate::trace::hook as trace;
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -242,7 +242,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         unsafe {
             if (*header.as_ptr()).kind == ChunkKind::Medium {
                 let usable = crate::raw::medium::freed_usable_size(p, header.as_ptr().cast());
-                if medium_bin(usable).is_some_and(|(_, bound)| bound == usable) {
+                if MediumCache::takes(usable) {
                     return self.free_larger(p, usable, ALIGNMENT);
                 }
             }

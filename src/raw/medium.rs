@@ -837,6 +837,21 @@ mod tests {
         (t, chunk)
     }
 
+    /// Takes the wholly free chunk of [`index_with_a_chunk`] out of `t`,
+    /// which must then be empty, and frees it.
+    ///
+    /// # Safety
+    ///
+    /// `chunk` is `t`'s only chunk, wholly free.
+    unsafe fn give_back(mut t: Tlsf, chunk: NonNull<u8>) {
+        // SAFETY: caller's contract.
+        unsafe {
+            t.take_empty_chunk(chunk);
+            std::alloc::dealloc(chunk.as_ptr(), CHUNK_LAYOUT);
+        }
+        assert_eq!(t.fl_bitmap, 0);
+    }
+
     /// Smallest block size that maps to list `(fl, sl)`.
     fn list_min(fl: usize, sl: usize) -> usize {
         if fl == 0 {
@@ -894,10 +909,8 @@ mod tests {
             assert!(t.free(b).is_none());
             assert!(t.free(a).is_none());
             assert_eq!(t.free(c), Some(chunk));
-            t.take_empty_chunk(chunk);
-            std::alloc::dealloc(chunk.as_ptr(), CHUNK_LAYOUT);
+            give_back(t, chunk);
         }
-        assert_eq!(t.fl_bitmap, 0);
     }
 
     /// Blocks of the default alignment hold exactly their request rounded
@@ -938,10 +951,8 @@ mod tests {
                 assert!(t.free(p).is_none());
             }
             assert_eq!(t.free(v), Some(chunk));
-            t.take_empty_chunk(chunk);
-            std::alloc::dealloc(chunk.as_ptr(), CHUNK_LAYOUT);
+            give_back(t, chunk);
         }
-        assert_eq!(t.fl_bitmap, 0);
     }
 
     /// A free block keeps its free mark ([ref:free-mark]) through what
@@ -976,8 +987,7 @@ mod tests {
         unsafe {
             assert!(t.free(a).is_none());
             assert_eq!(t.free(b), Some(chunk));
-            t.take_empty_chunk(chunk);
-            std::alloc::dealloc(chunk.as_ptr(), CHUNK_LAYOUT);
+            give_back(t, chunk);
         }
     }
 }
