@@ -424,8 +424,22 @@ impl Tlsf {
             fl = fl_map.trailing_zeros() as usize;
             sl_map = self.sl_bitmap[fl];
         }
-        let b = self.heads[fl][sl_map.trailing_zeros() as usize];
+        let mut b = self.heads[fl][sl_map.trailing_zeros() as usize];
         debug_assert!(!b.is_null());
+        // A wholly free chunk shares the last list with the large remainders
+        // of chunks in use: one of those is taken first, so that the empty
+        // chunk can go back to the OS. Empty chunks are few (the spares).
+        // SAFETY: list members are free blocks of live chunks, with valid
+        // links.
+        unsafe {
+            let mut c = b;
+            while !c.is_null() && Self::whole_chunk(c).is_some() {
+                c = (*links(c)).next;
+            }
+            if !c.is_null() {
+                b = c;
+            }
+        }
         // SAFETY: list heads are free blocks in that list; once removed, the
         // block is used.
         unsafe {
