@@ -35,11 +35,21 @@ const HARDENED: bool = cfg!(feature = "hardened");
 pub const CHUNK_SIZE: usize = ARENA_SIZE;
 /// `log2(CHUNK_SIZE)`.
 pub const CHUNK_SHIFT: u32 = CHUNK_SIZE.trailing_zeros();
-/// Size of a chunk that layer 1 carves into medium blocks.
-pub const MEDIUM_CHUNK_SIZE: usize = 4 * CHUNK_SIZE;
+/// Size of a chunk that layer 1 carves into medium blocks: over twice
+/// `MEDIUM_MAX`, so that the largest medium blocks share a chunk. A heap
+/// bounded below it maps its medium blocks one by one instead
+/// (`RawHeap::alloc_medium_mapped`).
+pub const MEDIUM_CHUNK_SIZE: usize = 16 * CHUNK_SIZE;
 /// Largest request (after alignment padding) served by the medium allocator;
-/// larger requests are mapped directly from the OS ("huge").
-pub const MEDIUM_MAX: usize = 1024 * 1024;
+/// larger requests are mapped directly from the OS ("huge"). 4 MiB: freed
+/// buffers of a few MiB are pages that the next medium requests reuse,
+/// where a huge mapping kept for reuse serves only a request of about its
+/// size. Eight vectors growing side by side to 4 MiB (`vec_growth_8x`)
+/// peaked at 24.8 against 28.7 MB with 1 MiB and 4 MiB chunks, and two
+/// threads building and dropping JSON documents (`json_2t`) took 171
+/// against 182 ms, medians of 7 interleaved runs (`workloads peak` and
+/// `workloads time` of each build).
+pub const MEDIUM_MAX: usize = 4 * 1024 * 1024;
 /// How long a pool stays empty before its pages are given back to the OS
 /// (`madvise(MADV_DONTNEED)`): long enough that churn at a steady size reuses
 /// pools without a system call, short enough that RSS follows frees. Also
@@ -82,7 +92,8 @@ pub const HUGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// `PURGE_DELAY` has passed; a mapping freed beyond it is purged as it is
 /// cached (its reuse still saves the `mmap`/`munmap` pair, not the page
 /// faults). Keeps a program that frees and allocates large buffers from
-/// holding tens of MiB more than it uses at its peak. 32 MiB: eight
+/// holding tens of MiB more than it uses at its peak. 32 MiB (measured
+/// when blocks over 1 MiB were huge): eight
 /// vectors growing side by side to 4 MiB each (`vec_growth_8x`) refill
 /// what the last round freed without faulting it in again (16 MiB took
 /// 3.2x the page faults and 1.2x the time, by `/usr/bin/time` on
@@ -108,11 +119,12 @@ pub const MEDIUM_SHARDS: usize = 4;
 /// (and their pages) instead of mapping and faulting them in again. Every
 /// `POOL_PURGE_INTERVAL` a shard unmaps as many as stayed unused over the
 /// whole interval; past this many, a chunk is unmapped as soon as it
-/// empties. One: with four, the growth of eight vectors side by side
-/// (`vec_growth_8x`) peaked 3 MiB higher (31 against 28 MiB maxrss, by
-/// `/usr/bin/time` as for `HUGE_CACHE_RESIDENT`) for no
-/// measurable speed there or in `json_2t` (171 against 173 ms, medians of
-/// 9 interleaved runs); with none, every chunk the growth empties is
+/// empties. One (measured with 4 MiB chunks): with four, the growth of
+/// eight vectors side by side (`vec_growth_8x`) peaked 3 MiB higher (31
+/// against 28 MiB maxrss, by `/usr/bin/time` as for
+/// `HUGE_CACHE_RESIDENT`) for no measurable speed there or in `json_2t`
+/// (171 against 173 ms, medians of 9 interleaved runs); with none, every
+/// chunk the growth empties is
 /// mapped and faulted in again (3.2x the page faults, 1.2x the time).
 pub const MEDIUM_SPARE_CHUNKS: usize = 1;
 /// Largest alignment the medium allocator serves; larger alignments are
@@ -121,13 +133,13 @@ pub const MEDIUM_MAX_ALIGN: usize = 64 * 1024;
 
 /// Largest request the per-thread medium cache serves (the cache keeps
 /// freed medium blocks for reuse by the thread that freed them, with no
-/// lock): every medium request, so a buffer of up to 1 MiB that a thread
+/// lock): every medium request, so a buffer of up to 4 MiB that a thread
 /// allocates and frees again and again costs no lock.
 pub const MEDIUM_CACHE_MAX: usize = MEDIUM_MAX;
 /// Most usable bytes one thread keeps in its medium cache, per heap: enough
 /// for steady churn (a few 64 KiB buffers, hundreds of 1 KiB ones), small
 /// enough that what it pins is minor. An empty cache takes one block
-/// whatever its size, so a thread pins at most `MEDIUM_CACHE_MAX` (1 MiB)
+/// whatever its size, so a thread pins at most `MEDIUM_CACHE_MAX` (4 MiB)
 /// when its last medium free was of a large block.
 pub const MEDIUM_CACHE_BYTES: usize = 256 * 1024;
 /// Smallest `alloc_zeroed` request whose whole pages are zeroed by purging

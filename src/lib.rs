@@ -14,7 +14,7 @@
 //!   +---------------------------+------------------------+
 //!   | Arena / Pool  (layer 2)   |                        |
 //!   | 1 MiB arenas, 16 KiB      |  RawHeap (layer 1)     |
-//!   | pools, 32 size classes    |  medium: TLSF in 4 MiB |
+//!   | pools, 32 size classes    |  medium: TLSF in 16 MiB|
 //!   |         arena chunks <----+  chunks; huge: mapped  |
 //!   +---------------------------+------------------------+
 //!   |       OS pages (layer 0): mmap / VirtualAlloc       |
@@ -42,7 +42,7 @@
 //! a free list and a bump pointer over never-used blocks. Pools are carved
 //! from 1 MiB *arenas*; arenas with free pools are used fullest first so that
 //! nearly empty ones drain and go back to the OS. Larger requests go to the
-//! raw heap: a TLSF allocator for medium sizes (up to 1 MiB), a mapping of
+//! raw heap: a TLSF allocator for medium sizes (up to 4 MiB), a mapping of
 //! their own for huge ones. A process-wide *arena map* finds any block's
 //! chunk, hence its size, from its address alone.
 //!
@@ -51,7 +51,7 @@
 //! a *thread heap*: it allocates and frees its own blocks with no lock and
 //! no atomic read-modify-write, a block freed by another thread reaches its
 //! owner with one compare-and-swap, and the pools of exited threads are
-//! adopted by new ones. Freed medium blocks (up to 1 MiB) stay in a small
+//! adopted by new ones. Freed medium blocks (up to 4 MiB) stay in a small
 //! per-thread cache; the medium allocator behind it is sharded, a lock per
 //! shard. Other locks are taken only to move pools, arenas and chunks.
 //!

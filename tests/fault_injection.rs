@@ -61,7 +61,7 @@ fn workload(heap: &PrivateHeap<&FailingPages>) -> usize {
     let n = if cfg!(miri) { 60 } else { 800 };
     for i in 0..n {
         let size = match i % 10 {
-            0 => (1 << 20) + 4096,
+            0 => pymalloc::config::MEDIUM_MAX + 4096,
             1 | 2 => 1000 + i * 37 % 60_000,
             _ => 8 + i * 13 % 500,
         };

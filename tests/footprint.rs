@@ -168,9 +168,10 @@ fn empty_pools_are_purged_after_the_delay() {
 #[test]
 fn a_bounded_heap_allows_exactly_its_limit() {
     let _guard = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    // A huge block of 3 MiB - 64 bytes maps exactly 3 MiB (64-byte header),
+    // A huge block of `map` - 64 bytes maps exactly `map` (64-byte header),
     // plus its guard page with `hardened`.
-    let size = (3 << 20) - 64;
+    let map = pymalloc::config::MEDIUM_MAX + (1 << 20);
+    let size = map - 64;
     let guard = if cfg!(feature = "hardened") {
         pymalloc::os::page_size()
     } else {
@@ -179,9 +180,9 @@ fn a_bounded_heap_allows_exactly_its_limit() {
     let layout = Layout::from_size_align(size, 8).unwrap();
     use allocator_api2::alloc::Allocator;
 
-    let exact = PrivateHeap::with_limit((3 << 20) + guard);
+    let exact = PrivateHeap::with_limit(map + guard);
     let p = (&exact).allocate(layout).expect("exactly at the limit");
-    assert_eq!(exact.stats().bytes_mapped, (3 << 20) + guard);
+    assert_eq!(exact.stats().bytes_mapped, map + guard);
     // Nothing more fits, not even one small block.
     assert!((&exact).allocate(Layout::new::<u64>()).is_err());
     // SAFETY: live block with this layout.
@@ -189,10 +190,63 @@ fn a_bounded_heap_allows_exactly_its_limit() {
     // Freed below the limit: usable again.
     assert!((&exact).allocate(Layout::new::<u64>()).is_ok());
 
-    let over = PrivateHeap::with_limit((3 << 20) + guard - 1);
+    let over = PrivateHeap::with_limit(map + guard - 1);
     assert!((&over).allocate(layout).is_err(), "one byte over the limit");
     assert_eq!(over.stats().bytes_mapped, 0);
-    assert_eq!(over.limit(), (3 << 20) + guard - 1);
+    assert_eq!(over.limit(), map + guard - 1);
+}
+
+#[test]
+fn a_heap_bounded_below_a_medium_chunk_maps_medium_blocks_alone() {
+    use allocator_api2::alloc::Allocator;
+    let chunk = pymalloc::config::MEDIUM_CHUNK_SIZE;
+    let heap = PrivateHeap::with_limit(chunk / 2);
+    let a = &heap;
+    // No room for a medium chunk: each medium block gets a mapping of its
+    // own, reads and writes like any other, grows and is freed by size.
+    let sizes = [600, 5000, 70_000, 1 << 20];
+    let mut blocks = std::vec::Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let layout = Layout::from_size_align(n, 8).unwrap();
+        let p = a
+            .allocate(layout)
+            .expect("served without a chunk")
+            .cast::<u8>();
+        // SAFETY: a fresh block of `n` bytes.
+        unsafe { p.as_ptr().write_bytes(i as u8 + 1, n) };
+        blocks.push((p, layout));
+    }
+    let s = heap.stats();
+    assert_eq!(s.raw.medium_chunks, 0, "{s:?}");
+    assert_eq!(s.raw.huge_blocks, sizes.len(), "{s:?}");
+    assert!(s.bytes_mapped <= heap.limit(), "{s:?}");
+    let (p, old) = blocks.pop().unwrap();
+    let new = Layout::from_size_align(old.size() + 300_000, 8).unwrap();
+    // SAFETY: live with `old`; `new` is larger.
+    let q = unsafe { a.grow(p, old, new) }.expect("grows").cast::<u8>();
+    // SAFETY: the first `old.size()` bytes were kept.
+    unsafe {
+        assert!(
+            (0..old.size())
+                .step_by(4096)
+                .all(|i| q.as_ptr().add(i).read() == 4)
+        );
+    }
+    blocks.push((q, new));
+    for (i, (p, layout)) in blocks.into_iter().enumerate() {
+        // SAFETY: live with `layout`; its bytes were written above.
+        unsafe {
+            assert_eq!(p.as_ptr().read(), i as u8 + 1);
+            a.deallocate(p, layout);
+        }
+    }
+    let s = heap.stats();
+    assert_eq!(
+        (s.bytes_in_use, s.bytes_requested, s.raw.huge_blocks),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    heap.validate();
 }
 
 #[test]

@@ -224,7 +224,7 @@ fn case(name: &str) {
         }
         #[cfg(feature = "hardened")]
         "huge_guard" => {
-            let size = 4 << 20;
+            let size = pymalloc::config::MEDIUM_MAX + (1 << 20);
             let p = alloc(&HEAP, size);
             // SAFETY: a live block of HEAP.
             let end =

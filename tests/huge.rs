@@ -1,10 +1,10 @@
-//! Huge blocks (over 1 MiB) through the whole heap: grown by doubling
+//! Huge blocks (over `MEDIUM_MAX`, 4 MiB) through the whole heap: grown by doubling
 //! without copying their bytes (pages remapped), and a realloc the heap
 //! cannot give that leaves the block valid.
 
 use core::alloc::Layout;
 use pymalloc::PrivateHeap;
-use pymalloc::config::CHUNK_SIZE;
+use pymalloc::config::{CHUNK_SIZE, MEDIUM_MAX};
 
 /// The byte written at offset `i`.
 fn mark(i: usize) -> u8 {
@@ -18,10 +18,13 @@ fn a_huge_block_doubles_to_a_gibibyte_without_copying() {
     let a = &heap;
     // Miri has no mremap (its pages come from `System`): the block is
     // copied there, and only correctness is checked, on less.
+    // From the smallest power of two past the medium range: every step is
+    // a huge block's.
+    let first = 2 * MEDIUM_MAX;
     let (first, last) = if cfg!(miri) {
-        (2 << 20, 8 << 20)
+        (first, 4 * first)
     } else {
-        (2 << 20, 1 << 30)
+        (first, 1 << 30)
     };
     // A mark every 64 KiB of each size's new part (and its last byte):
     // enough to see a lost or shifted page without touching a GiB.
@@ -77,7 +80,7 @@ fn a_realloc_the_heap_cannot_give_returns_null_and_keeps_the_block() {
     use core::alloc::GlobalAlloc;
     let heap = PrivateHeap::with_limit(16 * CHUNK_SIZE);
     let a = &heap;
-    let size = 4 * CHUNK_SIZE;
+    let size = MEDIUM_MAX + CHUNK_SIZE;
     let layout = Layout::from_size_align(size, 8).unwrap();
     let p = a.allocate(layout).unwrap().cast::<u8>();
     // SAFETY: a live block of `size` bytes.

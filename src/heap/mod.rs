@@ -95,6 +95,9 @@ impl PrivateHeap {
     /// An empty heap that never maps more than `bytes` from the OS at once.
     /// Past the bound, allocation fails cleanly (null, `AllocError`, a
     /// failed `try_reserve`) and a failed realloc leaves its block valid.
+    /// Under two medium chunks (`2 * MEDIUM_CHUNK_SIZE`, 32 MiB), medium
+    /// blocks are mapped one by one rather than carved from a chunk that
+    /// would fill most of the bound.
     ///
     /// ```
     /// use allocator_api2::vec::Vec;
@@ -422,7 +425,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
     /// the head used pool of the class; pop its free list; count. Plain
     /// loads and stores only. Carving a pool's never-used blocks onto its
     /// free list, and a pool found full, are out of line. A medium request
-    /// up to 1 MiB pops the thread's medium cache. Anything else is a
+    /// up to 4 MiB pops the thread's medium cache. Anything else is a
     /// `#[cold]` call. Small blocks never report reading zero: their first
     /// word held a free-list link.
     ///
@@ -838,9 +841,16 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                         "is already free (double free)",
                     )
                 }
-                debug_assert_eq!(
-                    Some(self.usable_size(ptr)),
-                    medium_bin(size).map(|(_, bound)| bound),
+                // (Or, allocated while the heap was bounded, a mapping of
+                // its own that holds more: `RawHeap::alloc_medium_mapped`.)
+                debug_assert!(
+                    medium_bin(size).is_some_and(|(_, bound)| {
+                        let usable = self.usable_size(ptr);
+                        usable == bound
+                            || usable > bound
+                                && (*self.raw.find_own_block(ptr, "check").0.as_ptr()).kind
+                                    == ChunkKind::Huge
+                    }),
                     "medium block {ptr:?} of {size} bytes holds its bin's bound"
                 );
                 crate::valgrind::freelike(ptr.as_ptr());

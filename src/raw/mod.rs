@@ -587,12 +587,13 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             None => {
                 let chunk = {
                     let mut core = self.core.lock();
-                    let chunk = self.map_chunk(
-                        &mut core,
-                        ChunkKind::Medium,
-                        MEDIUM_CHUNK_SIZE,
-                        CHUNK_SIZE,
-                    )?;
+                    let mapped = self.chunk_fits().then(|| {
+                        self.map_chunk(&mut core, ChunkKind::Medium, MEDIUM_CHUNK_SIZE, CHUNK_SIZE)
+                    });
+                    let Some(chunk) = mapped.flatten() else {
+                        drop((core, shard));
+                        return self.alloc_medium_mapped(requested, size, align);
+                    };
                     core.stats.medium_chunks += 1;
                     chunk
                 };
@@ -613,6 +614,28 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         shard.requested = shard.requested.wrapping_add(requested);
         shard.blocks += 1;
         Some(RawBlock { ptr, zeroed: false })
+    }
+
+    /// Whether the heap maps medium chunks: not under a limit below two
+    /// chunks, which one chunk's unused pages would mostly fill.
+    fn chunk_fits(&self) -> bool {
+        MEDIUM_CHUNK_SIZE <= self.limit() / 2
+    }
+
+    /// A medium request whose shard could not map a chunk: in a bounded
+    /// heap, whose limit may hold the block but not a whole
+    /// `MEDIUM_CHUNK_SIZE` chunk (or not one that leaves room,
+    /// [`Self::chunk_fits`]), the block gets a mapping of its own, as a
+    /// huge block (freed through its chunk's kind, never by size: a bounded
+    /// heap's frees all read the block's chunk).
+    #[cold]
+    fn alloc_medium_mapped(&self, requested: usize, size: usize, align: usize) -> Option<RawBlock> {
+        if self.limit() == usize::MAX {
+            return None;
+        }
+        let block = self.alloc_huge(size, align)?;
+        self.add_requested(requested.wrapping_sub(size));
+        Some(block)
     }
 
     /// The shard of medium chunk `header`.
@@ -972,12 +995,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 let usable = unsafe { Self::block_usable_size(header, ptr) };
                 let fits = size <= usable && size > usable / 2;
                 if fits {
-                    let mut core = self.core.lock();
-                    core.stats.bytes_requested = core
-                        .stats
-                        .bytes_requested
-                        .wrapping_sub(old_size)
-                        .wrapping_add(size);
+                    self.add_requested(size.wrapping_sub(old_size));
                 }
                 fits.then_some(usable)
             }
@@ -1701,6 +1719,9 @@ mod tests {
         unsafe { raw.free_block(h, p, size) };
     }
 
+    /// A huge request: a chunk past the medium range.
+    const HUGE: usize = MEDIUM_MAX + CHUNK_SIZE;
+
     /// The byte a test pattern puts at `i`.
     fn mark(i: usize) -> u8 {
         (i as u8) ^ ((i >> 16) as u8) ^ 0x5A
@@ -1710,7 +1731,8 @@ mod tests {
     fn a_freed_huge_mapping_is_kept_and_reused_without_a_map() {
         let pages = Counting::default();
         let raw = RawHeap::<&Counting>::with_source(&pages);
-        let size = 3 * CHUNK_SIZE;
+        // Over twice the smallest huge request, which must not take it.
+        let size = 3 * MEDIUM_MAX;
         let a = raw.alloc_block(size, ALIGNMENT).unwrap();
         assert!(a.zeroed);
         // SAFETY: a live block of `size` bytes.
@@ -1753,11 +1775,12 @@ mod tests {
     fn trim_unmaps_the_cached_huge_mappings() {
         let pages = Counting::default();
         let raw = RawHeap::<&Counting>::with_source(&pages);
-        for size in [2 * CHUNK_SIZE, 5 * CHUNK_SIZE] {
+        let sizes = [HUGE, 2 * HUGE];
+        for size in sizes {
             let p = raw.alloc_block(size, ALIGNMENT).unwrap().ptr;
             free(&raw, p, size);
         }
-        assert!(raw.stats().huge_cached_bytes > 7 * CHUNK_SIZE);
+        assert!(raw.stats().huge_cached_bytes > sizes.iter().sum());
         raw.trim();
         let s = raw.stats();
         assert_eq!((s.huge_cached_bytes, s.bytes_mapped), (0, 0));
@@ -1769,7 +1792,7 @@ mod tests {
     fn the_huge_cache_is_bounded_in_mappings_and_bytes() {
         let pages = Counting::default();
         let raw = RawHeap::<&Counting>::with_source(&pages);
-        let size = 2 * CHUNK_SIZE;
+        let size = HUGE;
         let n = HUGE_CACHE_MAPPINGS + 2;
         let blocks: Vec<_> = (0..n)
             .map(|_| raw.alloc_block(size, ALIGNMENT).unwrap().ptr)
@@ -1807,7 +1830,7 @@ mod tests {
     fn cached_huge_mappings_are_purged_after_the_delay() {
         let pages = Counting::default();
         let raw = RawHeap::<&Counting>::with_source(&pages);
-        let size = 2 * CHUNK_SIZE;
+        let size = HUGE;
         let a = raw.alloc_block(size, ALIGNMENT).unwrap().ptr;
         // SAFETY: a live block of `size` bytes.
         unsafe { a.as_ptr().write_bytes(0xAB, size) };
@@ -1871,22 +1894,22 @@ mod tests {
     #[test]
     fn a_bounded_heap_drops_its_cached_huge_mappings_before_failing() {
         let pages = Counting::default();
-        let raw = RawHeap::<&Counting>::with_source_and_limit(&pages, 8 * CHUNK_SIZE);
-        let a = raw.alloc_block(5 * CHUNK_SIZE, ALIGNMENT).unwrap().ptr;
-        free(&raw, a, 5 * CHUNK_SIZE);
-        assert!(raw.stats().huge_cached_bytes > 5 * CHUNK_SIZE);
+        let raw = RawHeap::<&Counting>::with_source_and_limit(&pages, HUGE + 3 * CHUNK_SIZE);
+        let a = raw.alloc_block(HUGE, ALIGNMENT).unwrap().ptr;
+        free(&raw, a, HUGE);
+        assert!(raw.stats().huge_cached_bytes > HUGE);
         // Too large for the cached mapping, and the limit holds only one of
         // the two: the cached one goes.
         let b = raw
-            .alloc_block(6 * CHUNK_SIZE, ALIGNMENT)
+            .alloc_block(HUGE + CHUNK_SIZE, ALIGNMENT)
             .expect("the cached mapping makes room");
         let s = raw.stats();
         assert_eq!(s.huge_cached_bytes, 0);
-        assert!(s.bytes_mapped <= 8 * CHUNK_SIZE, "{s:?}");
+        assert!(s.bytes_mapped <= HUGE + 3 * CHUNK_SIZE, "{s:?}");
         assert_eq!(pages.counts()[..2], [2, 1]);
         // Beyond the limit even without a cache: refused cleanly.
-        assert!(raw.alloc_block(3 * CHUNK_SIZE, ALIGNMENT).is_none());
-        free(&raw, b.ptr, 6 * CHUNK_SIZE);
+        assert!(raw.alloc_block(HUGE, ALIGNMENT).is_none());
+        free(&raw, b.ptr, HUGE + CHUNK_SIZE);
         raw.validate();
     }
 
@@ -1894,7 +1917,7 @@ mod tests {
     fn a_huge_block_grows_and_shrinks_by_remapping_its_pages() {
         let pages = Counting::default();
         let raw = RawHeap::<&Counting>::with_source(&pages);
-        let (small, large) = (2 * CHUNK_SIZE, 40 * CHUNK_SIZE);
+        let (small, large) = (HUGE, 10 * HUGE);
         let p = raw.alloc_block(small, 4096).unwrap().ptr;
         // SAFETY: a live block of `small` bytes.
         unsafe {
