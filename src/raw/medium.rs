@@ -60,6 +60,12 @@ const FREE: usize = 1;
 /// fitting it exactly left them over, too few to split off as a block
 /// ([ref:exact-fit]).
 const SLACK: usize = 2;
+/// A free block that was free at the last aging of its list
+/// ([`Tlsf::age_free_blocks`]).
+const AGED: usize = 4;
+/// A free block whose pages were purged since it was freed.
+const PURGED: usize = 8;
+const _: () = assert!(ALIGNMENT > PURGED);
 const SIZE_MASK: usize = !(ALIGNMENT - 1);
 const _: () = assert!(ALIGNMENT > SLACK && MIN_BLOCK == HEADER + ALIGNMENT);
 /// Size of the single free block of an empty chunk.
@@ -444,7 +450,7 @@ impl Tlsf {
         // block is used.
         unsafe {
             self.remove(b);
-            (*b).size_flags &= !FREE;
+            (*b).size_flags &= !(FREE | AGED | PURGED);
         }
         // SAFETY: `b` is a live block header.
         if unsafe { Self::whole_chunk(b) }.is_some() {
@@ -735,6 +741,50 @@ impl Tlsf {
                 }
             }
         }
+    }
+
+    /// Ages the free blocks of at least `min` bytes, wholly free chunks
+    /// aside: one already aged by the previous call (free ever since: a
+    /// block taken, split or merged starts young again) and not purged yet
+    /// is given to `purge` (its part past header, links and mark) and
+    /// marked purged; the others are marked aged. Returns whether some
+    /// block was left aged and unpurged, for the next call.
+    pub(crate) fn age_free_blocks(
+        &mut self,
+        min: usize,
+        mut purge: impl FnMut(*mut u8, usize),
+    ) -> bool {
+        let mut pending = false;
+        let (first, _) = mapping(min.max(MIN_BLOCK));
+        for lists in self.heads.iter().skip(first) {
+            for &head in lists {
+                let mut b = head;
+                while !b.is_null() {
+                    // SAFETY: list members are free blocks of live chunks;
+                    // their flags are the index's to change.
+                    unsafe {
+                        let flags = (*b).size_flags;
+                        if size_of_block(b) >= min
+                            && flags & PURGED == 0
+                            && Self::whole_chunk(b).is_none()
+                        {
+                            if flags & AGED != 0 {
+                                purge(
+                                    b.cast::<u8>().add(KEPT_WHEN_PURGED),
+                                    b.addr() + size_of_block(b),
+                                );
+                                (*b).size_flags = flags | PURGED;
+                            } else {
+                                (*b).size_flags = flags | AGED;
+                                pending = true;
+                            }
+                        }
+                        b = (*links(b)).next;
+                    }
+                }
+            }
+        }
+        pending
     }
 }
 

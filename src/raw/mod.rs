@@ -30,8 +30,8 @@ pub(crate) mod medium;
 
 use crate::config::{
     ALIGNMENT, ARENA_SIZE, CHUNK_SIZE, HUGE_CACHE_BYTES, HUGE_CACHE_MAPPINGS, HUGE_CACHE_RESIDENT,
-    MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN, MEDIUM_SHARDS, MEDIUM_SPARE_CHUNKS,
-    POOL_PURGE_INTERVAL, PURGE_DELAY,
+    MEDIUM_CHUNK_SIZE, MEDIUM_MAX, MEDIUM_MAX_ALIGN, MEDIUM_PURGE_MIN, MEDIUM_SHARDS,
+    MEDIUM_SPARE_CHUNKS, POOL_PURGE_INTERVAL, PURGE_DELAY,
 };
 use crate::lock::{ForkSafe, SpinLock};
 use crate::os::{OsPages, PageSource, Stamp, checked_align_up, page_size};
@@ -120,6 +120,9 @@ pub(crate) struct MediumShard {
     /// While the shard keeps wholly free chunks: when the current interval
     /// of the TLSF's low water of them began (`None`: it keeps none).
     spare_since: Option<Stamp>,
+    /// While the shard may hold free blocks of `MEDIUM_PURGE_MIN` bytes or
+    /// more that are not purged: when their current interval began.
+    dirty_since: Option<Stamp>,
     /// Medium operations so far (wrapping); the clock is read on every
     /// `PURGE_CHECK_INTERVAL`-th only.
     ops: u32,
@@ -141,6 +144,7 @@ impl MediumShard {
         Self {
             tlsf: Tlsf::new(),
             spare_since: None,
+            dirty_since: None,
             ops: 0,
             bytes_in_use: 0,
             requested: 0,
@@ -213,8 +217,8 @@ pub struct RawHeap<S: PageSource = OsPages, R: RawMutex = SpinLock> {
     /// Some cached huge mapping still holds its pages (a hint, read without
     /// the lock by `purge_expired`).
     huge_waiting: core::sync::atomic::AtomicBool,
-    /// Some shard may keep wholly free chunks (a hint, read without a lock
-    /// by `purge_expired`).
+    /// Some shard may keep wholly free chunks or large free blocks not
+    /// purged yet (a hint, read without a lock by `purge_expired`).
     spares_waiting: core::sync::atomic::AtomicBool,
     /// The free mark of this heap's blocks ([ref:free-mark]): random, set
     /// under the lock before the first chunk is mapped (so before any block
@@ -408,6 +412,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             if shard.spare_since.is_some() {
                 self.release_spare_chunks(shard);
             }
+            if shard.dirty_since.is_some() {
+                self.purge_large_free(shard);
+            }
             if self.huge_waiting.load(Ordering::Relaxed) {
                 self.purge_huge_cache(&mut self.core.lock());
             }
@@ -429,6 +436,28 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         self.unmap_empty_chunks(shard, shard.tlsf.empty_low());
         shard.tlsf.reset_empty_low();
         shard.spare_since = (shard.tlsf.empty_chunks > 0).then_some(now);
+    }
+
+    /// Every `POOL_PURGE_INTERVAL` while `shard` may hold large free
+    /// blocks, ages them ([`medium::Tlsf::age_free_blocks`]): the pages of
+    /// one free over a whole interval, from one aging to the next, are
+    /// purged, wholly free chunks aside (the spares have their own
+    /// interval). A buffer of a few MiB that a program drops and does not
+    /// allocate again soon stops holding memory, as a huge block's mapping
+    /// would; one reused meanwhile keeps its pages.
+    #[cold]
+    fn purge_large_free(&self, shard: &mut MediumShard) {
+        let Some(since) = shard.dirty_since else {
+            return;
+        };
+        let now = Stamp::now();
+        if now.since(since) < PURGE_DELAY {
+            return;
+        }
+        let pending = shard.tlsf.age_free_blocks(MEDIUM_PURGE_MIN, |start, end| {
+            self.purge_free_range(start, end)
+        });
+        shard.dirty_since = pending.then_some(now);
     }
 
     /// Purges `size` bytes at `ptr` (whole pages of a live chunk whose
@@ -851,7 +880,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                     continue;
                 };
                 self.release_spare_chunks(&mut shard);
-                waiting |= shard.spare_since.is_some();
+                self.purge_large_free(&mut shard);
+                waiting |= shard.spare_since.is_some() || shard.dirty_since.is_some();
             }
             if waiting {
                 self.spares_waiting.store(true, Ordering::Relaxed);
@@ -904,6 +934,10 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                     shard.tlsf.reset_empty_low();
                     self.spares_waiting.store(true, Ordering::Relaxed);
                 }
+            }
+            if usable >= MEDIUM_PURGE_MIN && shard.dirty_since.is_none() {
+                shard.dirty_since = Some(Stamp::now());
+                self.spares_waiting.store(true, Ordering::Relaxed);
             }
             self.purge_spare_chunk(&mut shard);
             return;
@@ -1725,6 +1759,64 @@ mod tests {
     /// The byte a test pattern puts at `i`.
     fn mark(i: usize) -> u8 {
         (i as u8) ^ ((i >> 16) as u8) ^ 0x5A
+    }
+
+    #[test]
+    fn large_free_medium_blocks_are_purged_once_free_over_a_delay() {
+        let raw = RawHeap::new();
+        let shard = 0;
+        let alloc = |n| raw.alloc_block_in(n, ALIGNMENT, shard).unwrap().ptr;
+        // `idle` is freed and left so, `reused` is freed and taken again
+        // between the checks; small blocks keep them apart.
+        let anchor = alloc(1000);
+        let idle = alloc(MEDIUM_PURGE_MIN);
+        let spacer = alloc(1000);
+        let reused = alloc(2 * MEDIUM_PURGE_MIN);
+        let guard = alloc(1000);
+        // The checks' own calls reuse this hole, touching neither block.
+        let hole = alloc(1000);
+        let last = alloc(1000);
+        free(&raw, hole, 1000);
+        // A page well inside each: past the header, links and mark.
+        let probe = MEDIUM_PURGE_MIN / 2;
+        // SAFETY: live blocks of at least `probe + 1` bytes.
+        unsafe {
+            idle.as_ptr().add(probe).write(7);
+            reused.as_ptr().add(probe).write(7);
+        }
+        free(&raw, idle, MEDIUM_PURGE_MIN);
+        free(&raw, reused, 2 * MEDIUM_PURGE_MIN);
+        // The shard reads its clock every `PURGE_CHECK_INTERVAL` calls
+        // (and the clock lags by a tick or two).
+        let check = || {
+            std::thread::sleep(PURGE_DELAY * 3);
+            for _ in 0..2 * PURGE_CHECK_INTERVAL {
+                free(&raw, alloc(1000), 1000);
+            }
+        };
+        // Both are aged at the first check...
+        check();
+        // SAFETY: inside a free block of a live chunk: mapped memory.
+        assert_eq!(unsafe { idle.as_ptr().add(probe).read() }, 7, "aged only");
+        // ... `reused` is taken again (the smallest list that fits holds
+        // it), so it starts young...
+        let again = alloc(3 * MEDIUM_PURGE_MIN / 2);
+        assert_eq!(again, reused);
+        // ... and the next check purges only `idle`.
+        check();
+        // SAFETY: as above; `again` is live.
+        unsafe {
+            if cfg!(all(target_os = "linux", not(miri))) {
+                assert_eq!(idle.as_ptr().add(probe).read(), 0, "purged");
+            }
+            assert_eq!(again.as_ptr().add(probe).read(), 7, "kept its pages");
+        }
+        raw.validate();
+        free(&raw, again, 3 * MEDIUM_PURGE_MIN / 2);
+        for p in [anchor, spacer, guard, last] {
+            free(&raw, p, 1000);
+        }
+        assert_eq!(raw.stats().bytes_in_use, 0);
     }
 
     #[test]
