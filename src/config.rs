@@ -124,16 +124,19 @@ pub const MEDIUM_SHARDS: usize = 4;
 /// against 28 MiB maxrss, by `/usr/bin/time` as for
 /// `HUGE_CACHE_RESIDENT`) for no measurable speed there or in `json_2t`
 /// (171 against 173 ms, medians of 9 interleaved runs); with none, every
-/// chunk the growth empties is
-/// mapped and faulted in again (3.2x the page faults, 1.2x the time).
+/// chunk the growth empties is mapped and faulted in again (3.2x the page
+/// faults, 1.2x the time).
 pub const MEDIUM_SPARE_CHUNKS: usize = 1;
-/// Smallest medium block whose free pages layer 1 purges once it has been
-/// free for `PURGE_DELAY` (with every other free block of this size or more
-/// of its shard, wholly free chunks aside; checked on the shard's medium
-/// calls and on pool transitions). Blocks this large were huge when
-/// `MEDIUM_MAX` was 1 MiB, and their pages went back after the delay;
-/// without it `python3 -m test test_dict test_list test_json` under
-/// `LD_PRELOAD` peaked 7 MiB higher (58.6 against 51.4 MB maxrss).
+/// Smallest free medium block whose pages layer 1 purges once it stayed
+/// free from one check of its shard to the next, `PURGE_DELAY` or more
+/// apart (a block taken, split or merged meanwhile starts over; wholly
+/// free chunks aside; checks on the shard's medium calls and on pool
+/// transitions). Blocks this large were huge when
+/// `MEDIUM_MAX` was 1 MiB, and their pages went back after the delay.
+/// `python3 -m test test_dict test_list test_json` under `LD_PRELOAD`
+/// peaked at 58.6 MB maxrss without it, 51.2 with it (51.4 when such
+/// blocks were huge), by `/usr/bin/time`; `vec_growth_8x`, which reuses
+/// its freed buffers within a millisecond, took no more page faults.
 pub const MEDIUM_PURGE_MIN: usize = 1024 * 1024;
 /// Largest alignment the medium allocator serves; larger alignments are
 /// served by a direct, suitably aligned mapping.
