@@ -247,6 +247,30 @@ fn a_heap_bounded_below_a_medium_chunk_maps_medium_blocks_alone() {
         "{s:?}"
     );
     heap.validate();
+    // The C interface too: counted as what the mapping holds, freed by it.
+    let p = heap.malloc(1000);
+    assert!(!p.is_null());
+    // SAFETY: a live block of at least 1000 bytes, freed once.
+    unsafe {
+        p.write_bytes(9, 1000);
+        assert!(heap.usable_size(core::ptr::NonNull::new(p).unwrap()) >= 1000);
+        heap.free(p);
+    }
+    assert_eq!(heap.stats().bytes_requested, 0);
+    // A block mapped alone outlives the bound: once lifted, its free by
+    // size still goes by its chunk, not into a thread's medium cache.
+    let layout = Layout::from_size_align(3000, 8).unwrap();
+    let p = a.allocate(layout).unwrap();
+    heap.set_limit(usize::MAX);
+    // SAFETY: live with `layout`, freed once.
+    unsafe { a.deallocate(p.cast(), layout) };
+    let s = heap.stats();
+    assert_eq!(
+        (s.bytes_in_use, s.raw.huge_blocks, s.raw.medium_blocks),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    heap.validate();
 }
 
 #[test]

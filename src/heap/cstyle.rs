@@ -117,9 +117,12 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         // A medium request asks for its bin's bound, as a small one for
         // its block: the thread's medium cache serves it at once, and the
         // block (which holds exactly the bound, [ref:bin-bound]) frees
-        // through the sized fast path too, counted as what it holds.
+        // through the sized fast path too, counted as what it holds. (Not
+        // where medium blocks may be mapped alone, holding more: a bounded
+        // heap's, [`RawHeap::sized_frees`](crate::raw::RawHeap).)
         if align <= ALIGNMENT
             && !zeroed
+            && self.raw().sized_frees()
             && let Some((bin, bound)) = medium_bin(n)
         {
             let Some(p) = self.alloc_medium_fast(bin, bound) else {

@@ -793,15 +793,17 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 
     /// Frees a block larger than small, requested with `size` bytes at
     /// `align`. A medium request of the default alignment up to
-    /// `MEDIUM_CACHE_MAX` is always a medium block (never small, never
-    /// huge) holding exactly its bin's bound ([ref:bin-bound]), so it goes
+    /// `MEDIUM_CACHE_MAX` is always a medium block (never small; never
+    /// huge while [`RawHeap::sized_frees`](crate::raw::RawHeap) holds)
+    /// holding exactly its bin's bound ([ref:bin-bound]), so it goes
     /// straight to the calling thread's medium cache without the arena map
     /// or its header (reading the header cost a 4 KiB pair a tenth of its
     /// time in criterion's `alloc_free_pair`). A double free is caught by
     /// the free mark, which layer 1 writes too and its purges keep, while
     /// the block's chunk is mapped (a block merged into the free block
     /// before it may lose it, and its header, when that block's pages are
-    /// purged by `trim()`). Like a small block's, a pointer the heap does
+    /// purged: by `trim()`, or by the aging of free blocks of
+    /// `MEDIUM_PURGE_MIN` bytes or more). Like a small block's, a pointer the heap does
     /// not own — of another heap, or of a chunk already given back — is
     /// undefined behaviour here, as `GlobalAlloc::dealloc` says, and so is
     /// a layout larger than the block's: the block would join a larger
@@ -821,7 +823,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         #[cfg(not(any(miri, feature = "hardened")))]
         if align <= ALIGNMENT
             && medium_bin(size).is_some()
-            && self.raw.limit() == usize::MAX
+            && self.raw.sized_frees()
             && let Some(th) = local::cached(self.raw.id())
         {
             let mark = self.raw.free_mark();
@@ -841,16 +843,9 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                         "is already free (double free)",
                     )
                 }
-                // (Or, allocated while the heap was bounded, a mapping of
-                // its own that holds more: `RawHeap::alloc_medium_mapped`.)
-                debug_assert!(
-                    medium_bin(size).is_some_and(|(_, bound)| {
-                        let usable = self.usable_size(ptr);
-                        usable == bound
-                            || usable > bound
-                                && (*self.raw.find_own_block(ptr, "check").0.as_ptr()).kind
-                                    == ChunkKind::Huge
-                    }),
+                debug_assert_eq!(
+                    Some(self.usable_size(ptr)),
+                    medium_bin(size).map(|(_, bound)| bound),
                     "medium block {ptr:?} of {size} bytes holds its bin's bound"
                 );
                 crate::valgrind::freelike(ptr.as_ptr());
@@ -1055,7 +1050,7 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             if (*header.as_ptr()).kind == ChunkKind::Medium {
                 let usable = crate::raw::medium::freed_usable_size(ptr, header.as_ptr().cast());
                 Self::check_not_cached(ptr, usable, self.raw.free_mark());
-                if self.raw.limit() == usize::MAX
+                if self.raw.sized_frees()
                     && let th = self.thread_heap()
                     && !th.is_null()
                     && self.cache_medium(th, ptr, usable, size, self.raw.free_mark())
@@ -1631,8 +1626,8 @@ mod tests {
     fn medium_blocks_hold_exactly_their_bin_bound() {
         let heap = PrivateHeap::new();
         let mut sizes: Vec<usize> = (513..=4096).step_by(37).collect();
-        // Past 4 KiB, sizes a sixteenth apart (a fourth under Miri): each
-        // bin is reached without mapping gigabytes.
+        // Past 4 KiB, sizes a sixteenth apart, reaching each bin without
+        // mapping gigabytes (a fourth apart under Miri: every other bin).
         let mut size = 4097;
         while size <= crate::config::MEDIUM_CACHE_MAX {
             sizes.push(size);

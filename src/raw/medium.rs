@@ -37,7 +37,8 @@
 //!   that list is non-empty.
 
 use crate::config::{
-    ALIGNMENT, MEDIUM_CACHE_BIN_STEPS, MEDIUM_CACHE_MAX, MEDIUM_CHUNK_SIZE, SMALL_REQUEST_THRESHOLD,
+    ALIGNMENT, MEDIUM_CACHE_BIN_STEPS, MEDIUM_CACHE_MAX, MEDIUM_CHUNK_SIZE, MEDIUM_PURGE_MIN,
+    SMALL_REQUEST_THRESHOLD,
 };
 use crate::raw::chunk::CHUNK_HEADER_SIZE;
 use core::ptr::{NonNull, null_mut};
@@ -303,6 +304,9 @@ pub(crate) struct Tlsf {
     pub(super) empty_chunks: usize,
     /// The fewest wholly free chunks since `reset_empty_low`.
     empty_low: usize,
+    /// A free, merge or shrink made a free block of `MEDIUM_PURGE_MIN`
+    /// bytes or more (not a whole chunk) since `take_large_freed`.
+    large_freed: bool,
 }
 
 impl core::fmt::Debug for Tlsf {
@@ -321,6 +325,7 @@ impl Tlsf {
             heads: [[null_mut(); SL_COUNT]; FL_COUNT],
             empty_chunks: 0,
             empty_low: 0,
+            large_freed: false,
         }
     }
 
@@ -627,8 +632,17 @@ impl Tlsf {
         let chunk = unsafe { Self::whole_chunk(b) };
         if chunk.is_some() {
             self.empty_chunks += 1;
+        // SAFETY: as above.
+        } else if unsafe { size_of_block(b) } >= MEDIUM_PURGE_MIN {
+            self.large_freed = true;
         }
         chunk
+    }
+
+    /// Whether a free block of `MEDIUM_PURGE_MIN` bytes or more was made
+    /// since the last call.
+    pub(crate) fn take_large_freed(&mut self) -> bool {
+        core::mem::take(&mut self.large_freed)
     }
 
     /// Frees the block whose payload is `payload`. Returns the chunk's base

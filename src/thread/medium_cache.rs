@@ -2,7 +2,7 @@
 //!
 //! Medium blocks (above the small threshold, up to
 //! `config::MEDIUM_CACHE_MAX`) are served by layer 1's TLSF allocator under
-//! a lock. A thread that frees one keeps it here instead, in one of 88 bins
+//! a lock. A thread that frees one keeps it here instead, in one of 104 bins
 //! (`MEDIUM_CACHE_BIN_STEPS` per doubling of size), and its next request of
 //! that bin pops it with no lock and no atomic read-modify-write. A request
 //! is rounded up to its bin's bound when it goes to layer 1, which fits it
