@@ -450,13 +450,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// and starts the next interval.
     #[cold]
     fn release_spare_chunks(&self, shard: &mut MediumShard) {
-        let Some(since) = shard.spare_since else {
+        let Some(now) = due(shard.spare_since, POOL_PURGE_INTERVAL) else {
             return;
         };
-        let now = Stamp::now();
-        if now.since(since) < POOL_PURGE_INTERVAL {
-            return;
-        }
         self.unmap_empty_chunks(shard, shard.tlsf.empty_low());
         shard.tlsf.reset_empty_low();
         shard.spare_since = (shard.tlsf.empty_chunks > 0).then_some(now);
@@ -481,13 +477,9 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// would; one reused meanwhile keeps its pages.
     #[cold]
     fn purge_large_free(&self, shard: &mut MediumShard) {
-        let Some(since) = shard.dirty_since else {
+        let Some(now) = due(shard.dirty_since, PURGE_DELAY) else {
             return;
         };
-        let now = Stamp::now();
-        if now.since(since) < PURGE_DELAY {
-            return;
-        }
         let pending = shard.tlsf.age_free_blocks(MEDIUM_PURGE_MIN, |start, end| {
             self.purge_free_range(start, end)
         });
@@ -687,8 +679,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
 
     /// A medium request whose shard could not map a chunk: in a bounded
     /// heap, whose limit may hold the block but not a whole
-    /// `MEDIUM_CHUNK_SIZE` chunk (or not one that leaves room,
-    /// [`Self::chunk_fits`]), the block gets a mapping of its own, as a
+    /// `MEDIUM_CHUNK_SIZE` chunk (or is under two, [`Self::chunk_fits`]),
+    /// the block gets a mapping of its own, as a
     /// huge block (freed through its chunk's kind, never by size: a bounded
     /// heap's frees all read the block's chunk).
     #[cold]
@@ -1553,6 +1545,14 @@ const _: () = assert!(ALIGNMENT <= CHUNK_HEADER_SIZE);
 /// inaccessible where the page source can): one page with the `hardened`
 /// feature, none without. Not part of the block's usable size.
 #[inline]
+/// The time now, if an interval started at `since` and `length` has
+/// passed since.
+fn due(since: Option<Stamp>, length: core::time::Duration) -> Option<Stamp> {
+    let since = since?;
+    let now = Stamp::now();
+    (now.since(since) >= length).then_some(now)
+}
+
 fn huge_guard() -> usize {
     if cfg!(feature = "hardened") {
         page_size()
