@@ -149,8 +149,18 @@ fn check_disjoint(lives: &[Live]) {
 }
 
 fn run(ops: Vec<Op>) -> bool {
-    let heap = PrivateHeap::new();
-    let a = &heap;
+    run_on(&PrivateHeap::new(), ops)
+}
+
+/// As `run`, on a bounded heap: it keeps no medium cache, so every freed
+/// medium block is free in layer 1 at once, and growth takes freed
+/// neighbours (after and before a block) far more often.
+fn run_bounded(ops: Vec<Op>) -> bool {
+    run_on(&PrivateHeap::with_limit(1 << 30), ops)
+}
+
+fn run_on(heap: &PrivateHeap, ops: Vec<Op>) -> bool {
+    let a = heap;
     let mut lives: Vec<Live> = Vec::new();
     for (n, op) in ops.into_iter().enumerate() {
         let seed = n as u8;
@@ -250,14 +260,29 @@ fn run(ops: Vec<Op>) -> bool {
     true
 }
 
-#[test]
-fn op_sequences_match_the_model() {
-    let (tests, size) = if cfg!(miri) { (6, 40) } else { (300, 200) };
+/// Checks `property` on random op sequences (`miri_tests` of them under
+/// Miri, where each takes seconds).
+fn quickcheck_ops(property: fn(Vec<Op>) -> bool, miri_tests: u64) {
+    let (tests, size) = if cfg!(miri) {
+        (miri_tests, 40)
+    } else {
+        (300, 200)
+    };
     #[allow(deprecated)]
     QuickCheck::new()
         .tests(tests)
         .r#gen(Gen::new(size))
-        .quickcheck(run as fn(Vec<Op>) -> bool);
+        .quickcheck(property);
+}
+
+#[test]
+fn op_sequences_match_the_model() {
+    quickcheck_ops(run, 6);
+}
+
+#[test]
+fn op_sequences_match_the_model_on_a_bounded_heap() {
+    quickcheck_ops(run_bounded, 3);
 }
 
 #[test]

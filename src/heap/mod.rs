@@ -1197,8 +1197,10 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
 
     /// Moves or resizes a live block from `old_size` bytes to `new_size`
     /// bytes at `new_align`, keeping the first `min(old, new)` bytes. Stays
-    /// in place when the block already fits without much waste. On failure
-    /// the old block is untouched.
+    /// in place when the block already fits without much waste; a medium
+    /// block that cannot grow where it is takes its free predecessor first
+    /// ([`RawHeap::grow_backward`]), then moves. On failure the old block
+    /// is untouched.
     ///
     /// # Safety
     ///
@@ -1230,6 +1232,20 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
         } {
             return Some(p);
         }
+        // A small request is a pool's block, never a medium one; memcheck
+        // cannot follow a block that moves onto itself.
+        if new_size > old_size.max(SMALL_REQUEST_THRESHOLD)
+            && new_align <= ALIGNMENT
+            && !cfg!(feature = "valgrind")
+        {
+            // SAFETY: as above; the old pointer is not used once moved.
+            if let Some((p, _)) = unsafe {
+                self.raw
+                    .grow_backward(header, ptr, old_size, new_size, Self::fit_for(new_size))
+            } {
+                return Some(p);
+            }
+        }
         let (new, _) = self.alloc_sized(new_size, new_align)?;
         // SAFETY: both blocks are live, distinct, and hold at least
         // `min(old_size, new_size)` bytes; the old one is freed once.
@@ -1239,6 +1255,13 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
             self.free_sized(ptr, old_size);
         }
         Some(new)
+    }
+
+    /// Bytes a medium block of the default alignment holds for a request
+    /// of `size`: a request of a bin keeps holding exactly the bin's bound,
+    /// as when it was allocated ([ref:bin-bound]).
+    fn fit_for(size: usize) -> usize {
+        medium_bin(size).map_or(size, |(_, bound)| bound)
     }
 
     /// Keeps block `ptr` where it is for `new_size` bytes if that wastes
@@ -1272,11 +1295,10 @@ impl<S: PageSource, R: RawMutex> PrivateHeap<S, R> {
                 self.account(new_size.wrapping_sub(old_size));
                 return true;
             }
-            // A request of a bin keeps holding exactly the bin's bound, as
-            // when it was allocated ([ref:bin-bound]).
-            let fit = match medium_bin(new_size) {
-                Some((_, bound)) if new_align <= ALIGNMENT => bound,
-                _ => new_size,
+            let fit = if new_align <= ALIGNMENT {
+                Self::fit_for(new_size)
+            } else {
+                new_size
             };
             new_size > SMALL_REQUEST_THRESHOLD
                 && self
@@ -1659,5 +1681,35 @@ mod tests {
             }
         }
         assert!(inexact.is_empty(), "(round, size, usable): {inexact:?}");
+    }
+
+    /// A buffer that cannot grow in place moves down into the free space
+    /// before it, keeping its bytes and its bin's bound.
+    #[test]
+    fn a_growing_buffer_takes_the_free_space_before_it() {
+        use core::alloc::{GlobalAlloc, Layout};
+        // Bounded (above two medium chunks): no medium cache, so a freed
+        // block is free in layer 1 at once.
+        let heap = PrivateHeap::with_limit(64 << 20);
+        let layout = Layout::from_size_align(8000, 8).unwrap();
+        // SAFETY: blocks of `heap` with `layout`, freed once; `b` is used
+        // at its new place only.
+        unsafe {
+            let [a, b, c] = [(); 3].map(|_| heap.alloc(layout));
+            for i in 0..8000 {
+                b.add(i).write(i as u8);
+            }
+            heap.dealloc(a, layout);
+            let moved = heap.realloc(b, layout, 12000);
+            assert_eq!(moved, a, "moved onto the freed predecessor");
+            assert!((0..8000).all(|i| moved.add(i).read() == i as u8));
+            let bound = medium_bin(12000).unwrap().1;
+            assert_eq!(heap.usable_size(NonNull::new(moved).unwrap()), bound);
+            assert_eq!(heap.stats().bytes_requested, 12000 + 8000);
+            heap.validate();
+            heap.dealloc(moved, Layout::from_size_align(12000, 8).unwrap());
+            heap.dealloc(c, layout);
+        }
+        assert_eq!(heap.stats().bytes_in_use, 0);
     }
 }

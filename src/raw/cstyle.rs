@@ -85,6 +85,14 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 self.add_requested(usable - size);
                 return moved.as_ptr();
             }
+            // Memcheck cannot follow a block that moves onto itself.
+            if size > old_size
+                && !cfg!(feature = "valgrind")
+                && let Some((moved, usable)) = self.grow_backward(header, old, old_size, size, size)
+            {
+                self.add_requested(usable - size);
+                return moved.as_ptr();
+            }
             let new = self.malloc(size);
             if !new.is_null() {
                 self.count_copy(header, old_size.min(size));

@@ -713,6 +713,67 @@ impl Tlsf {
             Some(need - HEADER)
         }
     }
+
+    /// Claims the free predecessor of the used block at `payload` (and its
+    /// successor, if free) for a block of `size` bytes that the block alone
+    /// cannot hold: the three become one used block, whose payload starts
+    /// at the predecessor's and is returned. The contents stay where they
+    /// were: the caller moves them down (the ranges overlap), then calls
+    /// [`Self::fit_claimed`]. Returns `None`, changing nothing, when the
+    /// predecessor is not free or the three together are too small.
+    ///
+    /// # Safety
+    ///
+    /// `payload` came from [`Tlsf::allocate`] on `self` and is not yet freed.
+    pub(crate) unsafe fn claim_backward(
+        &mut self,
+        payload: NonNull<u8>,
+        size: usize,
+    ) -> Option<NonNull<u8>> {
+        let b = block_of(payload);
+        let need = Self::block_size_for(size);
+        // SAFETY: `b` is a live used block (caller); its physical neighbours
+        // are valid blocks, in their lists if free.
+        unsafe {
+            let prev = (*b).prev_phys;
+            if prev.is_null() || !is_free(prev) {
+                return None;
+            }
+            let next = next_phys(b);
+            let after = if is_free(next) {
+                size_of_block(next)
+            } else {
+                0
+            };
+            let total = size_of_block(prev) + size_of_block(b) + after;
+            if total < need {
+                return None;
+            }
+            self.remove(prev);
+            if after != 0 {
+                self.remove(next);
+            }
+            // Used, flags cleared; not a whole chunk, since `b` was used.
+            (*prev).size_flags = total;
+            (*next_phys(prev)).prev_phys = prev;
+            Some(payload_of(prev))
+        }
+    }
+
+    /// Fits a block claimed by [`Self::claim_backward`], whose contents the
+    /// caller has moved, to hold exactly `size` bytes ([ref:exact-fit]);
+    /// returns its usable size.
+    ///
+    /// # Safety
+    ///
+    /// `payload` was returned by `claim_backward(_, size)` on `self` and
+    /// is not yet freed.
+    pub(crate) unsafe fn fit_claimed(&mut self, payload: NonNull<u8>, size: usize) -> usize {
+        let need = Self::block_size_for(size);
+        // SAFETY: a used block of at least `need` bytes (caller).
+        unsafe { self.fit_exactly(block_of(payload), need) };
+        need - HEADER
+    }
 }
 
 impl Tlsf {

@@ -1063,6 +1063,66 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
     }
 
+    /// Grows live medium block `ptr` to hold `fit` bytes (for a request of
+    /// `size`, as in [`Self::resize_in_place`]) by taking its free
+    /// predecessor, and its free successor too if need be, moving the
+    /// first `old_size` bytes down to the block's new start, which is
+    /// returned with its usable size. A growing buffer then reuses the
+    /// pages of a freed neighbour instead of touching new ones, for the
+    /// same copy a move costs. `None`, the block untouched, when the predecessor is not
+    /// free or too small, or the block is not medium.
+    ///
+    /// The bytes move outside the shard's lock: the claimed range is one
+    /// used block meanwhile, the caller's alone.
+    ///
+    /// # Safety
+    ///
+    /// As for [`RawHeap::free_block`]; `old_size <= size`. On success the
+    /// old pointer must not be used again.
+    pub(crate) unsafe fn grow_backward(
+        &self,
+        header: NonNull<ChunkHeader>,
+        ptr: NonNull<u8>,
+        old_size: usize,
+        size: usize,
+        fit: usize,
+    ) -> Option<(NonNull<u8>, usize)> {
+        debug_assert!(old_size <= size && size <= fit);
+        // SAFETY: `header` is a live chunk of ours (caller).
+        if unsafe { (*header.as_ptr()).kind } != ChunkKind::Medium || size > MEDIUM_MAX {
+            return None;
+        }
+        // SAFETY: a live medium chunk of ours (caller).
+        let shard = unsafe { self.shard_of(header) };
+        let (new, claimed) = {
+            let mut shard = shard.lock();
+            // SAFETY: a live medium block (caller).
+            let old = unsafe { medium::usable_size(ptr) };
+            // SAFETY: as above.
+            let new = unsafe { shard.tlsf.claim_backward(ptr, fit) }?;
+            // Counted as it is meanwhile, for `validate`.
+            // SAFETY: `new` is the claimed used block.
+            let claimed = unsafe { medium::usable_size(new) };
+            shard.bytes_in_use = shard.bytes_in_use - old + claimed;
+            (new, claimed)
+        };
+        // SAFETY: both ranges lie in the claimed block, ours alone; they
+        // may overlap, `copy` allows it. The predecessor's free mark lies
+        // below the old payload (a free block is at least 32 bytes), so
+        // clearing it first loses nothing; the move may not cover it.
+        unsafe {
+            crate::harden::clear_mark(new.as_ptr().add(MARK_OFFSET).cast());
+            core::ptr::copy(ptr.as_ptr(), new.as_ptr(), old_size);
+        }
+        let mut shard = shard.lock();
+        // SAFETY: claimed by `claim_backward(_, fit)`, contents moved.
+        let usable = unsafe { shard.tlsf.fit_claimed(new, fit) };
+        self.note_large_free(&mut shard);
+        shard.bytes_in_use = shard.bytes_in_use - claimed + usable;
+        shard.requested = shard.requested.wrapping_sub(old_size).wrapping_add(size);
+        Some((new, usable))
+    }
+
     /// Resizes live huge block `ptr` to `size` bytes, keeping its contents,
     /// by remapping its pages ([`PageSource::remap`]): in place when the
     /// mapping can grow or shrink where it is, else moved to a fresh
@@ -1706,6 +1766,82 @@ mod tests {
             assert!(raw.resize_in_place(ha, a, 1900, 700, 700).is_some());
             raw.validate();
             raw.free_block(ha, a, 700);
+        }
+        assert_eq!(raw.stats().bytes_in_use, 0);
+    }
+
+    #[test]
+    fn a_medium_block_grows_backward_into_its_free_predecessor() {
+        let raw = RawHeap::new();
+        let [a, b, c, d] = [1000, 3000, 1000, 1000].map(|n| raw.alloc_block(n, ALIGNMENT).unwrap());
+        let (hb, b_ptr) = raw.find_own_block(b.ptr, "test");
+        let (_, c_ptr) = raw.find_own_block(c.ptr, "test");
+        // SAFETY: each block is live and requested with the size given;
+        // `b` and `d` are freed once; `c` is used at its new place only.
+        unsafe {
+            c_ptr.as_ptr().write_bytes(0xc5, 1000);
+            raw.free_block(hb, b_ptr, 3000);
+            // Too big for the free predecessor (3000) and `c` together,
+            // with `d` used: no claim, nothing changed.
+            assert!(raw.grow_backward(hb, c_ptr, 1000, 5000, 5000).is_none());
+            raw.validate();
+            // `b` and `c` hold 4000: `c` moves down onto `b`'s start.
+            let (moved, usable) = raw
+                .grow_backward(hb, c_ptr, 1000, 3900, 3900)
+                .expect("takes the free predecessor");
+            assert_eq!(moved, b_ptr);
+            assert_eq!(usable, 3904, "fitted exactly, rounded to 16");
+            assert!(
+                core::slice::from_raw_parts(moved.as_ptr(), 1000)
+                    .iter()
+                    .all(|&x| x == 0xc5)
+            );
+            assert_eq!(raw.stats().bytes_requested, 1000 + 3900 + 1000);
+            assert_eq!(raw.stats().medium_blocks, 3);
+            raw.validate();
+            // Free `a` and the moved block: `d`'s predecessor is free from
+            // the chunk's start, its successor is the free tail; growing
+            // `d` takes all three.
+            let (hd, d_ptr) = raw.find_own_block(d.ptr, "test");
+            let (ha, a_ptr) = raw.find_own_block(a.ptr, "test");
+            raw.free_block(ha, a_ptr, 1000);
+            raw.free_block(hb, moved, 3900);
+            let (grown, usable) = raw
+                .grow_backward(hd, d_ptr, 1000, 64 << 10, 64 << 10)
+                .expect("takes predecessor and successor");
+            assert_eq!(grown, a_ptr);
+            assert_eq!(usable, 64 << 10);
+            raw.validate();
+            raw.free_block(hd, grown, 64 << 10);
+        }
+        let s = raw.stats();
+        assert_eq!(
+            (s.bytes_in_use, s.bytes_requested, s.medium_blocks),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn resize_moves_a_block_down_into_free_space_before_it() {
+        let raw = RawHeap::new();
+        // SAFETY: blocks from this heap's `malloc`, freed once, `q` used at
+        // its new place only.
+        unsafe {
+            let p = raw.malloc(4000);
+            let q = raw.malloc(2000);
+            let r = raw.malloc(2000);
+            for i in 0..2000 {
+                q.add(i).write(i as u8);
+            }
+            raw.free(p);
+            let moved = raw.resize(q, 5000);
+            assert_eq!(moved, p, "the freed predecessor is reused");
+            assert!((0..2000).all(|i| moved.add(i).read() == i as u8));
+            assert_eq!(raw.usable_size(NonNull::new(moved).unwrap()), 5008);
+            assert_eq!(raw.stats().bytes_requested, 5008 + 2000);
+            raw.validate();
+            raw.free(moved);
+            raw.free(r);
         }
         assert_eq!(raw.stats().bytes_in_use, 0);
     }
