@@ -307,6 +307,9 @@ pub(crate) struct Tlsf {
     /// A free, merge or shrink made a free block of `MEDIUM_PURGE_MIN`
     /// bytes or more (not a whole chunk) since `take_large_freed`.
     large_freed: bool,
+    /// An allocation took a wholly free chunk since `take_took_empty`: no
+    /// free block of a partly used chunk could hold it.
+    took_empty: bool,
 }
 
 impl core::fmt::Debug for Tlsf {
@@ -326,6 +329,7 @@ impl Tlsf {
             empty_chunks: 0,
             empty_low: 0,
             large_freed: false,
+            took_empty: false,
         }
     }
 
@@ -459,6 +463,7 @@ impl Tlsf {
         }
         // SAFETY: `b` is a live block header.
         if unsafe { Self::whole_chunk(b) }.is_some() {
+            self.took_empty = true;
             self.empty_chunks -= 1;
             self.empty_low = self.empty_low.min(self.empty_chunks);
         }
@@ -816,6 +821,48 @@ impl Tlsf {
                 }
             }
         }
+    }
+
+    /// Purges free blocks of at least `min` bytes, largest lists first,
+    /// wholly free chunks and purged blocks aside, until `budget` bytes
+    /// are purged or none is left; each is passed to `purge` (its part past
+    /// header, links and mark) and marked purged.
+    pub(crate) fn purge_largest(
+        &mut self,
+        min: usize,
+        mut budget: usize,
+        skip: core::ops::Range<usize>,
+        mut purge: impl FnMut(*mut u8, usize),
+    ) {
+        let (first, _) = mapping(min.max(MIN_BLOCK));
+        for lists in self.heads.iter().skip(first).rev() {
+            for &head in lists.iter().rev() {
+                let mut b = head;
+                while !b.is_null() && budget > 0 {
+                    // SAFETY: list members are free blocks of live chunks;
+                    // their flags are the index's to change.
+                    unsafe {
+                        let flags = (*b).size_flags;
+                        let size = size_of_block(b);
+                        if size >= min
+                            && flags & PURGED == 0
+                            && !skip.contains(&b.addr())
+                            && Self::whole_chunk(b).is_none()
+                        {
+                            purge(b.cast::<u8>().add(KEPT_WHEN_PURGED), b.addr() + size);
+                            (*b).size_flags = flags | PURGED;
+                            budget = budget.saturating_sub(size);
+                        }
+                        b = (*links(b)).next;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether an allocation took a wholly free chunk since the last call.
+    pub(crate) fn take_took_empty(&mut self) -> bool {
+        core::mem::take(&mut self.took_empty)
     }
 
     /// Ages the free blocks of at least `min` bytes, wholly free chunks
