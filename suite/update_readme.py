@@ -6,7 +6,7 @@ figure there is hand-edited: run it after the commands that write them
   suite/results.md        <- python3 suite/run.py --chart
   suite/instructions.txt  <- suite/instructions.sh --secure --trace 32 > suite/instructions.txt
   suite/security.md       <- python3 suite/run.py --secure
-  preload/results.md      <- python3 preload/bench.py --rounds 5
+  preload/results.md      <- python3 preload/bench.py --rounds 9
 
 Each block of README.md is found by the first line of what replaces it
 (the "Machine:"/"5 interleaved rounds" caption, the table's header row, the
