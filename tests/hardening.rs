@@ -33,6 +33,14 @@ fn free(heap: &PrivateHeap, p: *mut u8, size: usize) {
     unsafe { heap.dealloc(p, layout(size)) }
 }
 
+/// Reallocates live block `p` of `size` bytes to `new` bytes.
+fn grow(heap: &PrivateHeap, p: *mut u8, size: usize, new: usize) -> *mut u8 {
+    // SAFETY: `p` is live with this layout (the cases' own blocks).
+    let q = unsafe { heap.realloc(p, layout(size), new) };
+    assert!(!q.is_null());
+    q
+}
+
 /// Frees `p` from a thread of its own.
 fn free_on_thread(heap: &'static PrivateHeap, p: *mut u8, size: usize) {
     let addr = p.expose_provenance();
@@ -145,6 +153,32 @@ fn case(name: &str) {
             let _keep = alloc(&BOUNDED, 5000);
             free(&BOUNDED, a, 5000);
             free(&BOUNDED, b, 5000);
+            free(&BOUNDED, b, 5000);
+        }
+        "medium_moved_down" => {
+            // `b` grows into the free block before it (its bytes move
+            // down), and the old pointer is freed: the sized fast path sees
+            // the mark left at the old place. The thread's medium cache is
+            // full, so `a` is free in layer 1.
+            let fill: Vec<_> = (0..4).map(|_| alloc(&HEAP, 65536)).collect();
+            let a = alloc(&HEAP, 20000);
+            let b = say(alloc(&HEAP, 5000));
+            let _keep = alloc(&HEAP, 5000);
+            for p in fill {
+                free(&HEAP, p, 65536);
+            }
+            free(&HEAP, a, 20000);
+            assert_eq!(grow(&HEAP, b, 5000, 8000), a, "not moved down");
+            free(&HEAP, b, 5000);
+        }
+        "medium_moved_down_uncached" => {
+            // As above, on a heap whose frees read the header: the old
+            // header says free.
+            let a = alloc(&BOUNDED, 20000);
+            let b = say(alloc(&BOUNDED, 5000));
+            let _keep = alloc(&BOUNDED, 5000);
+            free(&BOUNDED, a, 20000);
+            assert_eq!(grow(&BOUNDED, b, 5000, 8000), a, "not moved down");
             free(&BOUNDED, b, 5000);
         }
         #[cfg(feature = "hardened")]
@@ -397,6 +431,10 @@ fn main() {
         "medium_refused",
         "medium_uncached",
         "medium_merged",
+        #[cfg(not(feature = "valgrind"))]
+        "medium_moved_down",
+        #[cfg(not(feature = "valgrind"))]
+        "medium_moved_down_uncached",
     ] {
         caught(name, &["medium block", DOUBLE]);
     }

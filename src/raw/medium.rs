@@ -307,8 +307,9 @@ pub(crate) struct Tlsf {
     /// A free, merge or shrink made a free block of `MEDIUM_PURGE_MIN`
     /// bytes or more (not a whole chunk) since `take_large_freed`.
     large_freed: bool,
-    /// An allocation took a wholly free chunk since `take_took_empty`: no
-    /// free block of a partly used chunk could hold it.
+    /// An allocation took a wholly free chunk since `take_took_empty`: the
+    /// good fit found no block of a partly used chunk for it (a block just
+    /// big enough may be passed over: the search rounds up to a list).
     took_empty: bool,
 }
 
@@ -720,12 +721,15 @@ impl Tlsf {
     }
 
     /// Claims the free predecessor of the used block at `payload` (and its
-    /// successor, if free) for a block of `size` bytes that the block alone
-    /// cannot hold: the three become one used block, whose payload starts
-    /// at the predecessor's and is returned. The contents stay where they
-    /// were: the caller moves them down (the ranges overlap), then calls
-    /// [`Self::fit_claimed`]. Returns `None`, changing nothing, when the
-    /// predecessor is not free or the three together are too small.
+    /// successor too, if free and needed) for a block of `size` bytes: they
+    /// become one used block, whose payload starts at the predecessor's
+    /// and is returned. The contents stay where they were: the caller moves
+    /// them down (the ranges overlap), then calls [`Self::fit_claimed`].
+    /// The old header, now inside the claimed block, says free, as a block
+    /// merged into its predecessor does: a later free of the old pointer is
+    /// caught if the move has not overwritten it. Returns `None`, changing
+    /// nothing, when the predecessor is not free or the blocks together are
+    /// too small.
     ///
     /// # Safety
     ///
@@ -745,21 +749,23 @@ impl Tlsf {
                 return None;
             }
             let next = next_phys(b);
-            let after = if is_free(next) {
+            let both = size_of_block(prev) + size_of_block(b);
+            // The successor only if the two fall short: it keeps its aging.
+            let after = if both < need && is_free(next) {
                 size_of_block(next)
             } else {
                 0
             };
-            let total = size_of_block(prev) + size_of_block(b) + after;
-            if total < need {
+            if both + after < need {
                 return None;
             }
             self.remove(prev);
             if after != 0 {
                 self.remove(next);
             }
+            (*b).size_flags |= FREE;
             // Used, flags cleared; not a whole chunk, since `b` was used.
-            (*prev).size_flags = total;
+            (*prev).size_flags = both + after;
             (*next_phys(prev)).prev_phys = prev;
             Some(payload_of(prev))
         }

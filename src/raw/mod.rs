@@ -407,7 +407,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     }
 
     /// Purges the whole pages of `start..end`, the part of a free medium
-    /// block past its header and links.
+    /// block past its header, links and free mark.
     fn purge_free_range(&self, start: *mut u8, end: usize) {
         let page = page_size();
         let (from, to) = (start.addr().next_multiple_of(page), end & !(page - 1));
@@ -486,18 +486,20 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         shard.dirty_since = pending.then_some(now);
     }
 
-    /// A request of `size` bytes that no partly used chunk of `shard`
-    /// could hold took an empty chunk (a spare or a new one), whose pages
-    /// it will touch: the shard's largest free blocks of `MEDIUM_PURGE_MIN`
-    /// or more (all too small for it) have their pages purged, up to `size`
-    /// bytes, so that the shard's footprint stays level instead of growing
-    /// by what the request touches while pages it cannot use stay resident.
-    /// Spills are rare in steady use (a program's live medium bytes grow
-    /// past its chunks, or its blocks fragment them), and the purge waits
-    /// for no interval: the peak is what it lowers. `vec_growth_8x`'s
-    /// peak, 23.0 MB without it, is 22.0 (System's 22.1), for 8.0k page
-    /// faults instead of 4.8k (`workloads peak`, a build of this commit
-    /// and of its parent).
+    /// A request of `size` bytes for which the good fit found no block of
+    /// a partly used chunk of `shard` took an empty chunk (a spare or a
+    /// new one), whose pages it will touch: the shard's largest free
+    /// blocks of `MEDIUM_PURGE_MIN` or more outside that chunk (too small
+    /// for it, as the search saw them) have their pages purged, up to
+    /// `size` bytes, so that the shard's footprint stays level instead of
+    /// growing by what the request touches while pages it cannot use stay
+    /// resident. Spills are rare in steady use (a program's live medium
+    /// bytes grow past its chunks, or its blocks fragment them), and the
+    /// purge waits for no interval: the peak is what it lowers.
+    /// `vec_growth_8x`'s peak, 23.0 MB without it, is 22.1 (System's
+    /// 22.1), for 6.8k page faults instead of 4.8k; purging only when a
+    /// new chunk is mapped (not when a spare is taken), 22.3 (`workloads
+    /// peak`, interleaved runs of each build).
     #[cold]
     fn purge_for_spill(&self, shard: &mut MediumShard, block: NonNull<u8>, size: usize) {
         let Some(chunk) = ARENA_MAP.lookup(block.as_ptr().addr()) else {
@@ -1098,11 +1100,15 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// first `old_size` bytes down to the block's new start, which is
     /// returned with its usable size. A growing buffer then reuses the
     /// pages of a freed neighbour instead of touching new ones, for the
-    /// same copy a move costs. `None`, the block untouched, when the predecessor is not
-    /// free or too small, or the block is not medium.
+    /// same copy a move costs. `None`, the block untouched, when the
+    /// block is not medium, `size` is not a medium size, or the
+    /// predecessor is not free or too small.
     ///
     /// The bytes move outside the shard's lock: the claimed range is one
-    /// used block meanwhile, the caller's alone.
+    /// used block meanwhile, the caller's alone. A later free of the old
+    /// pointer (a double free) is still caught where the move left its
+    /// header or mark's word alone: the header says free
+    /// ([`medium::Tlsf::claim_backward`]) and the word holds the mark.
     ///
     /// # Safety
     ///
@@ -1123,7 +1129,7 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
         }
         // SAFETY: a live medium chunk of ours (caller).
         let shard = unsafe { self.shard_of(header) };
-        let (new, claimed) = {
+        let (new, old, claimed) = {
             let mut shard = shard.lock();
             // SAFETY: a live medium block (caller).
             let old = unsafe { medium::usable_size(ptr) };
@@ -1133,17 +1139,30 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
             // SAFETY: `new` is the claimed used block.
             let claimed = unsafe { medium::usable_size(new) };
             shard.bytes_in_use = shard.bytes_in_use - old + claimed;
-            (new, claimed)
+            (new, old, claimed)
         };
         // SAFETY: both ranges lie in the claimed block, ours alone; they
-        // may overlap, `copy` allows it. The predecessor's free mark lies
-        // below the old payload (a free block is at least 32 bytes), so
-        // clearing it first loses nothing; the move may not cover it.
+        // may overlap, `copy` allows it. The word at `MARK_OFFSET` (the
+        // predecessor's free mark, or the old header when the predecessor
+        // is 32 bytes) lies below the old payload, so clearing it first
+        // loses nothing; a short move would leave it set.
         unsafe {
             crate::harden::clear_mark(new.as_ptr().add(MARK_OFFSET).cast());
             core::ptr::copy(ptr.as_ptr(), new.as_ptr(), old_size);
         }
         let mut shard = shard.lock();
+        // The old pointer's mark word, if the move did not reach it (the
+        // sized free's fast path reads only it), as a freed block merged
+        // into its predecessor keeps its mark; written before the fit,
+        // whose split may put a header or links over it.
+        if old > MARK_OFFSET && ptr.as_ptr().addr() + MARK_OFFSET >= new.as_ptr().addr() + old_size
+        {
+            // SAFETY: the word lay in the old block, so it lies in the
+            // claimed one, past the bytes moved.
+            unsafe {
+                crate::harden::put_mark(ptr.as_ptr().add(MARK_OFFSET).cast(), self.free_mark())
+            };
+        }
         // SAFETY: claimed by `claim_backward(_, fit)`, contents moved.
         let usable = unsafe { shard.tlsf.fit_claimed(new, fit) };
         self.note_large_free(&mut shard);
@@ -1851,6 +1870,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "valgrind"))] // no moves onto themselves there
     fn resize_moves_a_block_down_into_free_space_before_it() {
         let raw = RawHeap::new();
         // SAFETY: blocks from this heap's `malloc`, freed once, `q` used at
