@@ -59,7 +59,14 @@ impl ArenaMap {
         if ADDRESS_BITS < usize::BITS && key >> KEY_BITS != 0 {
             return None;
         }
-        Some((key >> LEAF_BITS, key & (LEAF_LEN - 1)))
+        Some(Self::split_masked(addr))
+    }
+
+    /// As [`Self::split`], with the bits past the covered ones masked off.
+    #[inline]
+    fn split_masked(addr: usize) -> (usize, usize) {
+        let key = addr >> CHUNK_SHIFT;
+        ((key >> LEAF_BITS) & (ROOT_LEN - 1), key & (LEAF_LEN - 1))
     }
 
     /// The slot for `addr`, if its leaf exists. Bits of `addr` above the
@@ -68,8 +75,7 @@ impl ArenaMap {
     /// range check then refuses (one instruction less on every free).
     #[inline]
     fn slot(&self, addr: usize) -> Option<&AtomicPtr<ChunkHeader>> {
-        let key = addr >> CHUNK_SHIFT;
-        let (hi, lo) = ((key >> LEAF_BITS) & (ROOT_LEN - 1), key & (LEAF_LEN - 1));
+        let (hi, lo) = Self::split_masked(addr);
         let leaf = self.root[hi].load(Ordering::Acquire);
         if leaf.is_null() {
             return None;

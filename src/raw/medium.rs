@@ -307,10 +307,11 @@ pub(crate) struct Tlsf {
     /// A free, merge or shrink made a free block of `MEDIUM_PURGE_MIN`
     /// bytes or more (not a whole chunk) since `take_large_freed`.
     large_freed: bool,
-    /// An allocation took a wholly free chunk since `take_took_empty`: the
-    /// good fit found no block of a partly used chunk for it (a block just
-    /// big enough may be passed over: the search rounds up to a list).
-    took_empty: bool,
+    /// The wholly free chunk an allocation took since `take_took_empty`,
+    /// if one did: the good fit found no block of a partly used chunk for
+    /// it (a block just big enough may be passed over: the search rounds
+    /// up to a list).
+    took_empty: Option<NonNull<u8>>,
 }
 
 impl core::fmt::Debug for Tlsf {
@@ -330,7 +331,7 @@ impl Tlsf {
             empty_chunks: 0,
             empty_low: 0,
             large_freed: false,
-            took_empty: false,
+            took_empty: None,
         }
     }
 
@@ -463,8 +464,8 @@ impl Tlsf {
             (*b).size_flags &= !(FREE | AGED | PURGED);
         }
         // SAFETY: `b` is a live block header.
-        if unsafe { Self::whole_chunk(b) }.is_some() {
-            self.took_empty = true;
+        if let Some(chunk) = unsafe { Self::whole_chunk(b) } {
+            self.took_empty = Some(chunk);
             self.empty_chunks -= 1;
             self.empty_low = self.empty_low.min(self.empty_chunks);
         }
@@ -829,10 +830,54 @@ impl Tlsf {
         }
     }
 
-    /// Purges free blocks of at least `min` bytes, largest lists first,
-    /// wholly free chunks and purged blocks aside, until `budget` bytes
-    /// are purged or none is left; each is passed to `purge` (its part past
-    /// header, links and mark) and marked purged.
+    /// Calls `f` on each free block of at least `min` bytes that is not
+    /// purged and not a wholly free chunk (the spares have their own
+    /// interval), largest lists first, while `f` returns `true`: the
+    /// blocks the purges of large free blocks choose from.
+    fn for_each_purgeable(&mut self, min: usize, mut f: impl FnMut(*mut Block) -> bool) {
+        let (first, _) = mapping(min.max(MIN_BLOCK));
+        for lists in self.heads.iter().skip(first).rev() {
+            for &head in lists.iter().rev() {
+                let mut b = head;
+                while !b.is_null() {
+                    // SAFETY: list members are free blocks of live chunks,
+                    // with valid links; `f` changes their flags only.
+                    unsafe {
+                        if size_of_block(b) >= min
+                            && (*b).size_flags & PURGED == 0
+                            && Self::whole_chunk(b).is_none()
+                            && !f(b)
+                        {
+                            return;
+                        }
+                        b = (*links(b)).next;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Passes the part of free block `b` past its header, links and mark
+    /// to `purge`, and marks `b` purged.
+    ///
+    /// # Safety
+    ///
+    /// `b` is a free block of a live chunk, whose flags the caller may
+    /// change (it holds the index).
+    unsafe fn purge_block(b: *mut Block, purge: &mut impl FnMut(*mut u8, usize)) {
+        // SAFETY: caller's contract.
+        unsafe {
+            purge(
+                b.cast::<u8>().add(KEPT_WHEN_PURGED),
+                b.addr() + size_of_block(b),
+            );
+            (*b).size_flags |= PURGED;
+        }
+    }
+
+    /// Purges free blocks of at least `min` bytes outside `skip`, largest
+    /// lists first, wholly free chunks and purged blocks aside, until
+    /// `budget` bytes are purged or none is left ([`Self::purge_block`]).
     pub(crate) fn purge_largest(
         &mut self,
         min: usize,
@@ -840,78 +885,48 @@ impl Tlsf {
         skip: core::ops::Range<usize>,
         mut purge: impl FnMut(*mut u8, usize),
     ) {
-        let (first, _) = mapping(min.max(MIN_BLOCK));
-        for lists in self.heads.iter().skip(first).rev() {
-            for &head in lists.iter().rev() {
-                let mut b = head;
-                while !b.is_null() && budget > 0 {
-                    // SAFETY: list members are free blocks of live chunks;
-                    // their flags are the index's to change.
-                    unsafe {
-                        let flags = (*b).size_flags;
-                        let size = size_of_block(b);
-                        if size >= min
-                            && flags & PURGED == 0
-                            && !skip.contains(&b.addr())
-                            && Self::whole_chunk(b).is_none()
-                        {
-                            purge(b.cast::<u8>().add(KEPT_WHEN_PURGED), b.addr() + size);
-                            (*b).size_flags = flags | PURGED;
-                            budget = budget.saturating_sub(size);
-                        }
-                        b = (*links(b)).next;
-                    }
+        self.for_each_purgeable(min, |b| {
+            if !skip.contains(&b.addr()) {
+                // SAFETY: a free block of this index, held by `&mut self`.
+                unsafe {
+                    budget = budget.saturating_sub(size_of_block(b));
+                    Self::purge_block(b, &mut purge);
                 }
             }
-        }
+            budget > 0
+        });
     }
 
-    /// Whether an allocation took a wholly free chunk since the last call.
-    pub(crate) fn take_took_empty(&mut self) -> bool {
-        core::mem::take(&mut self.took_empty)
+    /// The wholly free chunk an allocation took since the last call, if
+    /// one did.
+    pub(crate) fn take_took_empty(&mut self) -> Option<NonNull<u8>> {
+        self.took_empty.take()
     }
 
     /// Ages the free blocks of at least `min` bytes, wholly free chunks
     /// aside: one already aged by the previous call (free ever since: a
     /// block taken, split or merged starts young again) and not purged yet
-    /// is given to `purge` (its part past header, links and mark) and
-    /// marked purged; the others are marked aged. Returns whether some
-    /// block was left aged and unpurged, for the next call.
+    /// is purged ([`Self::purge_block`]); the others are marked aged.
+    /// Returns whether some block was left aged and unpurged, for the next
+    /// call.
     pub(crate) fn age_free_blocks(
         &mut self,
         min: usize,
         mut purge: impl FnMut(*mut u8, usize),
     ) -> bool {
         let mut pending = false;
-        let (first, _) = mapping(min.max(MIN_BLOCK));
-        for lists in self.heads.iter().skip(first) {
-            for &head in lists {
-                let mut b = head;
-                while !b.is_null() {
-                    // SAFETY: list members are free blocks of live chunks;
-                    // their flags are the index's to change.
-                    unsafe {
-                        let flags = (*b).size_flags;
-                        if size_of_block(b) >= min
-                            && flags & PURGED == 0
-                            && Self::whole_chunk(b).is_none()
-                        {
-                            if flags & AGED != 0 {
-                                purge(
-                                    b.cast::<u8>().add(KEPT_WHEN_PURGED),
-                                    b.addr() + size_of_block(b),
-                                );
-                                (*b).size_flags = flags | PURGED;
-                            } else {
-                                (*b).size_flags = flags | AGED;
-                                pending = true;
-                            }
-                        }
-                        b = (*links(b)).next;
-                    }
+        self.for_each_purgeable(min, |b| {
+            // SAFETY: a free block of this index, held by `&mut self`.
+            unsafe {
+                if (*b).size_flags & AGED != 0 {
+                    Self::purge_block(b, &mut purge);
+                } else {
+                    (*b).size_flags |= AGED;
+                    pending = true;
                 }
             }
-        }
+            true
+        });
         pending
     }
 }

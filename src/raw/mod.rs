@@ -487,8 +487,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     }
 
     /// A request of `size` bytes for which the good fit found no block of
-    /// a partly used chunk of `shard` took an empty chunk (a spare or a
-    /// new one), whose pages it will touch: the shard's largest free
+    /// a partly used chunk of `shard` took empty chunk `taken` (a spare or
+    /// a new one), whose pages it will touch: the shard's largest free
     /// blocks of `MEDIUM_PURGE_MIN` or more outside that chunk (too small
     /// for it, as the search saw them) have their pages purged, up to
     /// `size` bytes, so that the shard's footprint stays level instead of
@@ -501,17 +501,14 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
     /// new chunk is mapped (not when a spare is taken), 22.3 (`workloads
     /// peak`, interleaved runs of each build).
     #[cold]
-    fn purge_for_spill(&self, shard: &mut MediumShard, block: NonNull<u8>, size: usize) {
-        let Some(chunk) = ARENA_MAP.lookup(block.as_ptr().addr()) else {
-            return;
-        };
-        let start = chunk.as_ptr().addr();
-        let taken = start..start + MEDIUM_CHUNK_SIZE;
-        shard
-            .tlsf
-            .purge_largest(MEDIUM_PURGE_MIN, size, taken, |s, e| {
-                self.purge_free_range(s, e)
-            });
+    fn purge_for_spill(&self, shard: &mut MediumShard, taken: NonNull<u8>, size: usize) {
+        let start = taken.as_ptr().addr();
+        shard.tlsf.purge_largest(
+            MEDIUM_PURGE_MIN,
+            size,
+            start..start + MEDIUM_CHUNK_SIZE,
+            |s, e| self.purge_free_range(s, e),
+        );
     }
 
     /// Purges `size` bytes at `ptr` (whole pages of a live chunk whose
@@ -689,8 +686,8 @@ impl<S: PageSource, R: RawMutex> RawHeap<S, R> {
                 shard.tlsf.allocate(size, align)?
             }
         };
-        if shard.tlsf.take_took_empty() {
-            self.purge_for_spill(&mut shard, ptr, size);
+        if let Some(chunk) = shard.tlsf.take_took_empty() {
+            self.purge_for_spill(&mut shard, chunk, size);
         }
         if usable > MARK_OFFSET {
             // SAFETY: the mark's word lies in the block, just allocated.
